@@ -1,0 +1,99 @@
+//! Spillway's durable spill log: an append-only log of opaque records addressed by
+//! `u64` sequence numbers, read back through bounded reads.
+//!
+//! Two backends implement [`SpillLog`]: [`SegmentLog`] (the default: segment files,
+//! mmap reads through a bounded window, a sled manifest) and [`SledLog`] (records
+//! packed in chunks inside a sled tree). See `README.md` for why the default is
+//! the default, and [`record`] for the on-disk format.
+#![deny(missing_docs)]
+
+mod batch;
+pub mod config;
+pub mod error;
+mod flusher;
+mod manifest;
+pub mod record;
+mod recovery;
+mod segment;
+mod segment_log;
+mod sled_log;
+
+pub use batch::{LogStats, ReadBatch, RecoveryReport, SeqRange};
+pub use config::{Backend, Durability, LogConfig};
+pub use error::{AppendError, ConfigError, Corruption, Error, OpenError, ReadError, StorageError};
+pub use segment_log::SegmentLog;
+pub use sled_log::SledLog;
+
+use std::path::Path;
+
+/// An append-only, durable log of opaque records.
+///
+/// Sequence numbers are dense: the first record gets the log's `next_seq` at
+/// creation (0), and each append numbers its records consecutively. Methods take
+/// `&self` and serialise internally, so one log can be shared by a producer and
+/// consumers.
+pub trait SpillLog: Send + Sync + std::fmt::Debug {
+    /// Appends a batch and returns the sequence numbers it got.
+    ///
+    /// # Durability
+    /// Under [`Durability::EveryBatch`] the batch is on disk when this returns;
+    /// otherwise it is durable after the next periodic or explicit [`SpillLog::flush`].
+    ///
+    /// # Errors
+    /// [`AppendError::Full`] past `disk_budget_bytes`, [`AppendError::RecordTooLarge`],
+    /// or a storage failure. On any error nothing of the batch was acknowledged.
+    fn append(&self, records: &[&[u8]]) -> Result<SeqRange, AppendError>;
+
+    /// Reads up to `max_records` records and about `max_bytes` payload bytes from `from_seq`.
+    ///
+    /// Returns at least one record whenever `from_seq < next_seq` and `max_records > 0`,
+    /// even if that record alone exceeds `max_bytes`, so a reader never stalls.
+    /// May return fewer records than asked (a read stops at a segment or window
+    /// end); read again from [`ReadBatch::next_seq`].
+    ///
+    /// # Errors
+    /// [`ReadError::OutOfRange`] outside `first_seq..=next_seq`; a storage error,
+    /// or a [`Corruption`] naming the file and offset of a damaged chunk.
+    fn read(&self, from_seq: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError>;
+
+    /// Makes every appended record and every saved position durable; returns the durable `next_seq`.
+    fn flush(&self) -> Result<u64, StorageError>;
+
+    /// Marks every record below `first_unconsumed_seq` consumed so its space can be reclaimed.
+    ///
+    /// Values beyond `next_seq` are clamped to it; values below the current
+    /// `first_seq` change nothing. Durable like positions (see [`SpillLog::save_position`]).
+    fn consume_until(&self, first_unconsumed_seq: u64) -> Result<(), StorageError>;
+
+    /// Stores a named position (a consumer's next sequence number to read).
+    ///
+    /// Durable at once under [`Durability::EveryBatch`], else with the next flush.
+    fn save_position(&self, name: &str, seq: u64) -> Result<(), StorageError>;
+
+    /// A named position saved earlier.
+    fn position(&self, name: &str) -> Result<Option<u64>, StorageError>;
+
+    /// Every named position (at most `positions_max`).
+    fn positions(&self) -> Result<Vec<(String, u64)>, StorageError>;
+
+    /// Forgets a named position.
+    fn remove_position(&self, name: &str) -> Result<(), StorageError>;
+
+    /// Counters and sizes as of now.
+    fn stats(&self) -> LogStats;
+
+    /// What recovery found and repaired when the log was opened.
+    fn recovery_report(&self) -> &RecoveryReport;
+}
+
+/// Opens (or creates) the log in `dir` with the configured backend.
+///
+/// # Errors
+/// A refused configuration, a directory of another backend or format version,
+/// a missing segment, corruption before the tail, or an I/O failure.
+pub fn open(dir: &Path, config: LogConfig) -> Result<Box<dyn SpillLog>, OpenError> {
+    Ok(match config.backend {
+        Backend::Segment => Box::new(SegmentLog::open(dir, config)?),
+        Backend::Sled => Box::new(SledLog::open(dir, config)?),
+    })
+}

@@ -1,0 +1,267 @@
+//! The sled-held state: format version, backend, consumed position, segments, named positions.
+//!
+//! Keys of numeric trees are big-endian so they sort; values are fixed-layout little-endian.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Backend;
+use crate::error::{OpenError, StorageError};
+use crate::record::FORMAT_VERSION;
+
+const KEY_VERSION: &[u8] = b"format_version";
+const KEY_BACKEND: &[u8] = b"backend";
+const KEY_CONSUMED: &[u8] = b"consumed_seq";
+
+/// One segment as the manifest records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentEntry {
+    pub first_seq: u64,
+    /// Filled when the segment is sealed: no append will reach it again.
+    pub sealed: Option<SealedInfo>,
+}
+
+/// A sealed segment's totals, so open needs not scan it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SealedInfo {
+    pub next_seq: u64,
+    pub payload_bytes: u64,
+    pub file_bytes: u64,
+}
+
+impl SegmentEntry {
+    fn encode(&self) -> [u8; 25] {
+        let mut out = [0u8; 25];
+        if let Some(s) = self.sealed {
+            out[0] = 1;
+            out[1..9].copy_from_slice(&s.next_seq.to_le_bytes());
+            out[9..17].copy_from_slice(&s.payload_bytes.to_le_bytes());
+            out[17..25].copy_from_slice(&s.file_bytes.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(first_seq: u64, value: &[u8]) -> Option<Self> {
+        if value.len() != 25 {
+            return None;
+        }
+        let at = |i: usize| u64::from_le_bytes(value[i..i + 8].try_into().unwrap_or([0; 8]));
+        let sealed = (value[0] == 1).then(|| SealedInfo {
+            next_seq: at(1),
+            payload_bytes: at(9),
+            file_bytes: at(17),
+        });
+        Some(SegmentEntry { first_seq, sealed })
+    }
+}
+
+/// How long open waits for sled's lock, which sled's background threads release
+/// a moment after the previous owner in this process dropped it.
+const LOCK_WAIT_MS_MAX: u64 = 2_000;
+const LOCK_RETRY_MS: u64 = 20;
+
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
+    let mut waited_ms = 0;
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            // We flush explicitly, in order with the data files; see segment_log.rs.
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && waited_ms < LOCK_WAIT_MS_MAX => {
+                std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
+                waited_ms += LOCK_RETRY_MS;
+            }
+            other => return other.map_err(StorageError::sled(path)),
+        }
+    }
+}
+
+/// The manifest store.
+#[derive(Debug)]
+pub(crate) struct Manifest {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    segments: sled::Tree,
+    positions: sled::Tree,
+    positions_max: u32,
+}
+
+impl Manifest {
+    /// Opens or creates the manifest, refusing another format version or backend.
+    pub(crate) fn open(path: &Path, cache_bytes: u64, backend: Backend, positions_max: u32) -> Result<Self, OpenError> {
+        let db = open_sled(path, cache_bytes)?;
+        let tree = |name: &str| db.open_tree(name).map_err(StorageError::sled(path));
+        let manifest = Manifest {
+            path: path.to_path_buf(),
+            meta: tree("meta")?,
+            segments: tree("segments")?,
+            positions: tree("positions")?,
+            db,
+            positions_max,
+        };
+        manifest.check_or_init(backend)?;
+        Ok(manifest)
+    }
+
+    fn check_or_init(&self, backend: Backend) -> Result<(), OpenError> {
+        let sled_err = StorageError::sled(&self.path);
+        match self.meta.get(KEY_VERSION).map_err(sled_err)? {
+            Some(raw) => {
+                let found = raw
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .unwrap_or(u32::MAX);
+                if found != FORMAT_VERSION {
+                    return Err(OpenError::UnsupportedVersion {
+                        path: self.path.clone(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                let stored = self
+                    .meta
+                    .get(KEY_BACKEND)
+                    .map_err(StorageError::sled(&self.path))?
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                if stored != backend.as_str() {
+                    return Err(OpenError::WrongBackend {
+                        path: self.path.clone(),
+                        found: stored,
+                        expected: backend.as_str().into(),
+                    });
+                }
+            }
+            None => {
+                self.meta
+                    .insert(KEY_BACKEND, backend.as_str())
+                    .map_err(StorageError::sled(&self.path))?;
+                self.meta
+                    .insert(KEY_VERSION, &FORMAT_VERSION.to_le_bytes())
+                    .map_err(StorageError::sled(&self.path))?;
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes every change so far durable.
+    pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush().map_err(StorageError::sled(&self.path))?;
+        Ok(())
+    }
+
+    pub(crate) fn consumed_seq(&self) -> Result<u64, StorageError> {
+        Ok(self
+            .meta
+            .get(KEY_CONSUMED)
+            .map_err(StorageError::sled(&self.path))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0))
+    }
+
+    pub(crate) fn set_consumed_seq(&self, seq: u64) -> Result<(), StorageError> {
+        self.meta
+            .insert(KEY_CONSUMED, &seq.to_le_bytes())
+            .map_err(StorageError::sled(&self.path))?;
+        Ok(())
+    }
+
+    /// All segment entries, oldest first (their count is bounded by disk budget / segment size).
+    pub(crate) fn segments(&self) -> Result<Vec<SegmentEntry>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.segments.iter() {
+            let (key, value) = item.map_err(StorageError::sled(&self.path))?;
+            let first_seq = key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| self.bad_entry("segment key is not 8 bytes"))?;
+            let entry = SegmentEntry::decode(first_seq, &value).ok_or_else(|| self.bad_entry("segment entry of the wrong size"))?;
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    fn bad_entry(&self, reason: &str) -> StorageError {
+        StorageError::Corrupt(crate::Corruption {
+            location: self.path.display().to_string(),
+            offset: 0,
+            reason: reason.into(),
+        })
+    }
+
+    pub(crate) fn put_segment(&self, entry: SegmentEntry) -> Result<(), StorageError> {
+        self.segments
+            .insert(entry.first_seq.to_be_bytes(), &entry.encode())
+            .map_err(StorageError::sled(&self.path))?;
+        Ok(())
+    }
+
+    pub(crate) fn remove_segment(&self, first_seq: u64) -> Result<(), StorageError> {
+        self.segments
+            .remove(first_seq.to_be_bytes())
+            .map_err(StorageError::sled(&self.path))?;
+        Ok(())
+    }
+
+    pub(crate) fn save_position(&self, name: &str, seq: u64) -> Result<(), StorageError> {
+        let known = self
+            .positions
+            .contains_key(name)
+            .map_err(StorageError::sled(&self.path))?;
+        if !known && self.positions.len() >= self.positions_max as usize {
+            return Err(StorageError::TooManyPositions {
+                name: name.into(),
+                positions_max: self.positions_max,
+            });
+        }
+        self.positions
+            .insert(name, &seq.to_le_bytes())
+            .map_err(StorageError::sled(&self.path))?;
+        Ok(())
+    }
+
+    pub(crate) fn position(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        Ok(self
+            .positions
+            .get(name)
+            .map_err(StorageError::sled(&self.path))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes)))
+    }
+
+    pub(crate) fn positions(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        let mut out = Vec::new();
+        // Bounded: save_position refuses more than positions_max names.
+        for item in self.positions.iter() {
+            let (key, value) = item.map_err(StorageError::sled(&self.path))?;
+            let seq = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| self.bad_entry("position value is not 8 bytes"))?;
+            out.push((String::from_utf8_lossy(&key).into_owned(), seq));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn remove_position(&self, name: &str) -> Result<(), StorageError> {
+        self.positions
+            .remove(name)
+            .map_err(StorageError::sled(&self.path))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,653 @@
+//! `SegmentLog`: records in append-only segment files, the manifest in sled.
+//!
+//! ```text
+//! DIR/manifest/                 sled: format version, backend, consumed seq, segments, named positions
+//! DIR/segments/<first_seq>.seg  segment files, oldest first; the newest is the active one
+//! ```
+//!
+//! Ordering rules that make a crash safe at any instant:
+//! - a new segment file is created and synced (with its directory) before the
+//!   manifest lists it; open adopts a newest file the manifest does not list yet;
+//! - a segment is synced before the manifest calls it sealed;
+//! - the consumed position is flushed to the manifest, after syncing the data,
+//!   before any file it frees is removed; open removes files left behind.
+//!
+//! Memory: the write buffer (`write_buffer_bytes` plus one chunk), one cached
+//! read window of at most `read_window_bytes` mapped (plus windows still held by
+//! live `ReadBatch`es), sled's `cache_capacity`, and one small entry per segment.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::batch::{Backing, LogStats, ReadBatch, RecoveryReport, SeqRange};
+use crate::config::{Backend, Durability, LogConfig};
+use crate::error::{AppendError, Corruption, OpenError, ReadError, StorageError};
+use crate::flusher::Flusher;
+use crate::manifest::{Manifest, SealedInfo, SegmentEntry};
+use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::recovery;
+use crate::segment::{self, ActiveSegment};
+use crate::SpillLog;
+
+/// Read positions remembered so sequential readers skip the header walk.
+const READ_HINTS_MAX: usize = 8;
+
+/// The default log: segment files read through a bounded mmap window, sled for the manifest.
+#[derive(Debug)]
+pub struct SegmentLog {
+    inner: Arc<Mutex<Inner>>,
+    recovery: RecoveryReport,
+    // Declared last: dropped (and joined) before the final flush in `Drop`.
+    flusher: Option<Flusher>,
+}
+
+#[derive(Debug)]
+struct SealedSegment {
+    first_seq: u64,
+    info: SealedInfo,
+    path: PathBuf,
+    reader: Option<Arc<File>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReadHint {
+    segment_first_seq: u64,
+    chunk_offset: u64,
+    chunk_first_seq: u64,
+}
+
+#[derive(Debug)]
+struct CachedWindow {
+    segment_first_seq: u64,
+    offset: u64,
+    map: Arc<memmap2::Mmap>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    segments_dir: PathBuf,
+    config: LogConfig,
+    manifest: Manifest,
+    sealed: VecDeque<SealedSegment>,
+    active: ActiveSegment,
+    consumed_seq: u64,
+    /// Bytes of sealed segment files.
+    sealed_bytes: u64,
+    sealed_payload_bytes: u64,
+    /// Whether anything appended or saved is not yet durable.
+    dirty: bool,
+    hints: VecDeque<ReadHint>,
+    window: Option<CachedWindow>,
+    durable_next_seq: Arc<AtomicU64>,
+}
+
+impl SegmentLog {
+    /// Opens or creates a segment log in `dir`, recovering its tail.
+    ///
+    /// # Errors
+    /// See [`crate::open`].
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Self, OpenError> {
+        config.validate()?;
+        if config.backend != Backend::Segment {
+            return Err(crate::ConfigError::Invalid {
+                field: "backend",
+                reason: "SegmentLog::open needs backend = segment".into(),
+            }
+            .into());
+        }
+        let segments_dir = dir.join("segments");
+        std::fs::create_dir_all(&segments_dir).map_err(StorageError::io(&segments_dir))?;
+        let manifest = Manifest::open(&dir.join("manifest"), config.sled_cache_bytes, Backend::Segment, config.positions_max)?;
+        let (inner, recovery) = Inner::recover(segments_dir, config, manifest)?;
+        let interval = match inner.config.durability {
+            Durability::Periodic { interval_ms } => Some(Duration::from_millis(interval_ms)),
+            _ => None,
+        };
+        let inner = Arc::new(Mutex::new(inner));
+        let flusher = match interval {
+            Some(every) => {
+                let shared = Arc::downgrade(&inner);
+                let flusher = Flusher::start(every, move || {
+                    let Some(inner) = shared.upgrade() else { return };
+                    let mut inner = lock(&inner);
+                    if inner.dirty {
+                        if let Err(error) = inner.flush() {
+                            tracing::error!(%error, "periodic flush of the spill log failed; retrying next interval");
+                        }
+                    }
+                })
+                .map_err(StorageError::io(dir))?;
+                Some(flusher)
+            }
+            None => None,
+        };
+        Ok(SegmentLog {
+            inner,
+            recovery,
+            flusher,
+        })
+    }
+
+    /// Syncs everything and closes the log, reporting a failure that `Drop` could only log.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        drop(self.flusher.take());
+        let result = lock(&self.inner).flush().map(|_| ());
+        result
+    }
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // A panic while holding the lock leaves the state as consistent as the disk
+    // (every step writes the disk before memory), so continuing is safe.
+    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        drop(self.flusher.take());
+        if let Err(error) = lock(&self.inner).flush() {
+            tracing::error!(%error, "flushing the spill log on close failed");
+        }
+    }
+}
+
+impl Inner {
+    fn recover(segments_dir: PathBuf, config: LogConfig, manifest: Manifest) -> Result<(Self, RecoveryReport), OpenError> {
+        let mut report = RecoveryReport::default();
+        let consumed_seq = manifest.consumed_seq()?;
+        let mut entries: BTreeMap<u64, SegmentEntry> = manifest.segments()?.into_iter().map(|e| (e.first_seq, e)).collect();
+        let mut files = list_segment_files(&segments_dir)?;
+
+        // A listed segment without its file: fine if it was fully consumed (a reclaim
+        // that removed the file before the manifest), fatal otherwise.
+        for entry in entries.clone().into_values() {
+            if files.contains_key(&entry.first_seq) {
+                continue;
+            }
+            match entry.sealed {
+                Some(info) if info.next_seq <= consumed_seq => manifest.remove_segment(entry.first_seq)?,
+                _ => {
+                    return Err(OpenError::MissingSegment {
+                        path: segments_dir.join(segment::file_name(entry.first_seq)),
+                        first_seq: entry.first_seq,
+                    })
+                }
+            }
+            entries.remove(&entry.first_seq);
+        }
+        // A file the manifest does not list: newer than every entry means an
+        // interrupted roll (adopt it); otherwise a leftover of a reclaim (remove it).
+        let newest_listed = entries.keys().next_back().copied();
+        for (&first_seq, path) in files.clone().iter() {
+            if entries.contains_key(&first_seq) {
+                continue;
+            }
+            if newest_listed.is_none_or(|newest| first_seq > newest) {
+                entries.insert(first_seq, SegmentEntry { first_seq, sealed: None });
+                manifest.put_segment(SegmentEntry { first_seq, sealed: None })?;
+            } else {
+                tracing::warn!(path = %path.display(), "removing a segment file the manifest no longer lists");
+                std::fs::remove_file(path).map_err(StorageError::io(path))?;
+                files.remove(&first_seq);
+                report.removed_files += 1;
+            }
+        }
+
+        let mut sealed = VecDeque::new();
+        let mut active = None;
+        let count = entries.len();
+        for (index, entry) in entries.into_values().enumerate() {
+            let path = files[&entry.first_seq].clone();
+            let file = File::open(&path).map_err(StorageError::io(&path))?;
+            let file_len = file.metadata().map_err(StorageError::io(&path))?.len();
+            check_segment_header(&file, &path, entry.first_seq)?;
+            let is_last = index + 1 == count;
+            match (entry.sealed, is_last) {
+                (Some(info), _) => {
+                    if file_len != info.file_bytes {
+                        return Err(StorageError::Corrupt(Corruption {
+                            location: path.display().to_string(),
+                            offset: file_len.min(info.file_bytes),
+                            reason: format!("sealed segment is {file_len} bytes, the manifest says {}", info.file_bytes),
+                        })
+                        .into());
+                    }
+                    sealed.push_back(SealedSegment {
+                        first_seq: entry.first_seq,
+                        info,
+                        path,
+                        reader: Some(Arc::new(file)),
+                    });
+                }
+                (None, _) => {
+                    let scan = recovery::scan_tail(&file, &path, entry.first_seq, file_len)?;
+                    report.scanned_bytes += file_len;
+                    if let Some(torn) = &scan.torn {
+                        let cut = file_len - scan.valid_end;
+                        tracing::warn!(
+                            path = %path.display(),
+                            offset = scan.valid_end,
+                            truncated_bytes = cut,
+                            dropped_records = torn.dropped_records,
+                            fault = %torn.fault,
+                            "cutting a torn tail from the spill log"
+                        );
+                        let writable = std::fs::OpenOptions::new().write(true).open(&path).map_err(StorageError::io(&path))?;
+                        writable.set_len(scan.valid_end).and_then(|()| writable.sync_all()).map_err(StorageError::io(&path))?;
+                        report.truncated_bytes += cut;
+                        report.dropped_records += torn.dropped_records;
+                        report.truncated_segment = Some(path.clone());
+                    }
+                    if is_last {
+                        active = Some(ActiveSegment::reopen(path, entry.first_seq, scan.next_seq, scan.valid_end, scan.payload_bytes)?);
+                    } else {
+                        // An older segment that was never marked sealed: an interrupted roll.
+                        let info = SealedInfo {
+                            next_seq: scan.next_seq,
+                            payload_bytes: scan.payload_bytes,
+                            file_bytes: scan.valid_end,
+                        };
+                        manifest.put_segment(SegmentEntry { first_seq: entry.first_seq, sealed: Some(info) })?;
+                        sealed.push_back(SealedSegment { first_seq: entry.first_seq, info, path, reader: None });
+                    }
+                }
+            }
+        }
+        let active = match active {
+            Some(active) => active,
+            None => {
+                // No segment yet, or the newest one is sealed: start one where the log ends.
+                let next = sealed.back().map_or(consumed_seq, |s| s.info.next_seq);
+                let active = segment::create(&segments_dir, next)?;
+                manifest.put_segment(SegmentEntry { first_seq: next, sealed: None })?;
+                active
+            }
+        };
+        if consumed_seq > active.next_seq {
+            return Err(StorageError::Corrupt(Corruption {
+                location: manifest.path().display().to_string(),
+                offset: 0,
+                reason: format!("consumed position {consumed_seq} is beyond the log's end {}", active.next_seq),
+            })
+            .into());
+        }
+        manifest.flush()?;
+        let sealed_bytes = sealed.iter().map(|s| s.info.file_bytes).sum();
+        let sealed_payload_bytes = sealed.iter().map(|s| s.info.payload_bytes).sum();
+        let durable = Arc::new(AtomicU64::new(active.next_seq));
+        let mut inner = Inner {
+            segments_dir,
+            config,
+            manifest,
+            sealed,
+            active,
+            consumed_seq,
+            sealed_bytes,
+            sealed_payload_bytes,
+            dirty: false,
+            hints: VecDeque::new(),
+            window: None,
+            durable_next_seq: durable,
+        };
+        // Records that survived in the page cache of a killed process are made durable now.
+        inner.active.sync()?;
+        inner.reclaim()?;
+        Ok((inner, report))
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.sealed_bytes + self.active.len()
+    }
+
+    fn append(&mut self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
+        let max = self.config.record_bytes_max;
+        if let Some((index, r)) = records.iter().enumerate().find(|(_, r)| r.len() > max as usize) {
+            return Err(AppendError::RecordTooLarge { index, len: r.len(), max });
+        }
+        let first = self.active.next_seq;
+        if records.is_empty() {
+            return Ok(SeqRange { first, next: first });
+        }
+        let needed = self.planned_bytes(records);
+        let budget = self.config.disk_budget_bytes;
+        let used = self.disk_bytes();
+        if used + needed > budget {
+            return Err(AppendError::Full {
+                needed_bytes: needed,
+                available_bytes: budget.saturating_sub(used),
+                budget_bytes: budget,
+            });
+        }
+        let mut rest = records;
+        while !rest.is_empty() {
+            let take = record::records_for_chunk(rest, self.config.chunk_bytes_target);
+            let (chunk, tail) = rest.split_at(take);
+            let chunk_bytes = record::chunk_bytes_for(take as u64, chunk.iter().map(|r| r.len() as u64).sum());
+            if self.active.has_records() && self.active.len() + chunk_bytes > self.config.segment_bytes_max {
+                self.roll()?;
+            }
+            self.active.append_chunk(chunk, self.config.write_buffer_bytes)?;
+            rest = tail;
+        }
+        self.dirty = true;
+        if self.config.durability == Durability::EveryBatch {
+            self.flush()?;
+        }
+        Ok(SeqRange { first, next: self.active.next_seq })
+    }
+
+    /// Upper bound of the bytes `records` will take on disk, new segment headers included.
+    fn planned_bytes(&self, records: &[&[u8]]) -> u64 {
+        let mut total = 0;
+        let mut rest = records;
+        while !rest.is_empty() {
+            let take = record::records_for_chunk(rest, self.config.chunk_bytes_target);
+            let payload: u64 = rest[..take].iter().map(|r| r.len() as u64).sum();
+            total += record::chunk_bytes_for(take as u64, payload);
+            rest = &rest[take..];
+        }
+        let segments = total.div_ceil(self.config.segment_bytes_max) + 1;
+        total + segments * SEGMENT_HEADER_BYTES as u64
+    }
+
+    /// Seals the active segment and starts the next one.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        self.active.sync()?;
+        let info = SealedInfo {
+            next_seq: self.active.next_seq,
+            payload_bytes: self.active.payload_bytes,
+            file_bytes: self.active.file_bytes,
+        };
+        let next = segment::create(&self.segments_dir, info.next_seq)?;
+        self.manifest.put_segment(SegmentEntry { first_seq: self.active.first_seq, sealed: Some(info) })?;
+        self.manifest.put_segment(SegmentEntry { first_seq: next.first_seq, sealed: None })?;
+        self.manifest.flush()?;
+        let old = std::mem::replace(&mut self.active, next);
+        self.sealed_bytes += info.file_bytes;
+        self.sealed_payload_bytes += info.payload_bytes;
+        self.sealed.push_back(SealedSegment {
+            first_seq: old.first_seq,
+            info,
+            path: old.path.clone(),
+            reader: Some(Arc::clone(&old.reader)),
+        });
+        self.durable_next_seq.fetch_max(info.next_seq, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<u64, StorageError> {
+        // Data first, then the manifest: a durable consumed position never runs ahead of durable data.
+        self.active.sync()?;
+        self.manifest.flush()?;
+        self.dirty = false;
+        let next = self.active.next_seq;
+        self.durable_next_seq.fetch_max(next, Ordering::AcqRel);
+        Ok(next)
+    }
+
+    fn consume_until(&mut self, seq: u64) -> Result<(), StorageError> {
+        let seq = seq.min(self.active.next_seq);
+        if seq <= self.consumed_seq {
+            return Ok(());
+        }
+        self.consumed_seq = seq;
+        self.manifest.set_consumed_seq(seq)?;
+        self.hints.retain(|h| h.chunk_first_seq >= seq || h.segment_first_seq >= seq);
+        self.dirty = true;
+        // A fully consumed active segment of some size is rolled so its space can go.
+        if seq == self.active.next_seq && self.active.len() >= self.config.segment_bytes_max / 8 {
+            self.roll()?;
+        }
+        self.reclaim()?;
+        if self.config.durability == Durability::EveryBatch {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Removes sealed segments every record of which is consumed.
+    fn reclaim(&mut self) -> Result<(), StorageError> {
+        let freed = self.sealed.iter().take_while(|s| s.info.next_seq <= self.consumed_seq).count();
+        if freed == 0 {
+            return Ok(());
+        }
+        for segment in self.sealed.iter().take(freed) {
+            self.manifest.remove_segment(segment.first_seq)?;
+        }
+        self.flush()?;
+        for segment in self.sealed.drain(..freed) {
+            std::fs::remove_file(&segment.path).map_err(StorageError::io(&segment.path))?;
+            self.sealed_bytes -= segment.info.file_bytes;
+            self.sealed_payload_bytes -= segment.info.payload_bytes;
+            tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
+        }
+        if let Some(window) = &self.window {
+            if window.segment_first_seq < self.sealed.front().map_or(self.active.first_seq, |s| s.first_seq) {
+                self.window = None;
+            }
+        }
+        segment::sync_dir(&self.segments_dir)
+    }
+
+    fn read(&mut self, from: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError> {
+        let next_seq = self.active.next_seq;
+        if from < self.consumed_seq || from > next_seq {
+            return Err(ReadError::OutOfRange { requested: from, first_seq: self.consumed_seq, next_seq });
+        }
+        let mut batch = ReadBatch::new(from);
+        if from == next_seq || max_records == 0 {
+            return Ok(batch);
+        }
+        // Locate the segment: the active one, or a sealed one by binary search.
+        let (seg_first, seg_end, reader, path) = if from >= self.active.first_seq {
+            // Records still in the write buffer must reach the file before it is mapped.
+            self.active.write_out()?;
+            (self.active.first_seq, self.active.file_bytes, Arc::clone(&self.active.reader), self.active.path.clone())
+        } else {
+            let at = self.sealed.partition_point(|s| s.first_seq <= from) - 1;
+            let seg = &mut self.sealed[at];
+            let reader = match &seg.reader {
+                Some(reader) => Arc::clone(reader),
+                None => {
+                    let file = Arc::new(File::open(&seg.path).map_err(StorageError::io(&seg.path))?);
+                    seg.reader = Some(Arc::clone(&file));
+                    file
+                }
+            };
+            (seg.first_seq, seg.info.file_bytes, reader, seg.path.clone())
+        };
+        let (start_offset, start_seq) = self
+            .hints
+            .iter()
+            .filter(|h| h.segment_first_seq == seg_first && h.chunk_first_seq <= from)
+            .max_by_key(|h| h.chunk_first_seq)
+            .map_or((SEGMENT_HEADER_BYTES as u64, seg_first), |h| (h.chunk_offset, h.chunk_first_seq));
+        let (chunk_offset, _) = segment::find_chunk(&reader, &path, start_offset, start_seq, from, seg_end)?;
+
+        let map = self.window_for(seg_first, &reader, &path, chunk_offset, seg_end)?;
+        let backing = batch.add_backing(Backing::Mapped(Arc::clone(&map.0)));
+        let window_start = map.1;
+        let mut offset = chunk_offset;
+        let mut last_chunk = (chunk_offset, from);
+        let mut seq = from;
+        'chunks: while offset < seg_end {
+            let at = (offset - window_start) as usize;
+            let bytes = batch.backing_bytes(backing);
+            if at + CHUNK_HEADER_BYTES > bytes.len() {
+                break;
+            }
+            let corrupt = |fault: record::FormatFault| {
+                StorageError::Corrupt(Corruption { location: path.display().to_string(), offset, reason: fault.to_string() })
+            };
+            let header = ChunkHeader::decode(&bytes[at..]).map_err(corrupt)?;
+            if at + header.chunk_bytes() > bytes.len() {
+                break;
+            }
+            if header.next_seq() <= seq || header.first_seq > seq {
+                return Err(corrupt(record::FormatFault::BadHeader("sequence number out of order")).into());
+            }
+            let body_at = at + CHUNK_HEADER_BYTES;
+            let records: Vec<&[u8]> = {
+                let view = record::check_body(&header, &bytes[body_at..body_at + header.body_bytes as usize]).map_err(corrupt)?;
+                let skip = (seq - header.first_seq) as usize;
+                (skip..view.len()).map(|i| view.record(i)).collect()
+            };
+            last_chunk = (offset, header.first_seq);
+            // The slices borrow the mapped window, which the batch owns through `backing`.
+            let records: Vec<(usize, usize)> = {
+                let base = bytes.as_ptr() as usize;
+                records.iter().map(|r| (r.as_ptr() as usize - base, r.len())).collect()
+            };
+            for (start, len) in records {
+                batch.push_span(backing, start, len);
+                seq += 1;
+                if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
+                    break 'chunks;
+                }
+            }
+            offset += header.chunk_bytes() as u64;
+        }
+        self.remember(ReadHint { segment_first_seq: seg_first, chunk_offset: last_chunk.0, chunk_first_seq: last_chunk.1 });
+        Ok(batch)
+    }
+
+    /// A mapped window of the segment that holds the chunk at `chunk_offset`, and the window's start offset.
+    fn window_for(&mut self, seg_first: u64, reader: &File, path: &Path, chunk_offset: u64, seg_end: u64) -> Result<(Arc<memmap2::Mmap>, u64), StorageError> {
+        if let Some(w) = &self.window {
+            let end = w.offset + w.map.len() as u64;
+            // Reuse the cached window while the chunk's header lies in it and the window reaches past it.
+            if w.segment_first_seq == seg_first && w.offset <= chunk_offset && chunk_offset + CHUNK_HEADER_BYTES as u64 <= end {
+                let header_at = (chunk_offset - w.offset) as usize;
+                let fits = ChunkHeader::decode(&w.map[header_at..]).is_ok_and(|h| chunk_offset + h.chunk_bytes() as u64 <= end);
+                if fits {
+                    return Ok((Arc::clone(&w.map), w.offset));
+                }
+            }
+        }
+        let len = (seg_end - chunk_offset).min(u64::from(self.config.read_window_bytes)) as usize;
+        let map = Arc::new(segment::map_window(reader, path, chunk_offset, len)?);
+        self.window = Some(CachedWindow { segment_first_seq: seg_first, offset: chunk_offset, map: Arc::clone(&map) });
+        Ok((map, chunk_offset))
+    }
+
+    fn remember(&mut self, hint: ReadHint) {
+        if let Some(same) = self.hints.iter_mut().find(|h| h.segment_first_seq == hint.segment_first_seq && h.chunk_offset == hint.chunk_offset) {
+            *same = hint;
+            return;
+        }
+        if self.hints.len() == READ_HINTS_MAX {
+            self.hints.pop_front();
+        }
+        self.hints.push_back(hint);
+    }
+
+    fn stats(&self) -> LogStats {
+        LogStats {
+            first_seq: self.consumed_seq,
+            next_seq: self.active.next_seq,
+            durable_next_seq: self.durable_next_seq.load(Ordering::Acquire),
+            payload_bytes: self.sealed_payload_bytes + self.active.payload_bytes,
+            disk_bytes: self.disk_bytes(),
+            files: self.sealed.len() as u64 + 1,
+        }
+    }
+
+    fn after_position_change(&mut self) -> Result<(), StorageError> {
+        self.dirty = true;
+        if self.config.durability == Durability::EveryBatch {
+            self.manifest.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn list_segment_files(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, StorageError> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(StorageError::io(dir))? {
+        let entry = entry.map_err(StorageError::io(dir))?;
+        let name = entry.file_name();
+        if let Some(first_seq) = name.to_str().and_then(segment::parse_file_name) {
+            files.insert(first_seq, entry.path());
+        }
+    }
+    Ok(files)
+}
+
+fn check_segment_header(file: &File, path: &Path, expected_first_seq: u64) -> Result<(), OpenError> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    file.read_exact_at(&mut header, 0).map_err(StorageError::io(path))?;
+    match record::decode_segment_header(&header) {
+        Ok(first) if first == expected_first_seq => Ok(()),
+        Ok(first) => Err(StorageError::Corrupt(Corruption {
+            location: path.display().to_string(),
+            offset: 0,
+            reason: format!("segment header says first seq {first}, its name says {expected_first_seq}"),
+        })
+        .into()),
+        Err(record::FormatFault::Version(found)) => Err(OpenError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found,
+            supported: record::FORMAT_VERSION,
+        }),
+        Err(fault) => Err(StorageError::Corrupt(Corruption { location: path.display().to_string(), offset: 0, reason: fault.to_string() }).into()),
+    }
+}
+
+impl SpillLog for SegmentLog {
+    fn append(&self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
+        lock(&self.inner).append(records)
+    }
+
+    fn read(&self, from_seq: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError> {
+        lock(&self.inner).read(from_seq, max_records, max_bytes)
+    }
+
+    fn flush(&self) -> Result<u64, StorageError> {
+        lock(&self.inner).flush()
+    }
+
+    fn consume_until(&self, first_unconsumed_seq: u64) -> Result<(), StorageError> {
+        lock(&self.inner).consume_until(first_unconsumed_seq)
+    }
+
+    fn save_position(&self, name: &str, seq: u64) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        inner.manifest.save_position(name, seq)?;
+        inner.after_position_change()
+    }
+
+    fn position(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        lock(&self.inner).manifest.position(name)
+    }
+
+    fn positions(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        lock(&self.inner).manifest.positions()
+    }
+
+    fn remove_position(&self, name: &str) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        inner.manifest.remove_position(name)?;
+        inner.after_position_change()
+    }
+
+    fn stats(&self) -> LogStats {
+        lock(&self.inner).stats()
+    }
+
+    fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+}
+
+impl SegmentLog {
+    /// Bytes of memory the log's own buffers hold now (write buffer and cached window), for accounting.
+    pub fn buffer_bytes(&self) -> u64 {
+        let inner = lock(&self.inner);
+        inner.active.buffer_capacity() as u64 + inner.window.as_ref().map_or(0, |w| w.map.len() as u64)
+    }
+}

@@ -1,0 +1,331 @@
+//! `SledLog`: records packed in chunks (same format as segment chunks) stored as values of a sled tree.
+//!
+//! ```text
+//! DIR/sled/   one sled db: tree "chunks" (first_seq big-endian -> chunk bytes), plus the manifest's trees
+//! ```
+//!
+//! sled recovers its own log on open; our chunk checksums catch damage sled
+//! does not see. Memory: sled keeps live values of its recent log in memory
+//! whatever `cache_capacity` says (see storage-measurements.md), which is why
+//! this backend is not the default.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::batch::{Backing, LogStats, ReadBatch, RecoveryReport, SeqRange};
+use crate::config::{Backend, Durability, LogConfig};
+use crate::error::{AppendError, Corruption, OpenError, ReadError, StorageError};
+use crate::flusher::Flusher;
+use crate::manifest::Manifest;
+use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES};
+use crate::SpillLog;
+
+/// The alternative log: chunks of records inside a sled tree.
+#[derive(Debug)]
+pub struct SledLog {
+    inner: Arc<Mutex<Inner>>,
+    recovery: RecoveryReport,
+    flusher: Option<Flusher>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    config: LogConfig,
+    manifest: Manifest,
+    chunks: sled::Tree,
+    next_seq: u64,
+    consumed_seq: u64,
+    payload_bytes: u64,
+    dirty: bool,
+    durable_next_seq: Arc<AtomicU64>,
+}
+
+fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SledLog {
+    /// Opens or creates a sled-backed log in `dir`.
+    ///
+    /// # Errors
+    /// See [`crate::open`].
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Self, OpenError> {
+        config.validate()?;
+        if config.backend != Backend::Sled {
+            return Err(crate::ConfigError::Invalid { field: "backend", reason: "SledLog::open needs backend = sled".into() }.into());
+        }
+        let path = dir.join("sled");
+        let manifest = Manifest::open(&path, config.sled_cache_bytes, Backend::Sled, config.positions_max)?;
+        let chunks = manifest.db().open_tree("chunks").map_err(StorageError::sled(&path))?;
+        let consumed_seq = manifest.consumed_seq()?;
+        let last = chunks.last().map_err(StorageError::sled(&path))?;
+        let next_seq = match last {
+            Some((key, value)) => chunk_header(&key, &value, &path)?.next_seq(),
+            None => consumed_seq,
+        };
+        // Payload of stored chunks: known from the headers without reading record bytes beyond them.
+        let mut payload_bytes = 0;
+        for item in chunks.iter() {
+            let (key, value) = item.map_err(StorageError::sled(&path))?;
+            let header = chunk_header(&key, &value, &path)?;
+            payload_bytes += payload_estimate(&header);
+        }
+        let inner = Inner {
+            path: path.clone(),
+            config,
+            manifest,
+            chunks,
+            next_seq,
+            consumed_seq,
+            payload_bytes,
+            dirty: false,
+            durable_next_seq: Arc::new(AtomicU64::new(next_seq)),
+        };
+        let interval = match inner.config.durability {
+            Durability::Periodic { interval_ms } => Some(Duration::from_millis(interval_ms)),
+            _ => None,
+        };
+        let inner = Arc::new(Mutex::new(inner));
+        let flusher = match interval {
+            Some(every) => {
+                let shared = Arc::downgrade(&inner);
+                Some(
+                    Flusher::start(every, move || {
+                        let Some(inner) = shared.upgrade() else { return };
+                        let mut inner = lock(&inner);
+                        if inner.dirty {
+                            if let Err(error) = inner.flush() {
+                                tracing::error!(%error, "periodic flush of the sled log failed; retrying next interval");
+                            }
+                        }
+                    })
+                    .map_err(StorageError::io(&path))?,
+                )
+            }
+            None => None,
+        };
+        Ok(SledLog { inner, recovery: RecoveryReport::default(), flusher })
+    }
+}
+
+fn chunk_header(key: &[u8], value: &[u8], path: &Path) -> Result<ChunkHeader, StorageError> {
+    let key_seq = key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+    let corrupt = |reason: String| StorageError::Corrupt(Corruption { location: format!("{} chunk {key_seq}", path.display()), offset: 0, reason });
+    let header = ChunkHeader::decode(value).map_err(|f| corrupt(f.to_string()))?;
+    if header.first_seq != key_seq {
+        return Err(corrupt(format!("chunk header says seq {}, its key says {key_seq}", header.first_seq)));
+    }
+    Ok(header)
+}
+
+/// A chunk's payload bytes from its header alone (within 3 bytes of alignment), so open reads no record bytes.
+fn payload_estimate(header: &ChunkHeader) -> u64 {
+    u64::from(header.body_bytes).saturating_sub(record::RECORD_OVERHEAD_BYTES as u64 * u64::from(header.record_count) + 8)
+}
+
+impl Drop for SledLog {
+    fn drop(&mut self) {
+        drop(self.flusher.take());
+        if let Err(error) = lock(&self.inner).flush() {
+            tracing::error!(%error, "flushing the sled log on close failed");
+        }
+    }
+}
+
+impl Inner {
+    fn append(&mut self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
+        let max = self.config.record_bytes_max;
+        if let Some((index, r)) = records.iter().enumerate().find(|(_, r)| r.len() > max as usize) {
+            return Err(AppendError::RecordTooLarge { index, len: r.len(), max });
+        }
+        let first = self.next_seq;
+        if records.is_empty() {
+            return Ok(SeqRange { first, next: first });
+        }
+        let mut batch = sled::Batch::default();
+        let mut needed = 0u64;
+        let mut seq = first;
+        let mut rest = records;
+        let mut payload = 0;
+        while !rest.is_empty() {
+            let take = record::records_for_chunk(rest, self.config.chunk_bytes_target);
+            let mut value = Vec::new();
+            let header = record::encode_chunk(&mut value, seq, &rest[..take]);
+            needed += value.len() as u64;
+            payload += payload_estimate(&header);
+            batch.insert(&seq.to_be_bytes(), value);
+            seq = header.next_seq();
+            rest = &rest[take..];
+        }
+        let used = self.manifest.db().size_on_disk().map_err(StorageError::sled(&self.path))?;
+        let budget = self.config.disk_budget_bytes;
+        if used + needed > budget {
+            return Err(AppendError::Full { needed_bytes: needed, available_bytes: budget.saturating_sub(used), budget_bytes: budget });
+        }
+        self.chunks.apply_batch(batch).map_err(StorageError::sled(&self.path))?;
+        self.next_seq = seq;
+        self.payload_bytes += payload;
+        self.dirty = true;
+        if self.config.durability == Durability::EveryBatch {
+            self.flush()?;
+        }
+        Ok(SeqRange { first, next: seq })
+    }
+
+    fn flush(&mut self) -> Result<u64, StorageError> {
+        self.manifest.flush()?;
+        self.dirty = false;
+        self.durable_next_seq.fetch_max(self.next_seq, Ordering::AcqRel);
+        Ok(self.next_seq)
+    }
+
+    fn read(&self, from: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError> {
+        if from < self.consumed_seq || from > self.next_seq {
+            return Err(ReadError::OutOfRange { requested: from, first_seq: self.consumed_seq, next_seq: self.next_seq });
+        }
+        let mut batch = ReadBatch::new(from);
+        if from == self.next_seq || max_records == 0 {
+            return Ok(batch);
+        }
+        let sled_err = StorageError::sled(&self.path);
+        let start = match self.chunks.range(..=from.to_be_bytes()).next_back() {
+            Some(item) => item.map_err(sled_err)?.0,
+            None => return Err(StorageError::Corrupt(Corruption { location: self.path.display().to_string(), offset: 0, reason: format!("no chunk holds seq {from}") }).into()),
+        };
+        let mut seq = from;
+        for item in self.chunks.range(start..) {
+            let (key, value) = item.map_err(StorageError::sled(&self.path))?;
+            let header = chunk_header(&key, &value, &self.path)?;
+            if header.first_seq > seq {
+                return Err(StorageError::Corrupt(Corruption { location: format!("{} chunk {}", self.path.display(), header.first_seq), offset: 0, reason: format!("gap: seq {seq} is missing") }).into());
+            }
+            let body_range = CHUNK_HEADER_BYTES..CHUNK_HEADER_BYTES + header.body_bytes as usize;
+            // rkyv needs the body 4-byte aligned; sled's buffers usually are, else copy once.
+            let backing = if (value.as_ptr() as usize + CHUNK_HEADER_BYTES) % 4 == 0 {
+                Backing::Sled(value)
+            } else {
+                let mut copy = rkyv::util::AlignedVec::<16>::new();
+                copy.extend_from_slice(&value);
+                Backing::Aligned(copy)
+            };
+            let index = batch.add_backing(backing);
+            let bytes = batch.backing_bytes(index);
+            let view = record::check_body(&header, bytes.get(body_range).unwrap_or_default()).map_err(|fault| {
+                StorageError::Corrupt(Corruption { location: format!("{} chunk {}", self.path.display(), header.first_seq), offset: 0, reason: fault.to_string() })
+            })?;
+            let skip = (seq - header.first_seq) as usize;
+            let base = bytes.as_ptr() as usize;
+            let spans: Vec<(usize, usize)> = (skip..view.len()).map(|i| view.record(i)).map(|r| (r.as_ptr() as usize - base, r.len())).collect();
+            for (start, len) in spans {
+                batch.push_span(index, start, len);
+                seq += 1;
+                if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
+                    return Ok(batch);
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    fn consume_until(&mut self, seq: u64) -> Result<(), StorageError> {
+        let seq = seq.min(self.next_seq);
+        if seq <= self.consumed_seq {
+            return Ok(());
+        }
+        self.consumed_seq = seq;
+        self.manifest.set_consumed_seq(seq)?;
+        // A chunk can go once the next chunk starts at or below the consumed position.
+        let mut doomed: Option<(sled::IVec, u64)> = None;
+        for item in self.chunks.range(..=seq.to_be_bytes()) {
+            let (key, value) = item.map_err(StorageError::sled(&self.path))?;
+            if let Some((prev, prev_payload)) = doomed.take() {
+                self.chunks.remove(prev).map_err(StorageError::sled(&self.path))?;
+                self.payload_bytes = self.payload_bytes.saturating_sub(prev_payload);
+            }
+            let header = chunk_header(&key, &value, &self.path)?;
+            let payload = payload_estimate(&header);
+            doomed = Some((key, payload));
+            if header.next_seq() > seq {
+                doomed = None;
+                break;
+            }
+        }
+        if let Some((key, payload)) = doomed {
+            self.chunks.remove(key).map_err(StorageError::sled(&self.path))?;
+            self.payload_bytes = self.payload_bytes.saturating_sub(payload);
+        }
+        self.dirty = true;
+        if self.config.durability == Durability::EveryBatch {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> LogStats {
+        LogStats {
+            first_seq: self.consumed_seq,
+            next_seq: self.next_seq,
+            durable_next_seq: self.durable_next_seq.load(Ordering::Acquire),
+            payload_bytes: self.payload_bytes,
+            disk_bytes: self.manifest.db().size_on_disk().unwrap_or(0),
+            files: self.chunks.len() as u64,
+        }
+    }
+
+    fn after_position_change(&mut self) -> Result<(), StorageError> {
+        self.dirty = true;
+        if self.config.durability == Durability::EveryBatch {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl SpillLog for SledLog {
+    fn append(&self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
+        lock(&self.inner).append(records)
+    }
+
+    fn read(&self, from_seq: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError> {
+        lock(&self.inner).read(from_seq, max_records, max_bytes)
+    }
+
+    fn flush(&self) -> Result<u64, StorageError> {
+        lock(&self.inner).flush()
+    }
+
+    fn consume_until(&self, first_unconsumed_seq: u64) -> Result<(), StorageError> {
+        lock(&self.inner).consume_until(first_unconsumed_seq)
+    }
+
+    fn save_position(&self, name: &str, seq: u64) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        inner.manifest.save_position(name, seq)?;
+        inner.after_position_change()
+    }
+
+    fn position(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        lock(&self.inner).manifest.position(name)
+    }
+
+    fn positions(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        lock(&self.inner).manifest.positions()
+    }
+
+    fn remove_position(&self, name: &str) -> Result<(), StorageError> {
+        let mut inner = lock(&self.inner);
+        inner.manifest.remove_position(name)?;
+        inner.after_position_change()
+    }
+
+    fn stats(&self) -> LogStats {
+        lock(&self.inner).stats()
+    }
+
+    fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+}

@@ -1,0 +1,41 @@
+//! Helpers shared by the storage tests.
+#![allow(dead_code)]
+
+use spillway_storage::{Backend, Durability, LogConfig};
+
+/// A small configuration so segment rolls, windows and chunk splits happen with tiny inputs.
+pub fn small_config(backend: Backend) -> LogConfig {
+    let mut config = LogConfig::new(backend);
+    config.durability = Durability::Manual;
+    config.record_bytes_max = 2048;
+    config.chunk_bytes_target = 256;
+    config.segment_bytes_max = 8 * 1024;
+    config.write_buffer_bytes = 512;
+    config.read_window_bytes = 4096;
+    config.disk_budget_bytes = 64 * 1024 * 1024;
+    config
+}
+
+/// The payload a test writes for `seq`: its length and bytes follow from the number.
+pub fn payload(seq: u64) -> Vec<u8> {
+    let len = (seq.wrapping_mul(2654435761) % 300) as usize;
+    let mut out = seq.to_le_bytes().to_vec();
+    out.extend((0..len).map(|i| (seq as usize + i) as u8));
+    out
+}
+
+/// Reads every record from `from` to the end through bounded reads.
+pub fn read_all(log: &dyn spillway_storage::SpillLog, from: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = from;
+    let end = log.stats().next_seq;
+    while at < end {
+        let batch = log.read(at, 7, 1000).expect("read");
+        assert!(!batch.is_empty(), "a read below next_seq returned nothing at {at}");
+        for (seq, bytes) in batch.iter() {
+            out.push((seq, bytes.to_vec()));
+        }
+        at = batch.next_seq();
+    }
+    out
+}
