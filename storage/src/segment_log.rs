@@ -483,18 +483,24 @@ impl Inner {
             let corrupt = |fault: record::FormatFault| {
                 StorageError::Corrupt(Corruption { location: path.display().to_string(), offset, reason: fault.to_string() })
             };
-            let header = ChunkHeader::decode(&bytes[at..]).map_err(corrupt)?;
-            if at + header.chunk_bytes() > bytes.len() {
-                break;
-            }
-            if header.next_seq() <= seq || header.first_seq > seq {
-                return Err(corrupt(record::FormatFault::BadHeader("sequence number out of order")).into());
-            }
-            let body_at = at + CHUNK_HEADER_BYTES;
-            let records: Vec<&[u8]> = {
-                let view = record::check_body(&header, &bytes[body_at..body_at + header.body_bytes as usize]).map_err(corrupt)?;
+            let checked = ChunkHeader::decode(&bytes[at..]).and_then(|header| {
+                if at + header.chunk_bytes() > bytes.len() {
+                    return Ok(None);
+                }
+                if header.next_seq() <= seq || header.first_seq > seq {
+                    return Err(record::FormatFault::BadHeader("sequence number out of order"));
+                }
+                let body_at = at + CHUNK_HEADER_BYTES;
+                let view = record::check_body(&header, &bytes[body_at..body_at + header.body_bytes as usize])?;
                 let skip = (seq - header.first_seq) as usize;
-                (skip..view.len()).map(|i| view.record(i)).collect()
+                Ok(Some((header, (skip..view.len()).map(|i| view.record(i)).collect::<Vec<&[u8]>>())))
+            });
+            let (header, records) = match checked {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                // Hand out the intact records read so far; the next read reports the damage.
+                Err(_) if !batch.is_empty() => break,
+                Err(fault) => return Err(corrupt(fault).into()),
             };
             last_chunk = (offset, header.first_seq);
             // The slices borrow the mapped window, which the batch owns through `backing`.
