@@ -1,1 +1,50 @@
-fn main() {}
+//! The `spillway` binary.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+/// Spillway: a disk-spilling event queue with a memory budget in bytes.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Benchmarks, each beside a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// The spill log: append, open and read-back against a plain file append/read.
+    Log(cli::bench::LogBenchArgs),
+    /// One phase of `bench log` in its own process (used by `bench log` itself).
+    #[command(hide = true)]
+    LogPhase(cli::bench::LogPhaseArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Bench(BenchCommand::Log(args)) => cli::bench::run_log(args),
+        Command::Bench(BenchCommand::LogPhase(args)) => cli::bench::run_log_phase(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("spillway: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -125,7 +125,11 @@ impl ReadBatch {
     /// Adds the record at `start..start + len` of the backing `backing`.
     pub(crate) fn push_span(&mut self, backing: u32, start: usize, len: usize) {
         debug_assert!(start + len <= self.backings[backing as usize].bytes().len());
-        self.spans.push(Span { backing, start, len });
+        self.spans.push(Span {
+            backing,
+            start,
+            len,
+        });
         self.payload_bytes += len as u64;
     }
 
@@ -167,7 +171,8 @@ impl ReadBatch {
     /// The records with their sequence numbers.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (u64, &[u8])> + '_ {
         self.spans.iter().enumerate().map(move |(i, span)| {
-            let bytes = &self.backings[span.backing as usize].bytes()[span.start..span.start + span.len];
+            let bytes =
+                &self.backings[span.backing as usize].bytes()[span.start..span.start + span.len];
             (self.first_seq + i as u64, bytes)
         })
     }

@@ -54,7 +54,9 @@ pub enum StorageError {
     #[error(transparent)]
     Corrupt(#[from] Corruption),
     /// Too many named positions are stored already.
-    #[error("cannot store position {name:?}: the limit of {positions_max} named positions is reached")]
+    #[error(
+        "cannot store position {name:?}: the limit of {positions_max} named positions is reached"
+    )]
     TooManyPositions {
         /// The new name.
         name: String,

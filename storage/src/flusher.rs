@@ -13,7 +13,10 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub(crate) fn start(interval: Duration, tick: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        interval: Duration,
+        tick: impl Fn() + Send + 'static,
+    ) -> std::io::Result<Self> {
         // Capacity 1: the only message ever sent is the single stop signal.
         let (stop, stopped) = bounded::<()>(1);
         let thread = std::thread::Builder::new()

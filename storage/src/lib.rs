@@ -54,7 +54,12 @@ pub trait SpillLog: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// [`ReadError::OutOfRange`] outside `first_seq..=next_seq`; a storage error,
     /// or a [`Corruption`] naming the file and offset of a damaged chunk.
-    fn read(&self, from_seq: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError>;
+    fn read(
+        &self,
+        from_seq: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<ReadBatch, ReadError>;
 
     /// Makes every appended record and every saved position durable; returns the durable `next_seq`.
     fn flush(&self) -> Result<u64, StorageError>;

@@ -70,7 +70,10 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
             .mode(sled::Mode::LowSpace)
             .open();
         match opened {
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && waited_ms < LOCK_WAIT_MS_MAX => {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && waited_ms < LOCK_WAIT_MS_MAX =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
                 waited_ms += LOCK_RETRY_MS;
             }
@@ -92,7 +95,12 @@ pub(crate) struct Manifest {
 
 impl Manifest {
     /// Opens or creates the manifest, refusing another format version or backend.
-    pub(crate) fn open(path: &Path, cache_bytes: u64, backend: Backend, positions_max: u32) -> Result<Self, OpenError> {
+    pub(crate) fn open(
+        path: &Path,
+        cache_bytes: u64,
+        backend: Backend,
+        positions_max: u32,
+    ) -> Result<Self, OpenError> {
         let db = open_sled(path, cache_bytes)?;
         let tree = |name: &str| db.open_tree(name).map_err(StorageError::sled(path));
         let manifest = Manifest {
@@ -190,7 +198,8 @@ impl Manifest {
                 .try_into()
                 .map(u64::from_be_bytes)
                 .map_err(|_| self.bad_entry("segment key is not 8 bytes"))?;
-            let entry = SegmentEntry::decode(first_seq, &value).ok_or_else(|| self.bad_entry("segment entry of the wrong size"))?;
+            let entry = SegmentEntry::decode(first_seq, &value)
+                .ok_or_else(|| self.bad_entry("segment entry of the wrong size"))?;
             out.push(entry);
         }
         Ok(out)

@@ -160,8 +160,12 @@ impl ChunkHeader {
         if parsed.record_count == 0 {
             return Err(FormatFault::BadHeader("zero records"));
         }
-        if u64::from(parsed.body_bytes) < u64::from(parsed.record_count) * RECORD_OVERHEAD_BYTES as u64 {
-            return Err(FormatFault::BadHeader("body too short for its record count"));
+        if u64::from(parsed.body_bytes)
+            < u64::from(parsed.record_count) * RECORD_OVERHEAD_BYTES as u64
+        {
+            return Err(FormatFault::BadHeader(
+                "body too short for its record count",
+            ));
         }
         Ok(parsed)
     }
@@ -172,7 +176,11 @@ impl ChunkHeader {
 /// `out.len()` must be a multiple of [`CHUNK_ALIGN_BYTES`] and `out`'s start
 /// must map to an aligned file offset; the chunk is padded so the next one is too.
 /// Returns the chunk's header.
-pub fn encode_chunk<R: AsRef<[u8]>>(out: &mut Vec<u8>, first_seq: u64, records: &[R]) -> ChunkHeader {
+pub fn encode_chunk<R: AsRef<[u8]>>(
+    out: &mut Vec<u8>,
+    first_seq: u64,
+    records: &[R],
+) -> ChunkHeader {
     assert!(!records.is_empty(), "a chunk holds at least one record");
     assert_eq!(out.len() % CHUNK_ALIGN_BYTES, 0, "chunks start aligned");
     let header_at = out.len();
@@ -195,7 +203,8 @@ pub fn encode_chunk<R: AsRef<[u8]>>(out: &mut Vec<u8>, first_seq: u64, records: 
     let header = ChunkHeader {
         body_bytes: u32::try_from(body_bytes).expect("chunk body bounded by record_bytes_max"),
         first_seq,
-        record_count: u32::try_from(records.len()).expect("chunk record count bounded by chunk size"),
+        record_count: u32::try_from(records.len())
+            .expect("chunk record count bounded by chunk size"),
         body_crc: crc32c::crc32c(&out[body_at..]),
     };
     out[header_at..body_at].copy_from_slice(&header.encode());
@@ -258,7 +267,9 @@ pub fn encode_segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
 
 /// Decodes a segment header and returns its first sequence number.
 pub fn decode_segment_header(bytes: &[u8]) -> Result<u64, FormatFault> {
-    let header = bytes.get(..SEGMENT_HEADER_BYTES).ok_or(FormatFault::Short)?;
+    let header = bytes
+        .get(..SEGMENT_HEADER_BYTES)
+        .ok_or(FormatFault::Short)?;
     if header[0..8] != SEGMENT_MAGIC {
         return Err(FormatFault::BadMagic);
     }
@@ -319,7 +330,8 @@ mod tests {
         let records = vec![b"hello".to_vec(), b"world!".to_vec()];
         let mut out = Vec::new();
         encode_chunk(&mut out, 1, &records);
-        let used = CHUNK_HEADER_BYTES + ChunkHeader::decode(&out).expect("header").body_bytes as usize;
+        let used =
+            CHUNK_HEADER_BYTES + ChunkHeader::decode(&out).expect("header").body_bytes as usize;
         for byte in 0..used {
             for bit in 0..8 {
                 let mut bad = aligned_copy(&out);
@@ -330,7 +342,10 @@ mod tests {
                         .ok_or(FormatFault::Short)?;
                     check_body(&h, body).map(|_| ())
                 });
-                assert!(outcome.is_err(), "flip of bit {bit} in byte {byte} went unnoticed");
+                assert!(
+                    outcome.is_err(),
+                    "flip of bit {bit} in byte {byte} went unnoticed"
+                );
             }
         }
     }

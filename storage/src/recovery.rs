@@ -15,7 +15,9 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use crate::error::{Corruption, StorageError};
-use crate::record::{self, ChunkHeader, FormatFault, CHUNK_ALIGN_BYTES, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::record::{
+    self, ChunkHeader, FormatFault, CHUNK_ALIGN_BYTES, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 
 /// Bytes read at a time while scanning.
 const SCAN_BUFFER_BYTES: usize = 1024 * 1024;
@@ -41,17 +43,31 @@ pub(crate) struct TornTail {
 }
 
 /// Scans a segment's chunks from its header to `file_len`.
-pub(crate) fn scan_tail(file: &File, path: &Path, first_seq: u64, file_len: u64) -> Result<TailScan, StorageError> {
+pub(crate) fn scan_tail(
+    file: &File,
+    path: &Path,
+    first_seq: u64,
+    file_len: u64,
+) -> Result<TailScan, StorageError> {
     let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
     let mut skip = [0u8; SEGMENT_HEADER_BYTES];
-    reader.read_exact(&mut skip).map_err(StorageError::io(path))?;
+    reader
+        .read_exact(&mut skip)
+        .map_err(StorageError::io(path))?;
     let mut offset = SEGMENT_HEADER_BYTES as u64;
     let mut seq = first_seq;
     let mut payload_bytes = 0u64;
     let mut body = rkyv::util::AlignedVec::<16>::new();
     let mut header_bytes = [0u8; CHUNK_HEADER_BYTES];
     while offset < file_len {
-        let outcome = next_chunk(&mut reader, path, file_len - offset, seq, &mut header_bytes, &mut body)?;
+        let outcome = next_chunk(
+            &mut reader,
+            path,
+            file_len - offset,
+            seq,
+            &mut header_bytes,
+            &mut body,
+        )?;
         match outcome {
             Ok((header, payload)) => {
                 offset += header.chunk_bytes() as u64;
@@ -59,12 +75,16 @@ pub(crate) fn scan_tail(file: &File, path: &Path, first_seq: u64, file_len: u64)
                 payload_bytes += payload;
             }
             Err(fault) => {
-                let claimed = ChunkHeader::decode(&header_bytes).map(|h| u64::from(h.record_count)).unwrap_or(0);
+                let claimed = ChunkHeader::decode(&header_bytes)
+                    .map(|h| u64::from(h.record_count))
+                    .unwrap_or(0);
                 if let Some(later) = valid_chunk_after(file, path, offset, file_len, seq)? {
                     return Err(StorageError::Corrupt(Corruption {
                         location: path.display().to_string(),
                         offset,
-                        reason: format!("{fault}, with intact records after it (a chunk at offset {later})"),
+                        reason: format!(
+                            "{fault}, with intact records after it (a chunk at offset {later})"
+                        ),
                     }));
                 }
                 return Ok(TailScan {
@@ -100,7 +120,9 @@ fn next_chunk(
     if remaining < CHUNK_HEADER_BYTES as u64 {
         return Ok(Err(FormatFault::Short));
     }
-    reader.read_exact(header_bytes).map_err(StorageError::io(path))?;
+    reader
+        .read_exact(header_bytes)
+        .map_err(StorageError::io(path))?;
     let header = match ChunkHeader::decode(header_bytes) {
         Ok(h) => h,
         Err(fault) => return Ok(Err(fault)),
@@ -123,15 +145,25 @@ fn next_chunk(
 }
 
 /// Looks past a damaged chunk for any valid chunk header numbered at or after `seq`.
-fn valid_chunk_after(file: &File, path: &Path, bad_offset: u64, file_len: u64, seq: u64) -> Result<Option<u64>, StorageError> {
+fn valid_chunk_after(
+    file: &File,
+    path: &Path,
+    bad_offset: u64,
+    file_len: u64,
+    seq: u64,
+) -> Result<Option<u64>, StorageError> {
     let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
     let mut start = bad_offset + CHUNK_ALIGN_BYTES as u64;
     let mut window = vec![0u8; SCAN_BUFFER_BYTES + CHUNK_HEADER_BYTES];
     use std::io::Seek;
     while start + CHUNK_HEADER_BYTES as u64 <= file_len {
         let len = (file_len - start).min(window.len() as u64) as usize;
-        reader.seek(std::io::SeekFrom::Start(start)).map_err(StorageError::io(path))?;
-        reader.read_exact(&mut window[..len]).map_err(StorageError::io(path))?;
+        reader
+            .seek(std::io::SeekFrom::Start(start))
+            .map_err(StorageError::io(path))?;
+        reader
+            .read_exact(&mut window[..len])
+            .map_err(StorageError::io(path))?;
         let mut at = 0;
         while at + CHUNK_HEADER_BYTES <= len {
             if let Ok(header) = ChunkHeader::decode(&window[at..]) {

@@ -72,7 +72,13 @@ pub(crate) struct ActiveSegment {
 
 impl ActiveSegment {
     /// Reopens an existing segment for appends after recovery found its valid end.
-    pub(crate) fn reopen(path: PathBuf, first_seq: u64, next_seq: u64, file_bytes: u64, payload_bytes: u64) -> Result<Self, StorageError> {
+    pub(crate) fn reopen(
+        path: PathBuf,
+        first_seq: u64,
+        next_seq: u64,
+        file_bytes: u64,
+        payload_bytes: u64,
+    ) -> Result<Self, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -101,7 +107,11 @@ impl ActiveSegment {
     }
 
     /// Encodes one chunk into the write buffer, writing the buffer out when it passes `write_buffer_bytes`.
-    pub(crate) fn append_chunk(&mut self, records: &[&[u8]], write_buffer_bytes: u32) -> Result<(), StorageError> {
+    pub(crate) fn append_chunk(
+        &mut self,
+        records: &[&[u8]],
+        write_buffer_bytes: u32,
+    ) -> Result<(), StorageError> {
         let header = record::encode_chunk(&mut self.buffer, self.next_seq, records);
         self.next_seq = header.next_seq();
         self.payload_bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
@@ -137,7 +147,11 @@ impl ActiveSegment {
 }
 
 /// Reads and checks the chunk header at `offset`.
-pub(crate) fn read_chunk_header(file: &File, path: &Path, offset: u64) -> Result<ChunkHeader, StorageError> {
+pub(crate) fn read_chunk_header(
+    file: &File,
+    path: &Path,
+    offset: u64,
+) -> Result<ChunkHeader, StorageError> {
     let mut bytes = [0u8; CHUNK_HEADER_BYTES];
     file.read_exact_at(&mut bytes, offset)
         .map_err(StorageError::io(path))?;
@@ -184,7 +198,12 @@ pub(crate) fn find_chunk(
 }
 
 /// Maps `len` bytes of `file` from `offset` read-only.
-pub(crate) fn map_window(file: &File, path: &Path, offset: u64, len: usize) -> Result<Mmap, StorageError> {
+pub(crate) fn map_window(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: usize,
+) -> Result<Mmap, StorageError> {
     // SAFETY: segment files are only appended to while open, and truncated only by
     // recovery before any map exists; the mapped range lies below the length already
     // written. Removing a file keeps existing maps valid. Another process truncating

@@ -101,7 +101,12 @@ impl SegmentLog {
         }
         let segments_dir = dir.join("segments");
         std::fs::create_dir_all(&segments_dir).map_err(StorageError::io(&segments_dir))?;
-        let manifest = Manifest::open(&dir.join("manifest"), config.sled_cache_bytes, Backend::Segment, config.positions_max)?;
+        let manifest = Manifest::open(
+            &dir.join("manifest"),
+            config.sled_cache_bytes,
+            Backend::Segment,
+            config.positions_max,
+        )?;
         let (inner, recovery) = Inner::recover(segments_dir, config, manifest)?;
         let interval = match inner.config.durability {
             Durability::Periodic { interval_ms } => Some(Duration::from_millis(interval_ms)),
@@ -143,7 +148,9 @@ impl SegmentLog {
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     // A panic while holding the lock leaves the state as consistent as the disk
     // (every step writes the disk before memory), so continuing is safe.
-    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    inner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Drop for SegmentLog {
@@ -156,10 +163,18 @@ impl Drop for SegmentLog {
 }
 
 impl Inner {
-    fn recover(segments_dir: PathBuf, config: LogConfig, manifest: Manifest) -> Result<(Self, RecoveryReport), OpenError> {
+    fn recover(
+        segments_dir: PathBuf,
+        config: LogConfig,
+        manifest: Manifest,
+    ) -> Result<(Self, RecoveryReport), OpenError> {
         let mut report = RecoveryReport::default();
         let consumed_seq = manifest.consumed_seq()?;
-        let mut entries: BTreeMap<u64, SegmentEntry> = manifest.segments()?.into_iter().map(|e| (e.first_seq, e)).collect();
+        let mut entries: BTreeMap<u64, SegmentEntry> = manifest
+            .segments()?
+            .into_iter()
+            .map(|e| (e.first_seq, e))
+            .collect();
         let mut files = list_segment_files(&segments_dir)?;
 
         // A listed segment without its file: fine if it was fully consumed (a reclaim
@@ -169,7 +184,9 @@ impl Inner {
                 continue;
             }
             match entry.sealed {
-                Some(info) if info.next_seq <= consumed_seq => manifest.remove_segment(entry.first_seq)?,
+                Some(info) if info.next_seq <= consumed_seq => {
+                    manifest.remove_segment(entry.first_seq)?
+                }
                 _ => {
                     return Err(OpenError::MissingSegment {
                         path: segments_dir.join(segment::file_name(entry.first_seq)),
@@ -187,8 +204,17 @@ impl Inner {
                 continue;
             }
             if newest_listed.is_none_or(|newest| first_seq > newest) {
-                entries.insert(first_seq, SegmentEntry { first_seq, sealed: None });
-                manifest.put_segment(SegmentEntry { first_seq, sealed: None })?;
+                entries.insert(
+                    first_seq,
+                    SegmentEntry {
+                        first_seq,
+                        sealed: None,
+                    },
+                );
+                manifest.put_segment(SegmentEntry {
+                    first_seq,
+                    sealed: None,
+                })?;
             } else {
                 tracing::warn!(path = %path.display(), "removing a segment file the manifest no longer lists");
                 std::fs::remove_file(path).map_err(StorageError::io(path))?;
@@ -212,7 +238,10 @@ impl Inner {
                         return Err(StorageError::Corrupt(Corruption {
                             location: path.display().to_string(),
                             offset: file_len.min(info.file_bytes),
-                            reason: format!("sealed segment is {file_len} bytes, the manifest says {}", info.file_bytes),
+                            reason: format!(
+                                "sealed segment is {file_len} bytes, the manifest says {}",
+                                info.file_bytes
+                            ),
                         })
                         .into());
                     }
@@ -236,14 +265,26 @@ impl Inner {
                             fault = %torn.fault,
                             "cutting a torn tail from the spill log"
                         );
-                        let writable = std::fs::OpenOptions::new().write(true).open(&path).map_err(StorageError::io(&path))?;
-                        writable.set_len(scan.valid_end).and_then(|()| writable.sync_all()).map_err(StorageError::io(&path))?;
+                        let writable = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .map_err(StorageError::io(&path))?;
+                        writable
+                            .set_len(scan.valid_end)
+                            .and_then(|()| writable.sync_all())
+                            .map_err(StorageError::io(&path))?;
                         report.truncated_bytes += cut;
                         report.dropped_records += torn.dropped_records;
                         report.truncated_segment = Some(path.clone());
                     }
                     if is_last {
-                        active = Some(ActiveSegment::reopen(path, entry.first_seq, scan.next_seq, scan.valid_end, scan.payload_bytes)?);
+                        active = Some(ActiveSegment::reopen(
+                            path,
+                            entry.first_seq,
+                            scan.next_seq,
+                            scan.valid_end,
+                            scan.payload_bytes,
+                        )?);
                     } else {
                         // An older segment that was never marked sealed: an interrupted roll.
                         let info = SealedInfo {
@@ -251,8 +292,16 @@ impl Inner {
                             payload_bytes: scan.payload_bytes,
                             file_bytes: scan.valid_end,
                         };
-                        manifest.put_segment(SegmentEntry { first_seq: entry.first_seq, sealed: Some(info) })?;
-                        sealed.push_back(SealedSegment { first_seq: entry.first_seq, info, path, reader: None });
+                        manifest.put_segment(SegmentEntry {
+                            first_seq: entry.first_seq,
+                            sealed: Some(info),
+                        })?;
+                        sealed.push_back(SealedSegment {
+                            first_seq: entry.first_seq,
+                            info,
+                            path,
+                            reader: None,
+                        });
                     }
                 }
             }
@@ -263,7 +312,10 @@ impl Inner {
                 // No segment yet, or the newest one is sealed: start one where the log ends.
                 let next = sealed.back().map_or(consumed_seq, |s| s.info.next_seq);
                 let active = segment::create(&segments_dir, next)?;
-                manifest.put_segment(SegmentEntry { first_seq: next, sealed: None })?;
+                manifest.put_segment(SegmentEntry {
+                    first_seq: next,
+                    sealed: None,
+                })?;
                 active
             }
         };
@@ -271,7 +323,10 @@ impl Inner {
             return Err(StorageError::Corrupt(Corruption {
                 location: manifest.path().display().to_string(),
                 offset: 0,
-                reason: format!("consumed position {consumed_seq} is beyond the log's end {}", active.next_seq),
+                reason: format!(
+                    "consumed position {consumed_seq} is beyond the log's end {}",
+                    active.next_seq
+                ),
             })
             .into());
         }
@@ -305,8 +360,16 @@ impl Inner {
 
     fn append(&mut self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
         let max = self.config.record_bytes_max;
-        if let Some((index, r)) = records.iter().enumerate().find(|(_, r)| r.len() > max as usize) {
-            return Err(AppendError::RecordTooLarge { index, len: r.len(), max });
+        if let Some((index, r)) = records
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() > max as usize)
+        {
+            return Err(AppendError::RecordTooLarge {
+                index,
+                len: r.len(),
+                max,
+            });
         }
         let first = self.active.next_seq;
         if records.is_empty() {
@@ -326,18 +389,25 @@ impl Inner {
         while !rest.is_empty() {
             let take = record::records_for_chunk(rest, self.config.chunk_bytes_target);
             let (chunk, tail) = rest.split_at(take);
-            let chunk_bytes = record::chunk_bytes_for(take as u64, chunk.iter().map(|r| r.len() as u64).sum());
-            if self.active.has_records() && self.active.len() + chunk_bytes > self.config.segment_bytes_max {
+            let chunk_bytes =
+                record::chunk_bytes_for(take as u64, chunk.iter().map(|r| r.len() as u64).sum());
+            if self.active.has_records()
+                && self.active.len() + chunk_bytes > self.config.segment_bytes_max
+            {
                 self.roll()?;
             }
-            self.active.append_chunk(chunk, self.config.write_buffer_bytes)?;
+            self.active
+                .append_chunk(chunk, self.config.write_buffer_bytes)?;
             rest = tail;
         }
         self.dirty = true;
         if self.config.durability == Durability::EveryBatch {
             self.flush()?;
         }
-        Ok(SeqRange { first, next: self.active.next_seq })
+        Ok(SeqRange {
+            first,
+            next: self.active.next_seq,
+        })
     }
 
     /// Upper bound of the bytes `records` will take on disk, new segment headers included.
@@ -363,8 +433,14 @@ impl Inner {
             file_bytes: self.active.file_bytes,
         };
         let next = segment::create(&self.segments_dir, info.next_seq)?;
-        self.manifest.put_segment(SegmentEntry { first_seq: self.active.first_seq, sealed: Some(info) })?;
-        self.manifest.put_segment(SegmentEntry { first_seq: next.first_seq, sealed: None })?;
+        self.manifest.put_segment(SegmentEntry {
+            first_seq: self.active.first_seq,
+            sealed: Some(info),
+        })?;
+        self.manifest.put_segment(SegmentEntry {
+            first_seq: next.first_seq,
+            sealed: None,
+        })?;
         self.manifest.flush()?;
         let old = std::mem::replace(&mut self.active, next);
         self.sealed_bytes += info.file_bytes;
@@ -375,7 +451,8 @@ impl Inner {
             path: old.path.clone(),
             reader: Some(Arc::clone(&old.reader)),
         });
-        self.durable_next_seq.fetch_max(info.next_seq, Ordering::AcqRel);
+        self.durable_next_seq
+            .fetch_max(info.next_seq, Ordering::AcqRel);
         Ok(())
     }
 
@@ -396,7 +473,8 @@ impl Inner {
         }
         self.consumed_seq = seq;
         self.manifest.set_consumed_seq(seq)?;
-        self.hints.retain(|h| h.chunk_first_seq >= seq || h.segment_first_seq >= seq);
+        self.hints
+            .retain(|h| h.chunk_first_seq >= seq || h.segment_first_seq >= seq);
         self.dirty = true;
         // A fully consumed active segment of some size is rolled so its space can go.
         if seq == self.active.next_seq && self.active.len() >= self.config.segment_bytes_max / 8 {
@@ -411,7 +489,11 @@ impl Inner {
 
     /// Removes sealed segments every record of which is consumed.
     fn reclaim(&mut self) -> Result<(), StorageError> {
-        let freed = self.sealed.iter().take_while(|s| s.info.next_seq <= self.consumed_seq).count();
+        let freed = self
+            .sealed
+            .iter()
+            .take_while(|s| s.info.next_seq <= self.consumed_seq)
+            .count();
         if freed == 0 {
             return Ok(());
         }
@@ -426,17 +508,31 @@ impl Inner {
             tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
         }
         if let Some(window) = &self.window {
-            if window.segment_first_seq < self.sealed.front().map_or(self.active.first_seq, |s| s.first_seq) {
+            if window.segment_first_seq
+                < self
+                    .sealed
+                    .front()
+                    .map_or(self.active.first_seq, |s| s.first_seq)
+            {
                 self.window = None;
             }
         }
         segment::sync_dir(&self.segments_dir)
     }
 
-    fn read(&mut self, from: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError> {
+    fn read(
+        &mut self,
+        from: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<ReadBatch, ReadError> {
         let next_seq = self.active.next_seq;
         if from < self.consumed_seq || from > next_seq {
-            return Err(ReadError::OutOfRange { requested: from, first_seq: self.consumed_seq, next_seq });
+            return Err(ReadError::OutOfRange {
+                requested: from,
+                first_seq: self.consumed_seq,
+                next_seq,
+            });
         }
         let mut batch = ReadBatch::new(from);
         if from == next_seq || max_records == 0 {
@@ -446,14 +542,20 @@ impl Inner {
         let (seg_first, seg_end, reader, path) = if from >= self.active.first_seq {
             // Records still in the write buffer must reach the file before it is mapped.
             self.active.write_out()?;
-            (self.active.first_seq, self.active.file_bytes, Arc::clone(&self.active.reader), self.active.path.clone())
+            (
+                self.active.first_seq,
+                self.active.file_bytes,
+                Arc::clone(&self.active.reader),
+                self.active.path.clone(),
+            )
         } else {
             let at = self.sealed.partition_point(|s| s.first_seq <= from) - 1;
             let seg = &mut self.sealed[at];
             let reader = match &seg.reader {
                 Some(reader) => Arc::clone(reader),
                 None => {
-                    let file = Arc::new(File::open(&seg.path).map_err(StorageError::io(&seg.path))?);
+                    let file =
+                        Arc::new(File::open(&seg.path).map_err(StorageError::io(&seg.path))?);
                     seg.reader = Some(Arc::clone(&file));
                     file
                 }
@@ -465,8 +567,11 @@ impl Inner {
             .iter()
             .filter(|h| h.segment_first_seq == seg_first && h.chunk_first_seq <= from)
             .max_by_key(|h| h.chunk_first_seq)
-            .map_or((SEGMENT_HEADER_BYTES as u64, seg_first), |h| (h.chunk_offset, h.chunk_first_seq));
-        let (chunk_offset, _) = segment::find_chunk(&reader, &path, start_offset, start_seq, from, seg_end)?;
+            .map_or((SEGMENT_HEADER_BYTES as u64, seg_first), |h| {
+                (h.chunk_offset, h.chunk_first_seq)
+            });
+        let (chunk_offset, _) =
+            segment::find_chunk(&reader, &path, start_offset, start_seq, from, seg_end)?;
 
         let map = self.window_for(seg_first, &reader, &path, chunk_offset, seg_end)?;
         let backing = batch.add_backing(Backing::Mapped(Arc::clone(&map.0)));
@@ -481,19 +586,33 @@ impl Inner {
                 break;
             }
             let corrupt = |fault: record::FormatFault| {
-                StorageError::Corrupt(Corruption { location: path.display().to_string(), offset, reason: fault.to_string() })
+                StorageError::Corrupt(Corruption {
+                    location: path.display().to_string(),
+                    offset,
+                    reason: fault.to_string(),
+                })
             };
             let checked = ChunkHeader::decode(&bytes[at..]).and_then(|header| {
                 if at + header.chunk_bytes() > bytes.len() {
                     return Ok(None);
                 }
                 if header.next_seq() <= seq || header.first_seq > seq {
-                    return Err(record::FormatFault::BadHeader("sequence number out of order"));
+                    return Err(record::FormatFault::BadHeader(
+                        "sequence number out of order",
+                    ));
                 }
                 let body_at = at + CHUNK_HEADER_BYTES;
-                let view = record::check_body(&header, &bytes[body_at..body_at + header.body_bytes as usize])?;
+                let view = record::check_body(
+                    &header,
+                    &bytes[body_at..body_at + header.body_bytes as usize],
+                )?;
                 let skip = (seq - header.first_seq) as usize;
-                Ok(Some((header, (skip..view.len()).map(|i| view.record(i)).collect::<Vec<&[u8]>>())))
+                Ok(Some((
+                    header,
+                    (skip..view.len())
+                        .map(|i| view.record(i))
+                        .collect::<Vec<&[u8]>>(),
+                )))
             });
             let (header, records) = match checked {
                 Ok(Some(chunk)) => chunk,
@@ -506,7 +625,10 @@ impl Inner {
             // The slices borrow the mapped window, which the batch owns through `backing`.
             let records: Vec<(usize, usize)> = {
                 let base = bytes.as_ptr() as usize;
-                records.iter().map(|r| (r.as_ptr() as usize - base, r.len())).collect()
+                records
+                    .iter()
+                    .map(|r| (r.as_ptr() as usize - base, r.len()))
+                    .collect()
             };
             for (start, len) in records {
                 batch.push_span(backing, start, len);
@@ -517,18 +639,33 @@ impl Inner {
             }
             offset += header.chunk_bytes() as u64;
         }
-        self.remember(ReadHint { segment_first_seq: seg_first, chunk_offset: last_chunk.0, chunk_first_seq: last_chunk.1 });
+        self.remember(ReadHint {
+            segment_first_seq: seg_first,
+            chunk_offset: last_chunk.0,
+            chunk_first_seq: last_chunk.1,
+        });
         Ok(batch)
     }
 
     /// A mapped window of the segment that holds the chunk at `chunk_offset`, and the window's start offset.
-    fn window_for(&mut self, seg_first: u64, reader: &File, path: &Path, chunk_offset: u64, seg_end: u64) -> Result<(Arc<memmap2::Mmap>, u64), StorageError> {
+    fn window_for(
+        &mut self,
+        seg_first: u64,
+        reader: &File,
+        path: &Path,
+        chunk_offset: u64,
+        seg_end: u64,
+    ) -> Result<(Arc<memmap2::Mmap>, u64), StorageError> {
         if let Some(w) = &self.window {
             let end = w.offset + w.map.len() as u64;
             // Reuse the cached window while the chunk's header lies in it and the window reaches past it.
-            if w.segment_first_seq == seg_first && w.offset <= chunk_offset && chunk_offset + CHUNK_HEADER_BYTES as u64 <= end {
+            if w.segment_first_seq == seg_first
+                && w.offset <= chunk_offset
+                && chunk_offset + CHUNK_HEADER_BYTES as u64 <= end
+            {
                 let header_at = (chunk_offset - w.offset) as usize;
-                let fits = ChunkHeader::decode(&w.map[header_at..]).is_ok_and(|h| chunk_offset + h.chunk_bytes() as u64 <= end);
+                let fits = ChunkHeader::decode(&w.map[header_at..])
+                    .is_ok_and(|h| chunk_offset + h.chunk_bytes() as u64 <= end);
                 if fits {
                     return Ok((Arc::clone(&w.map), w.offset));
                 }
@@ -536,12 +673,18 @@ impl Inner {
         }
         let len = (seg_end - chunk_offset).min(u64::from(self.config.read_window_bytes)) as usize;
         let map = Arc::new(segment::map_window(reader, path, chunk_offset, len)?);
-        self.window = Some(CachedWindow { segment_first_seq: seg_first, offset: chunk_offset, map: Arc::clone(&map) });
+        self.window = Some(CachedWindow {
+            segment_first_seq: seg_first,
+            offset: chunk_offset,
+            map: Arc::clone(&map),
+        });
         Ok((map, chunk_offset))
     }
 
     fn remember(&mut self, hint: ReadHint) {
-        if let Some(same) = self.hints.iter_mut().find(|h| h.segment_first_seq == hint.segment_first_seq && h.chunk_offset == hint.chunk_offset) {
+        if let Some(same) = self.hints.iter_mut().find(|h| {
+            h.segment_first_seq == hint.segment_first_seq && h.chunk_offset == hint.chunk_offset
+        }) {
             *same = hint;
             return;
         }
@@ -583,16 +726,23 @@ fn list_segment_files(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, StorageError
     Ok(files)
 }
 
-fn check_segment_header(file: &File, path: &Path, expected_first_seq: u64) -> Result<(), OpenError> {
+fn check_segment_header(
+    file: &File,
+    path: &Path,
+    expected_first_seq: u64,
+) -> Result<(), OpenError> {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
-    file.read_exact_at(&mut header, 0).map_err(StorageError::io(path))?;
+    file.read_exact_at(&mut header, 0)
+        .map_err(StorageError::io(path))?;
     match record::decode_segment_header(&header) {
         Ok(first) if first == expected_first_seq => Ok(()),
         Ok(first) => Err(StorageError::Corrupt(Corruption {
             location: path.display().to_string(),
             offset: 0,
-            reason: format!("segment header says first seq {first}, its name says {expected_first_seq}"),
+            reason: format!(
+                "segment header says first seq {first}, its name says {expected_first_seq}"
+            ),
         })
         .into()),
         Err(record::FormatFault::Version(found)) => Err(OpenError::UnsupportedVersion {
@@ -600,7 +750,12 @@ fn check_segment_header(file: &File, path: &Path, expected_first_seq: u64) -> Re
             found,
             supported: record::FORMAT_VERSION,
         }),
-        Err(fault) => Err(StorageError::Corrupt(Corruption { location: path.display().to_string(), offset: 0, reason: fault.to_string() }).into()),
+        Err(fault) => Err(StorageError::Corrupt(Corruption {
+            location: path.display().to_string(),
+            offset: 0,
+            reason: fault.to_string(),
+        })
+        .into()),
     }
 }
 
@@ -609,7 +764,12 @@ impl SpillLog for SegmentLog {
         lock(&self.inner).append(records)
     }
 
-    fn read(&self, from_seq: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError> {
+    fn read(
+        &self,
+        from_seq: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<ReadBatch, ReadError> {
         lock(&self.inner).read(from_seq, max_records, max_bytes)
     }
 
@@ -654,6 +814,7 @@ impl SegmentLog {
     /// Bytes of memory the log's own buffers hold now (write buffer and cached window), for accounting.
     pub fn buffer_bytes(&self) -> u64 {
         let inner = lock(&self.inner);
-        inner.active.buffer_capacity() as u64 + inner.window.as_ref().map_or(0, |w| w.map.len() as u64)
+        inner.active.buffer_capacity() as u64
+            + inner.window.as_ref().map_or(0, |w| w.map.len() as u64)
     }
 }

@@ -44,7 +44,9 @@ struct Inner {
 }
 
 fn lock(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
-    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    inner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl SledLog {
@@ -55,11 +57,23 @@ impl SledLog {
     pub fn open(dir: &Path, config: LogConfig) -> Result<Self, OpenError> {
         config.validate()?;
         if config.backend != Backend::Sled {
-            return Err(crate::ConfigError::Invalid { field: "backend", reason: "SledLog::open needs backend = sled".into() }.into());
+            return Err(crate::ConfigError::Invalid {
+                field: "backend",
+                reason: "SledLog::open needs backend = sled".into(),
+            }
+            .into());
         }
         let path = dir.join("sled");
-        let manifest = Manifest::open(&path, config.sled_cache_bytes, Backend::Sled, config.positions_max)?;
-        let chunks = manifest.db().open_tree("chunks").map_err(StorageError::sled(&path))?;
+        let manifest = Manifest::open(
+            &path,
+            config.sled_cache_bytes,
+            Backend::Sled,
+            config.positions_max,
+        )?;
+        let chunks = manifest
+            .db()
+            .open_tree("chunks")
+            .map_err(StorageError::sled(&path))?;
         let consumed_seq = manifest.consumed_seq()?;
         let last = chunks.last().map_err(StorageError::sled(&path))?;
         let next_seq = match last {
@@ -107,23 +121,37 @@ impl SledLog {
             }
             None => None,
         };
-        Ok(SledLog { inner, recovery: RecoveryReport::default(), flusher })
+        Ok(SledLog {
+            inner,
+            recovery: RecoveryReport::default(),
+            flusher,
+        })
     }
 }
 
 fn chunk_header(key: &[u8], value: &[u8], path: &Path) -> Result<ChunkHeader, StorageError> {
     let key_seq = key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-    let corrupt = |reason: String| StorageError::Corrupt(Corruption { location: format!("{} chunk {key_seq}", path.display()), offset: 0, reason });
+    let corrupt = |reason: String| {
+        StorageError::Corrupt(Corruption {
+            location: format!("{} chunk {key_seq}", path.display()),
+            offset: 0,
+            reason,
+        })
+    };
     let header = ChunkHeader::decode(value).map_err(|f| corrupt(f.to_string()))?;
     if header.first_seq != key_seq {
-        return Err(corrupt(format!("chunk header says seq {}, its key says {key_seq}", header.first_seq)));
+        return Err(corrupt(format!(
+            "chunk header says seq {}, its key says {key_seq}",
+            header.first_seq
+        )));
     }
     Ok(header)
 }
 
 /// A chunk's payload bytes from its header alone (within 3 bytes of alignment), so open reads no record bytes.
 fn payload_estimate(header: &ChunkHeader) -> u64 {
-    u64::from(header.body_bytes).saturating_sub(record::RECORD_OVERHEAD_BYTES as u64 * u64::from(header.record_count) + 8)
+    u64::from(header.body_bytes)
+        .saturating_sub(record::RECORD_OVERHEAD_BYTES as u64 * u64::from(header.record_count) + 8)
 }
 
 impl Drop for SledLog {
@@ -138,8 +166,16 @@ impl Drop for SledLog {
 impl Inner {
     fn append(&mut self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
         let max = self.config.record_bytes_max;
-        if let Some((index, r)) = records.iter().enumerate().find(|(_, r)| r.len() > max as usize) {
-            return Err(AppendError::RecordTooLarge { index, len: r.len(), max });
+        if let Some((index, r)) = records
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() > max as usize)
+        {
+            return Err(AppendError::RecordTooLarge {
+                index,
+                len: r.len(),
+                max,
+            });
         }
         let first = self.next_seq;
         if records.is_empty() {
@@ -160,12 +196,22 @@ impl Inner {
             seq = header.next_seq();
             rest = &rest[take..];
         }
-        let used = self.manifest.db().size_on_disk().map_err(StorageError::sled(&self.path))?;
+        let used = self
+            .manifest
+            .db()
+            .size_on_disk()
+            .map_err(StorageError::sled(&self.path))?;
         let budget = self.config.disk_budget_bytes;
         if used + needed > budget {
-            return Err(AppendError::Full { needed_bytes: needed, available_bytes: budget.saturating_sub(used), budget_bytes: budget });
+            return Err(AppendError::Full {
+                needed_bytes: needed,
+                available_bytes: budget.saturating_sub(used),
+                budget_bytes: budget,
+            });
         }
-        self.chunks.apply_batch(batch).map_err(StorageError::sled(&self.path))?;
+        self.chunks
+            .apply_batch(batch)
+            .map_err(StorageError::sled(&self.path))?;
         self.next_seq = seq;
         self.payload_bytes += payload;
         self.dirty = true;
@@ -178,13 +224,18 @@ impl Inner {
     fn flush(&mut self) -> Result<u64, StorageError> {
         self.manifest.flush()?;
         self.dirty = false;
-        self.durable_next_seq.fetch_max(self.next_seq, Ordering::AcqRel);
+        self.durable_next_seq
+            .fetch_max(self.next_seq, Ordering::AcqRel);
         Ok(self.next_seq)
     }
 
     fn read(&self, from: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError> {
         if from < self.consumed_seq || from > self.next_seq {
-            return Err(ReadError::OutOfRange { requested: from, first_seq: self.consumed_seq, next_seq: self.next_seq });
+            return Err(ReadError::OutOfRange {
+                requested: from,
+                first_seq: self.consumed_seq,
+                next_seq: self.next_seq,
+            });
         }
         let mut batch = ReadBatch::new(from);
         if from == self.next_seq || max_records == 0 {
@@ -193,18 +244,30 @@ impl Inner {
         let sled_err = StorageError::sled(&self.path);
         let start = match self.chunks.range(..=from.to_be_bytes()).next_back() {
             Some(item) => item.map_err(sled_err)?.0,
-            None => return Err(StorageError::Corrupt(Corruption { location: self.path.display().to_string(), offset: 0, reason: format!("no chunk holds seq {from}") }).into()),
+            None => {
+                return Err(StorageError::Corrupt(Corruption {
+                    location: self.path.display().to_string(),
+                    offset: 0,
+                    reason: format!("no chunk holds seq {from}"),
+                })
+                .into())
+            }
         };
         let mut seq = from;
         for item in self.chunks.range(start..) {
             let (key, value) = item.map_err(StorageError::sled(&self.path))?;
             let header = chunk_header(&key, &value, &self.path)?;
             if header.first_seq > seq {
-                return Err(StorageError::Corrupt(Corruption { location: format!("{} chunk {}", self.path.display(), header.first_seq), offset: 0, reason: format!("gap: seq {seq} is missing") }).into());
+                return Err(StorageError::Corrupt(Corruption {
+                    location: format!("{} chunk {}", self.path.display(), header.first_seq),
+                    offset: 0,
+                    reason: format!("gap: seq {seq} is missing"),
+                })
+                .into());
             }
             let body_range = CHUNK_HEADER_BYTES..CHUNK_HEADER_BYTES + header.body_bytes as usize;
             // rkyv needs the body 4-byte aligned; sled's buffers usually are, else copy once.
-            let backing = if (value.as_ptr() as usize + CHUNK_HEADER_BYTES) % 4 == 0 {
+            let backing = if (value.as_ptr() as usize + CHUNK_HEADER_BYTES).is_multiple_of(4) {
                 Backing::Sled(value)
             } else {
                 let mut copy = rkyv::util::AlignedVec::<16>::new();
@@ -213,12 +276,20 @@ impl Inner {
             };
             let index = batch.add_backing(backing);
             let bytes = batch.backing_bytes(index);
-            let view = record::check_body(&header, bytes.get(body_range).unwrap_or_default()).map_err(|fault| {
-                StorageError::Corrupt(Corruption { location: format!("{} chunk {}", self.path.display(), header.first_seq), offset: 0, reason: fault.to_string() })
-            })?;
+            let view = record::check_body(&header, bytes.get(body_range).unwrap_or_default())
+                .map_err(|fault| {
+                    StorageError::Corrupt(Corruption {
+                        location: format!("{} chunk {}", self.path.display(), header.first_seq),
+                        offset: 0,
+                        reason: fault.to_string(),
+                    })
+                })?;
             let skip = (seq - header.first_seq) as usize;
             let base = bytes.as_ptr() as usize;
-            let spans: Vec<(usize, usize)> = (skip..view.len()).map(|i| view.record(i)).map(|r| (r.as_ptr() as usize - base, r.len())).collect();
+            let spans: Vec<(usize, usize)> = (skip..view.len())
+                .map(|i| view.record(i))
+                .map(|r| (r.as_ptr() as usize - base, r.len()))
+                .collect();
             for (start, len) in spans {
                 batch.push_span(index, start, len);
                 seq += 1;
@@ -242,7 +313,9 @@ impl Inner {
         for item in self.chunks.range(..=seq.to_be_bytes()) {
             let (key, value) = item.map_err(StorageError::sled(&self.path))?;
             if let Some((prev, prev_payload)) = doomed.take() {
-                self.chunks.remove(prev).map_err(StorageError::sled(&self.path))?;
+                self.chunks
+                    .remove(prev)
+                    .map_err(StorageError::sled(&self.path))?;
                 self.payload_bytes = self.payload_bytes.saturating_sub(prev_payload);
             }
             let header = chunk_header(&key, &value, &self.path)?;
@@ -254,7 +327,9 @@ impl Inner {
             }
         }
         if let Some((key, payload)) = doomed {
-            self.chunks.remove(key).map_err(StorageError::sled(&self.path))?;
+            self.chunks
+                .remove(key)
+                .map_err(StorageError::sled(&self.path))?;
             self.payload_bytes = self.payload_bytes.saturating_sub(payload);
         }
         self.dirty = true;
@@ -289,7 +364,12 @@ impl SpillLog for SledLog {
         lock(&self.inner).append(records)
     }
 
-    fn read(&self, from_seq: u64, max_records: usize, max_bytes: u64) -> Result<ReadBatch, ReadError> {
+    fn read(
+        &self,
+        from_seq: u64,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<ReadBatch, ReadError> {
         lock(&self.inner).read(from_seq, max_records, max_bytes)
     }
 

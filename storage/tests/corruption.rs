@@ -13,7 +13,9 @@ use spillway_storage::{open, Backend, OpenError, ReadError, SpillLog, StorageErr
 fn write_log(dir: &Path, count: u64) -> Vec<PathBuf> {
     let log = open(dir, common::small_config(Backend::Segment)).expect("open");
     for start in (0..count).step_by(10) {
-        let records: Vec<Vec<u8>> = (start..(start + 10).min(count)).map(common::payload).collect();
+        let records: Vec<Vec<u8>> = (start..(start + 10).min(count))
+            .map(common::payload)
+            .collect();
         let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
         log.append(&refs).expect("append");
     }
@@ -45,7 +47,11 @@ fn chunks(path: &Path) -> Vec<(u64, ChunkHeader)> {
 }
 
 fn flip_byte(path: &Path, offset: u64) {
-    let file = OpenOptions::new().read(true).write(true).open(path).expect("open for write");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open for write");
     let mut byte = [0u8; 1];
     file.read_exact_at(&mut byte, offset).expect("read byte");
     byte[0] ^= 0x5a;
@@ -67,7 +73,12 @@ fn truncated_last_record_is_cut_and_reported() {
     let last = files.last().expect("a segment");
     let (offset, header) = *chunks(last).last().expect("a chunk");
     let len = fs::metadata(last).expect("meta").len();
-    OpenOptions::new().write(true).open(last).expect("open").set_len(len - 5).expect("truncate");
+    OpenOptions::new()
+        .write(true)
+        .open(last)
+        .expect("open")
+        .set_len(len - 5)
+        .expect("truncate");
 
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
     let report = log.recovery_report().clone();
@@ -90,7 +101,10 @@ fn flipped_bytes_in_the_tail_chunk_are_cut_and_reported() {
     flip_byte(last, offset + CHUNK_HEADER_BYTES as u64 + 3);
 
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
-    assert_eq!(log.recovery_report().dropped_records, u64::from(header.record_count));
+    assert_eq!(
+        log.recovery_report().dropped_records,
+        u64::from(header.record_count)
+    );
     assert_records(log.as_ref(), header.first_seq);
 }
 
@@ -100,7 +114,10 @@ fn flipped_bytes_in_the_middle_of_the_tail_segment_refuse_to_open_and_change_not
     let files = write_log(dir.path(), 200);
     let last = files.last().expect("a segment");
     let all = chunks(last);
-    assert!(all.len() >= 3, "the test needs chunks after the damaged one");
+    assert!(
+        all.len() >= 3,
+        "the test needs chunks after the damaged one"
+    );
     let (offset, _) = all[1];
     flip_byte(last, offset + CHUNK_HEADER_BYTES as u64 + 1);
     let before = fs::read(last).expect("read");
@@ -112,7 +129,11 @@ fn flipped_bytes_in_the_middle_of_the_tail_segment_refuse_to_open_and_change_not
         }
         other => panic!("expected a corruption error, got {other:?}"),
     }
-    assert_eq!(fs::read(last).expect("read"), before, "a refused open must not modify the file");
+    assert_eq!(
+        fs::read(last).expect("read"),
+        before,
+        "a refused open must not modify the file"
+    );
 }
 
 #[test]
@@ -124,7 +145,8 @@ fn flipped_bytes_in_a_sealed_segment_fail_the_read_with_file_and_offset() {
     let (offset, header) = chunks(victim)[2];
     flip_byte(victim, offset + CHUNK_HEADER_BYTES as u64 + 10);
 
-    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open: only the tail is scanned");
+    let log = open(dir.path(), common::small_config(Backend::Segment))
+        .expect("open: only the tail is scanned");
     // Everything before the damaged chunk reads back.
     let mut at = 0;
     while at < header.first_seq {
@@ -143,8 +165,13 @@ fn flipped_bytes_in_a_sealed_segment_fail_the_read_with_file_and_offset() {
     }
     // Records after the damaged chunk, in the next segment, are still readable.
     let (_, later) = chunks(&files[2])[0];
-    let batch = log.read(later.first_seq, 5, u64::MAX).expect("later records");
-    assert_eq!(batch.get(0), Some(common::payload(later.first_seq).as_slice()));
+    let batch = log
+        .read(later.first_seq, 5, u64::MAX)
+        .expect("later records");
+    assert_eq!(
+        batch.get(0),
+        Some(common::payload(later.first_seq).as_slice())
+    );
 }
 
 #[test]
@@ -166,14 +193,22 @@ fn a_segment_of_another_format_version_is_refused_with_its_path() {
     let files = write_log(dir.path(), 50);
     let path = &files[0];
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
-    let file = OpenOptions::new().read(true).write(true).open(path).expect("open");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
     file.read_exact_at(&mut header, 0).expect("read header");
     header[8..12].copy_from_slice(&9u32.to_le_bytes());
     let crc = crc32c::crc32c(&header[..28]);
     header[28..32].copy_from_slice(&crc.to_le_bytes());
     file.write_all_at(&header, 0).expect("write header");
     match open(dir.path(), common::small_config(Backend::Segment)) {
-        Err(OpenError::UnsupportedVersion { path: p, found: 9, supported: 1 }) => assert_eq!(&p, path),
+        Err(OpenError::UnsupportedVersion {
+            path: p,
+            found: 9,
+            supported: 1,
+        }) => assert_eq!(&p, path),
         other => panic!("expected UnsupportedVersion, got {other:?}"),
     }
 }
@@ -185,12 +220,19 @@ fn a_manifest_of_another_format_version_is_refused_for_both_backends() {
         drop(open(dir.path(), common::small_config(backend)).expect("create"));
         {
             let db = sled::open(dir.path().join(sub)).expect("sled");
-            db.open_tree("meta").expect("meta").insert("format_version", &7u32.to_le_bytes()).expect("insert");
+            db.open_tree("meta")
+                .expect("meta")
+                .insert("format_version", &7u32.to_le_bytes())
+                .expect("insert");
             db.flush().expect("flush");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
         match open(dir.path(), common::small_config(backend)) {
-            Err(OpenError::UnsupportedVersion { found: 7, supported: 1, .. }) => {}
+            Err(OpenError::UnsupportedVersion {
+                found: 7,
+                supported: 1,
+                ..
+            }) => {}
             other => panic!("{backend:?}: expected UnsupportedVersion, got {other:?}"),
         }
     }

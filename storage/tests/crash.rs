@@ -26,15 +26,26 @@ fn config(backend: Backend, durability: Durability) -> LogConfig {
 
 fn cases() -> Vec<(&'static str, Backend, Durability)> {
     vec![
-        ("segment-every-batch", Backend::Segment, Durability::EveryBatch),
-        ("segment-periodic", Backend::Segment, Durability::Periodic { interval_ms: 5 }),
+        (
+            "segment-every-batch",
+            Backend::Segment,
+            Durability::EveryBatch,
+        ),
+        (
+            "segment-periodic",
+            Backend::Segment,
+            Durability::Periodic { interval_ms: 5 },
+        ),
         ("sled-every-batch", Backend::Sled, Durability::EveryBatch),
     ]
 }
 
 /// The child's side: append batches forever, reporting what is durable.
 fn child(dir: &Path, case: &str) -> ! {
-    let (_, backend, durability) = cases().into_iter().find(|c| c.0 == case).expect("known case");
+    let (_, backend, durability) = cases()
+        .into_iter()
+        .find(|c| c.0 == case)
+        .expect("known case");
     let log = open(dir, config(backend, durability)).expect("child open");
     let mut rng = Rng(log.stats().next_seq.wrapping_add(0x9e3779b97f4a7c15));
     let mut reported = 0;
@@ -45,9 +56,10 @@ fn child(dir: &Path, case: &str) -> ! {
         let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
         log.append(&refs).expect("child append");
         // Consume some of the older records now and then, to exercise reclaim under crashes.
-        if rng.next() % 16 == 0 {
+        if rng.next().is_multiple_of(16) {
             let stats = log.stats();
-            log.consume_until(stats.first_seq + (stats.next_seq - stats.first_seq) / 2).expect("child consume");
+            log.consume_until(stats.first_seq + (stats.next_seq - stats.first_seq) / 2)
+                .expect("child consume");
         }
         let durable = log.stats().durable_next_seq;
         if durable > reported {
@@ -74,7 +86,10 @@ fn sigkill_mid_append_loses_nothing_acknowledged_as_durable() {
         let (case, dir) = spec.split_once('=').expect("case=dir");
         child(Path::new(dir), case);
     }
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
     println!("crash test seed {seed}");
     let mut rng = Rng(seed);
     for (case, backend, durability) in cases() {
@@ -83,7 +98,12 @@ fn sigkill_mid_append_loses_nothing_acknowledged_as_durable() {
         for round in 0..ROUNDS_PER_CASE {
             let spec = format!("{case}={}", dir.path().display());
             let mut child = Command::new(std::env::current_exe().expect("test binary"))
-                .args(["--exact", "sigkill_mid_append_loses_nothing_acknowledged_as_durable", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "sigkill_mid_append_loses_nothing_acknowledged_as_durable",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_ENV, spec)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -93,13 +113,18 @@ fn sigkill_mid_append_loses_nothing_acknowledged_as_durable() {
             let (tx, rx) = mpsc::channel();
             let reader = std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if let Some(n) = line.strip_prefix("durable ").and_then(|n| n.parse::<u64>().ok()) {
+                    if let Some(n) = line
+                        .strip_prefix("durable ")
+                        .and_then(|n| n.parse::<u64>().ok())
+                    {
                         let _ = tx.send(n);
                     }
                 }
             });
             // Wait for the child to make progress, then kill it at a random moment.
-            let first_ack = rx.recv_timeout(Duration::from_secs(60)).expect("the child acknowledged nothing");
+            let first_ack = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the child acknowledged nothing");
             acknowledged = acknowledged.max(first_ack);
             let deadline = Instant::now() + Duration::from_millis(20 + rng.next() % 300);
             while Instant::now() < deadline {
@@ -119,7 +144,11 @@ fn sigkill_mid_append_loses_nothing_acknowledged_as_durable() {
             assert!(stats.next_seq >= acknowledged, "{case} round {round}: log ends at {} but {acknowledged} were durable (seed {seed})", stats.next_seq);
             let mut seen = 0u64;
             for (seq, bytes) in common::read_all(log.as_ref(), stats.first_seq) {
-                assert_eq!(bytes, common::payload(seq), "{case} round {round}: record {seq} (seed {seed})");
+                assert_eq!(
+                    bytes,
+                    common::payload(seq),
+                    "{case} round {round}: record {seq} (seed {seed})"
+                );
                 seen += 1;
             }
             assert_eq!(seen, stats.next_seq - stats.first_seq);
@@ -127,10 +156,18 @@ fn sigkill_mid_append_loses_nothing_acknowledged_as_durable() {
             let next = stats.next_seq;
             let more: Vec<Vec<u8>> = (next..next + 3).map(common::payload).collect();
             let refs: Vec<&[u8]> = more.iter().map(|r| r.as_slice()).collect();
-            assert_eq!(log.append(&refs).expect("append after recovery").first, next);
+            assert_eq!(
+                log.append(&refs).expect("append after recovery").first,
+                next
+            );
             log.flush().expect("flush");
             acknowledged = acknowledged.max(next + 3);
-            println!("{case} round {round}: {} records intact, {} acknowledged, recovery {:?}", seen, acknowledged, log.recovery_report());
+            println!(
+                "{case} round {round}: {} records intact, {} acknowledged, recovery {:?}",
+                seen,
+                acknowledged,
+                log.recovery_report()
+            );
         }
     }
 }
@@ -141,6 +178,9 @@ fn a_second_open_of_a_live_log_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
     let second = open(dir.path(), common::small_config(Backend::Segment));
-    assert!(second.is_err(), "a second open must fail while the first holds the log");
+    assert!(
+        second.is_err(),
+        "a second open must fail while the first holds the log"
+    );
     drop(log);
 }

@@ -10,7 +10,11 @@ use spillway_storage::{open, Backend, ReadError, SpillLog};
 #[derive(Debug, Clone)]
 enum Op {
     Append(Vec<u16>),
-    Read { offset: u16, max_records: u8, max_bytes: u16 },
+    Read {
+        offset: u16,
+        max_records: u8,
+        max_bytes: u16,
+    },
     Consume(u16),
     Flush,
     Reopen,
@@ -29,7 +33,9 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn record_for(seq: u64, len: u16) -> Vec<u8> {
-    (0..len as usize).map(|i| (seq as usize * 31 + i) as u8).collect()
+    (0..len as usize)
+        .map(|i| (seq as usize * 31 + i) as u8)
+        .collect()
 }
 
 fn run(backend: Backend, ops: Vec<Op>) {
@@ -43,16 +49,29 @@ fn run(backend: Backend, ops: Vec<Op>) {
         match op {
             Op::Append(lens) => {
                 let next = first + model.len() as u64;
-                let records: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| record_for(next + i as u64, l)).collect();
+                let records: Vec<Vec<u8>> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| record_for(next + i as u64, l))
+                    .collect();
                 let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
                 let range = log.append(&refs).expect("append");
-                assert_eq!((range.first, range.next), (next, next + records.len() as u64));
+                assert_eq!(
+                    (range.first, range.next),
+                    (next, next + records.len() as u64)
+                );
                 model.extend(records);
             }
-            Op::Read { offset, max_records, max_bytes } => {
+            Op::Read {
+                offset,
+                max_records,
+                max_bytes,
+            } => {
                 let span = model.len() as u64 + 1;
                 let from = first + u64::from(offset) % span;
-                let batch = log.read(from, max_records as usize, u64::from(max_bytes)).expect("read");
+                let batch = log
+                    .read(from, max_records as usize, u64::from(max_bytes))
+                    .expect("read");
                 let available = (first + model.len() as u64 - from) as usize;
                 if max_records > 0 && available > 0 {
                     assert!(!batch.is_empty(), "read from {from} returned nothing");
@@ -91,18 +110,24 @@ fn run(backend: Backend, ops: Vec<Op>) {
             Op::Reopen => {
                 drop(log);
                 log = open(dir.path(), config.clone()).expect("reopen");
-                assert!(!log.recovery_report().repaired(), "a clean close needs no repair: {:?}", log.recovery_report());
+                assert!(
+                    !log.recovery_report().repaired(),
+                    "a clean close needs no repair: {:?}",
+                    log.recovery_report()
+                );
             }
             Op::SavePosition(name, seq) => {
                 let name = format!("consumer-{name}");
-                log.save_position(&name, u64::from(seq)).expect("save position");
+                log.save_position(&name, u64::from(seq))
+                    .expect("save position");
                 positions.insert(name, u64::from(seq));
             }
         }
         let stats = log.stats();
         assert_eq!(stats.first_seq, first);
         assert_eq!(stats.next_seq, first + model.len() as u64);
-        let stored: std::collections::BTreeMap<String, u64> = log.positions().expect("positions").into_iter().collect();
+        let stored: std::collections::BTreeMap<String, u64> =
+            log.positions().expect("positions").into_iter().collect();
         assert_eq!(stored, positions);
     }
     let all = common::read_all(log.as_ref(), first);

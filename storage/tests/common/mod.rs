@@ -31,7 +31,10 @@ pub fn read_all(log: &dyn spillway_storage::SpillLog, from: u64) -> Vec<(u64, Ve
     let end = log.stats().next_seq;
     while at < end {
         let batch = log.read(at, 7, 1000).expect("read");
-        assert!(!batch.is_empty(), "a read below next_seq returned nothing at {at}");
+        assert!(
+            !batch.is_empty(),
+            "a read below next_seq returned nothing at {at}"
+        );
         for (seq, bytes) in batch.iter() {
             out.push((seq, bytes.to_vec()));
         }

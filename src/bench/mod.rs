@@ -1,0 +1,4 @@
+//! Benchmarks behind `spillway bench`: each scenario beside a baseline measured in the same run.
+
+pub mod log;
+pub mod rss;

@@ -1,0 +1,288 @@
+//! `spillway bench`: prints each scenario beside its same-run baseline, with ratios.
+
+use std::path::PathBuf;
+
+use anyhow_like::Context;
+use spillway::bench::log::{self as logbench, Figures, Scratch};
+use spillway::storage::Backend;
+
+/// Arguments of `spillway bench log`.
+#[derive(Debug, clap::Args)]
+pub struct LogBenchArgs {
+    /// Record counts to run, comma-separated (e.g. 1000000,10000000).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1_000_000u64])]
+    pub records: Vec<u64>,
+    /// Record sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![512usize, 4096])]
+    pub record_bytes: Vec<usize>,
+    /// Backends to run: segment, sled.
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["segment".to_string(), "sled".to_string()])]
+    pub backends: Vec<String>,
+    /// Scratch directory for the data (removed afterwards).
+    #[arg(long, default_value = "bench-data")]
+    pub dir: PathBuf,
+    /// Print one JSON object per scenario instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+mod anyhow_like {
+    /// Adds a human context to an I/O error.
+    pub trait Context<T> {
+        fn context(self, what: &str) -> std::io::Result<T>;
+    }
+
+    impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
+        fn context(self, what: &str) -> std::io::Result<T> {
+            self.map_err(|e| std::io::Error::other(format!("{what}: {e}")))
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+struct Row {
+    figures: Figures,
+    baseline_mb_per_s: Option<f64>,
+    logical_bytes: u64,
+    extra: String,
+}
+
+fn print_row(row: &Row, json: bool) {
+    let f = &row.figures;
+    let ratio = row.baseline_mb_per_s.map(|b| f.mb_per_s() / b);
+    let disk_ratio = (f.disk_bytes > 0 && row.logical_bytes > 0)
+        .then(|| f.disk_bytes as f64 / row.logical_bytes as f64);
+    if json {
+        println!(
+            "{{\"scenario\":\"{}\",\"records\":{},\"seconds\":{:.6},\"mb_per_s\":{:.1},\"records_per_s\":{:.0},\"ratio_to_baseline\":{},\"peak_rss_bytes\":{},\"disk_bytes\":{},\"disk_to_logical\":{}}}",
+            f.name,
+            f.records,
+            f.seconds,
+            f.mb_per_s(),
+            f.records_per_s(),
+            ratio.map_or("null".into(), |r| format!("{r:.3}")),
+            f.peak_rss_bytes,
+            f.disk_bytes,
+            disk_ratio.map_or("null".into(), |r| format!("{r:.3}")),
+        );
+        return;
+    }
+    println!(
+        "{:<28} {:>11} {:>10.1} {:>11.0} {:>8} {:>10.1} {:>9} {}",
+        f.name,
+        f.records,
+        f.mb_per_s(),
+        f.records_per_s(),
+        ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+        mib(f.peak_rss_bytes),
+        disk_ratio.map_or("-".into(), |r| format!("{r:.3}")),
+        row.extra,
+    );
+}
+
+/// Arguments of the hidden per-phase child of `spillway bench log`.
+#[derive(Debug, clap::Args)]
+pub struct LogPhaseArgs {
+    /// plain-append, plain-read, append or open-read.
+    #[arg(long)]
+    pub phase: String,
+    /// The backend (append and open-read).
+    #[arg(long, default_value = "segment")]
+    pub backend: String,
+    /// Records to write.
+    #[arg(long)]
+    pub records: u64,
+    /// Record size in bytes.
+    #[arg(long)]
+    pub record_bytes: usize,
+    /// Data directory of the phase.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+const FIGURES_PREFIX: &str = "figures\t";
+
+fn emit(f: &Figures, extra: &str) {
+    println!(
+        "{FIGURES_PREFIX}{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        f.name, f.records, f.payload_bytes, f.seconds, f.peak_rss_bytes, f.disk_bytes, extra
+    );
+}
+
+fn parse_figures(line: &str) -> Option<(Figures, String)> {
+    let mut parts = line.strip_prefix(FIGURES_PREFIX)?.split('\t');
+    let name = parts.next()?.to_string();
+    let mut num = || parts.next().and_then(|p| p.parse::<f64>().ok());
+    let figures = Figures {
+        name,
+        records: num()? as u64,
+        payload_bytes: num()? as u64,
+        seconds: num()?,
+        peak_rss_bytes: num()? as u64,
+        disk_bytes: num()? as u64,
+    };
+    Some((figures, parts.next().unwrap_or_default().to_string()))
+}
+
+/// Runs one phase in this (fresh) process, so its peak RSS is its own, and prints its figures.
+pub fn run_log_phase(args: &LogPhaseArgs) -> std::io::Result<()> {
+    let backend = Backend::parse(&args.backend).context("--backend")?;
+    let plain_file = args.dir.join("plain.log");
+    match args.phase.as_str() {
+        "plain-append" => emit(
+            &logbench::plain_append(&plain_file, args.records, args.record_bytes)?,
+            "baseline",
+        ),
+        "plain-read" => emit(&logbench::plain_read(&plain_file)?, "baseline"),
+        "append" => {
+            let step = (args.records / 10).max(1);
+            let figures = logbench::log_append(
+                backend,
+                &args.dir,
+                args.records,
+                args.record_bytes,
+                |done| {
+                    if done % step == 0 {
+                        tracing::info!(
+                            backend = backend.as_str(),
+                            done,
+                            records = args.records,
+                            "appending"
+                        );
+                    }
+                },
+            )?;
+            emit(&figures, "");
+        }
+        "open-read" => {
+            let (mut open, log) = logbench::log_open(backend, &args.dir)?;
+            open.name = format!("{} open (recovery)", backend.as_str());
+            open.payload_bytes = 0;
+            let extra = format!(
+                "open {:.1} ms, {} records, {} B of tail scanned",
+                open.seconds * 1e3,
+                args.records,
+                log.recovery_report().scanned_bytes
+            );
+            emit(&open, &extra);
+            let name = format!("{} read (no consume)", backend.as_str());
+            emit(
+                &logbench::log_read(log.as_ref(), args.record_bytes, &name)?,
+                "",
+            );
+        }
+        other => return Err(std::io::Error::other(format!("unknown phase {other:?}"))),
+    }
+    Ok(())
+}
+
+fn run_phase(
+    phase: &str,
+    backend: &str,
+    records: u64,
+    size: usize,
+    dir: &std::path::Path,
+) -> std::io::Result<Vec<(Figures, String)>> {
+    let exe = std::env::current_exe()?;
+    let output = std::process::Command::new(exe)
+        .args(["bench", "log-phase", "--phase", phase, "--backend", backend])
+        .args([
+            "--records",
+            &records.to_string(),
+            "--record-bytes",
+            &size.to_string(),
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "bench phase {phase} ({backend}) failed: {}",
+            output.status
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(parse_figures)
+        .collect())
+}
+
+/// Runs the storage benchmark (one process per phase) and prints the table.
+pub fn run_log(args: &LogBenchArgs) -> std::io::Result<()> {
+    let backends: Vec<Backend> = args
+        .backends
+        .iter()
+        .map(|b| Backend::parse(b))
+        .collect::<Result<_, _>>()
+        .context("--backends")?;
+    std::fs::create_dir_all(&args.dir).context("creating the bench directory")?;
+    if !args.json {
+        println!(
+            "storage bench: batches of {} records, reads of at most {} records / {} MiB; Manual durability + one sync at the end (as the baseline); one process per phase",
+            logbench::BATCH_RECORDS,
+            logbench::BATCH_RECORDS,
+            logbench::READ_BYTES_MAX >> 20
+        );
+        println!(
+            "{:<28} {:>11} {:>10} {:>11} {:>8} {:>10} {:>9} extra",
+            "scenario", "records", "MB/s", "records/s", "ratio", "peakRSS MiB", "disk/log"
+        );
+    }
+    for &records in &args.records {
+        for &size in &args.record_bytes {
+            let logical = records * size as u64;
+            let plain = Scratch::new(&args.dir, "plain")?;
+            let mut baseline = [0.0f64; 2];
+            for (i, phase) in ["plain-append", "plain-read"].iter().enumerate() {
+                for (figures, extra) in run_phase(phase, "segment", records, size, &plain.0)? {
+                    baseline[i] = figures.mb_per_s();
+                    print_row(
+                        &Row {
+                            figures,
+                            baseline_mb_per_s: None,
+                            logical_bytes: if i == 0 { logical } else { 0 },
+                            extra,
+                        },
+                        args.json,
+                    );
+                }
+            }
+            drop(plain);
+            for &backend in &backends {
+                let scratch = Scratch::new(&args.dir, backend.as_str())?;
+                for (figures, extra) in
+                    run_phase("append", backend.as_str(), records, size, &scratch.0)?
+                {
+                    print_row(
+                        &Row {
+                            figures,
+                            baseline_mb_per_s: Some(baseline[0]),
+                            logical_bytes: logical,
+                            extra,
+                        },
+                        args.json,
+                    );
+                }
+                for (figures, extra) in
+                    run_phase("open-read", backend.as_str(), records, size, &scratch.0)?
+                {
+                    let is_read = figures.name.contains("read");
+                    print_row(
+                        &Row {
+                            figures,
+                            baseline_mb_per_s: is_read.then_some(baseline[1]),
+                            logical_bytes: 0,
+                            extra,
+                        },
+                        args.json,
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}

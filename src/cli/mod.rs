@@ -1,0 +1,3 @@
+//! The command line: argument definitions and one module per subcommand.
+
+pub mod bench;
