@@ -203,20 +203,18 @@ impl Inner {
             if entries.contains_key(&first_seq) {
                 continue;
             }
-            if newest_listed.is_none_or(|newest| first_seq > newest) {
-                entries.insert(
-                    first_seq,
-                    SegmentEntry {
-                        first_seq,
-                        sealed: None,
-                    },
-                );
-                manifest.put_segment(SegmentEntry {
+            let newest = newest_listed.is_none_or(|newest| first_seq > newest);
+            if newest && has_intact_header(path, first_seq)? {
+                let entry = SegmentEntry {
                     first_seq,
                     sealed: None,
-                })?;
+                };
+                entries.insert(first_seq, entry);
+                manifest.put_segment(entry)?;
             } else {
-                tracing::warn!(path = %path.display(), "removing a segment file the manifest no longer lists");
+                // Newest: killed inside its creation, before the header reached the disk (no record
+                // in it). Older: left behind by a reclaim. Neither holds anything to keep.
+                tracing::warn!(path = %path.display(), "removing a segment file the manifest does not list");
                 std::fs::remove_file(path).map_err(StorageError::io(path))?;
                 files.remove(&first_seq);
                 report.removed_files += 1;
@@ -724,6 +722,20 @@ fn list_segment_files(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, StorageError
         }
     }
     Ok(files)
+}
+
+/// Whether a segment file's header is complete and names `first_seq` (a version mismatch is an error).
+fn has_intact_header(path: &Path, first_seq: u64) -> Result<bool, OpenError> {
+    let file = File::open(path).map_err(StorageError::io(path))?;
+    let len = file.metadata().map_err(StorageError::io(path))?.len();
+    if len < SEGMENT_HEADER_BYTES as u64 {
+        return Ok(false);
+    }
+    match check_segment_header(&file, path, first_seq) {
+        Ok(()) => Ok(true),
+        Err(OpenError::Storage(StorageError::Corrupt(_))) => Ok(false),
+        Err(other) => Err(other),
+    }
 }
 
 fn check_segment_header(

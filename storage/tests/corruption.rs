@@ -249,3 +249,21 @@ fn opening_a_directory_of_the_other_backend_is_refused() {
         other => panic!("expected WrongBackend, got {other:?}"),
     }
 }
+
+#[test]
+fn a_new_segment_whose_header_never_reached_the_disk_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = write_log(dir.path(), 200);
+    // As if killed inside segment creation: the next segment exists, empty, unlisted.
+    let next_seq = 200;
+    let torn = dir
+        .path()
+        .join("segments")
+        .join(format!("{next_seq:020}.seg"));
+    fs::write(&torn, b"SPWY").expect("torn file");
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    assert_eq!(log.recovery_report().removed_files, 1);
+    assert!(!torn.exists());
+    assert_records(log.as_ref(), 200);
+    assert_eq!(segment_files(dir.path()), files);
+}
