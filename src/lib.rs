@@ -1,6 +1,12 @@
 //! Spillway: a disk-spilling event queue with a memory budget in bytes.
 //!
-//! The storage log lives in the `spillway-storage` crate, re-exported as [`storage`].
+//! - [`queue`]: the spilling queue, its cursors, acks and watermark.
+//! - [`storage`]: the durable spill log (the `spillway-storage` crate).
+//! - [`bench`]: the benchmarks behind `spillway bench`.
+#![deny(missing_docs)]
 
 pub mod bench;
+pub mod queue;
 pub use spillway_storage as storage;
+
+pub use queue::{Consumer, Delivery, Event, QueueConfig, SpillQueue};

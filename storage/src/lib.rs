@@ -84,6 +84,9 @@ pub trait SpillLog: Send + Sync + std::fmt::Debug {
     /// Forgets a named position.
     fn remove_position(&self, name: &str) -> Result<(), StorageError>;
 
+    /// The seq after the oldest file's last record: consuming up to it frees that file's space.
+    fn oldest_file_end_seq(&self) -> u64;
+
     /// Counters and sizes as of now.
     fn stats(&self) -> LogStats;
 

@@ -813,6 +813,11 @@ impl SpillLog for SegmentLog {
         inner.after_position_change()
     }
 
+    fn oldest_file_end_seq(&self) -> u64 {
+        let inner = lock(&self.inner);
+        inner.sealed.front().map_or(inner.active.next_seq, |s| s.info.next_seq)
+    }
+
     fn stats(&self) -> LogStats {
         lock(&self.inner).stats()
     }

@@ -1,0 +1,48 @@
+//! The memory budget: one number of bytes, split between the log's buffers and the memory tier.
+
+use super::config::QueueConfig;
+use super::error::QueueConfigError;
+
+/// Bytes charged per event in memory besides its payload: the deque slot and the shared buffer's header.
+pub const EVENT_OVERHEAD_BYTES: u64 = 64;
+/// The memory tier must hold at least this much, or the budget is refused.
+pub const MEMORY_TIER_BYTES_MIN: u64 = 4 * 1024;
+
+/// How `memory_budget_bytes` is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// The configured total.
+    pub total_bytes: u64,
+    /// Reserved for the log: write buffer (plus one chunk), mapped read window, sled cache.
+    pub log_reserved_bytes: u64,
+    /// What the memory tier may hold.
+    pub memory_tier_bytes: u64,
+}
+
+impl MemoryBudget {
+    /// Splits the budget, refusing one too small for the log's own buffers.
+    pub fn new(config: &QueueConfig) -> Result<Self, QueueConfigError> {
+        let log = &config.log;
+        let log_reserved_bytes = u64::from(log.write_buffer_bytes) + log.chunk_bytes_max() + u64::from(log.read_window_bytes) + log.sled_cache_bytes;
+        let needed = log_reserved_bytes + MEMORY_TIER_BYTES_MIN;
+        if config.memory_budget_bytes < needed {
+            return Err(QueueConfigError::Invalid {
+                field: "memory_budget_bytes",
+                reason: format!(
+                    "{} is below the minimum of {needed}: the log's buffers take {log_reserved_bytes} (write buffer + largest chunk + read window + sled cache) and the memory tier needs {MEMORY_TIER_BYTES_MIN}",
+                    config.memory_budget_bytes
+                ),
+            });
+        }
+        Ok(MemoryBudget {
+            total_bytes: config.memory_budget_bytes,
+            log_reserved_bytes,
+            memory_tier_bytes: config.memory_budget_bytes - log_reserved_bytes,
+        })
+    }
+}
+
+/// What one event costs in the memory tier.
+pub fn event_cost(payload_len: usize) -> u64 {
+    payload_len as u64 + EVENT_OVERHEAD_BYTES
+}

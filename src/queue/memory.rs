@@ -1,0 +1,86 @@
+//! The in-memory tier: events not written to the log, held until every consumer acked them.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use super::budget::event_cost;
+
+/// One event held in memory.
+#[derive(Debug, Clone)]
+pub(crate) struct MemoryEntry {
+    /// Queue sequence number.
+    pub seq: u64,
+    /// The source's position (relay seq, LSN), for the watermark.
+    pub position: u64,
+    /// The log's `next_seq` when the event was pushed: log records below it come before
+    /// this event, records at or above it after. This orders memory against disk for any cursor.
+    pub log_before: u64,
+    pub payload: Bytes,
+}
+
+/// Events in memory, oldest first; their cost never exceeds `capacity_bytes`.
+#[derive(Debug)]
+pub(crate) struct MemoryTier {
+    entries: VecDeque<MemoryEntry>,
+    bytes: u64,
+    capacity_bytes: u64,
+}
+
+impl MemoryTier {
+    pub fn new(capacity_bytes: u64) -> Self {
+        MemoryTier { entries: VecDeque::new(), bytes: 0, capacity_bytes }
+    }
+
+    /// Whether events costing `cost` more bytes fit.
+    pub fn fits(&self, cost: u64) -> bool {
+        self.bytes + cost <= self.capacity_bytes
+    }
+
+    pub fn push(&mut self, entry: MemoryEntry) {
+        self.bytes += event_cost(entry.payload.len());
+        debug_assert!(self.bytes <= self.capacity_bytes);
+        debug_assert!(self.entries.back().is_none_or(|last| last.seq < entry.seq));
+        self.entries.push_back(entry);
+    }
+
+    /// Index of the first entry with `seq >= from_seq`.
+    pub fn index_from(&self, from_seq: u64) -> Option<usize> {
+        let index = self.entries.partition_point(|e| e.seq < from_seq);
+        (index < self.entries.len()).then_some(index)
+    }
+
+    pub fn get(&self, index: usize) -> Option<&MemoryEntry> {
+        self.entries.get(index)
+    }
+
+    /// Frees every entry with `seq < seq_bound`; returns how many.
+    pub fn release_below(&mut self, seq_bound: u64) -> usize {
+        let mut freed = 0;
+        while self.entries.front().is_some_and(|e| e.seq < seq_bound) {
+            if let Some(entry) = self.entries.pop_front() {
+                self.bytes -= event_cost(entry.payload.len());
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    pub fn front(&self) -> Option<&MemoryEntry> {
+        self.entries.front()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes charged against the budget now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Payload bytes of the entries.
+    pub fn payload_bytes(&self) -> u64 {
+        self.bytes - self.entries.len() as u64 * super::budget::EVENT_OVERHEAD_BYTES
+    }
+}

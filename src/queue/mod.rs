@@ -1,0 +1,763 @@
+//! The spilling queue: a memory tier bounded in bytes, overflow to the spill log,
+//! lazy bounded read-back through named cursors, durable acks and a source watermark.
+//!
+//! # Invariants
+//!
+//! - **One memory budget.** `memory_budget_bytes` = the log's own buffers (write
+//!   buffer, one chunk, mapped read window, sled cache; see [`budget`]) + the memory
+//!   tier. The tier charges each event its payload plus [`budget::EVENT_OVERHEAD_BYTES`]
+//!   and never exceeds its share. Nothing else holds event bytes: a read from the log
+//!   copies at most `max_bytes` (plus one record) out of a bounded mapped window.
+//! - **Order.** Every accepted event gets the next queue seq. An event goes to memory
+//!   only while the queue is not spilling and it fits; otherwise to the log. Once
+//!   spilling, every later event goes to the log until every cursor has read the log
+//!   to its end ("the backlog drained"). A memory event remembers the log's end when
+//!   it was pushed (`log_before`); a cursor delivers log records below that before it,
+//!   so each cursor sees seqs in increasing order across the memory/disk boundary.
+//! - **Retention.** A memory event is freed once every consumer acked it; a log
+//!   prefix is consumed (and its files reclaimed) once every consumer acked past it.
+//!   The budget therefore also bounds delivered-but-unacked memory events.
+//! - **Durability.** Acks are saved as two log positions per consumer (next seq,
+//!   next log record) and are durable with the log's durability setting. After a
+//!   restart a consumer resumes at its last durable ack: at least once, never a gap
+//!   in what the log held. Memory events are lost by a crash; a source that can
+//!   replay checkpoints [`SpillQueue::durable_watermark`] and replays them. With
+//!   [`SpillMode::WriteThrough`] every event is in the log before the push returns.
+//! - **Restart.** Opening reads no backlog: the log scans only its tail segment, the
+//!   queue reads one record (the last, for its seq). The backlog is read lazily.
+//!
+//! # Cancel safety
+//!
+//! [`Consumer::next_batch`] is cancel-safe: it changes state only after its wait
+//! ends, synchronously, so dropping the future loses no event. [`SpillQueue::push_batch`]
+//! is cancel-safe while it waits under [`FullPolicy::Block`]: the events not yet
+//! accepted are dropped with the future, and none of them were enqueued.
+
+pub mod budget;
+pub mod config;
+pub mod cursor;
+pub mod envelope;
+pub mod error;
+pub mod memory;
+pub mod watermark;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use spillway_storage::{AppendError, SpillLog};
+use tokio::sync::Notify;
+
+pub use budget::MemoryBudget;
+pub use config::{FullPolicy, QueueConfig, SpillMode};
+pub use error::{PushError, PushFailure, QueueConfigError, QueueError};
+
+use cursor::{CursorState, Origin, Stretch};
+use memory::{MemoryEntry, MemoryTier};
+use watermark::Watermark;
+
+/// Interval between repeated warnings of the same kind (drops, a blocked producer).
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An event to push: its payload and its source position (relay seq, LSN; 0 if none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The source's position, non-decreasing in push order; drives the watermark.
+    pub position: u64,
+    /// The bytes.
+    pub payload: Bytes,
+}
+
+impl Event {
+    /// An event at `position` carrying `payload`.
+    pub fn new(position: u64, payload: impl Into<Bytes>) -> Self {
+        Event { position, payload: payload.into() }
+    }
+}
+
+/// An event delivered to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The queue's sequence number: ack up to it.
+    pub seq: u64,
+    /// The source position it was pushed with.
+    pub position: u64,
+    /// The bytes.
+    pub payload: Bytes,
+}
+
+/// What a push did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Events accepted into memory.
+    pub to_memory: usize,
+    /// Events accepted into the log.
+    pub to_disk: usize,
+    /// Events refused under [`FullPolicy::DropNewest`], handed back.
+    pub dropped: Vec<Event>,
+}
+
+/// Counters and sizes of a queue.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueStats {
+    /// Events in the memory tier (including delivered, unacked ones).
+    pub memory_events: u64,
+    /// Bytes the memory tier charges against the budget.
+    pub memory_bytes: u64,
+    /// What the memory tier may hold.
+    pub memory_tier_bytes: u64,
+    /// The configured total memory budget.
+    pub memory_budget_bytes: u64,
+    /// Unconsumed records in the log.
+    pub disk_events: u64,
+    /// Payload bytes in the log's live files.
+    pub disk_payload_bytes: u64,
+    /// Bytes the log takes on disk.
+    pub disk_bytes: u64,
+    /// The configured disk budget.
+    pub disk_budget_bytes: u64,
+    /// Whether new events go to the log.
+    pub spilling: bool,
+    /// Events accepted since open.
+    pub pushed_events_total: u64,
+    /// Events written to the log since open.
+    pub spilled_events_total: u64,
+    /// Events read back from the log since open.
+    pub read_back_events_total: u64,
+    /// Events delivered to consumers since open.
+    pub delivered_events_total: u64,
+    /// Events refused under `drop_newest` since open.
+    pub dropped_newest_total: u64,
+    /// Events dropped under `drop_oldest` since open.
+    pub dropped_oldest_total: u64,
+    /// Pushes that waited for disk space since open.
+    pub blocked_pushes_total: u64,
+    /// Each consumer's position and lag.
+    pub consumers: Vec<ConsumerStats>,
+    /// Whether a backlog alert threshold is crossed.
+    pub backlog_alert: bool,
+    /// The durable source watermark.
+    pub durable_watermark: Option<u64>,
+}
+
+/// One consumer's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerStats {
+    /// Its name.
+    pub name: String,
+    /// Events pushed but not yet delivered to it.
+    pub lag_events: u64,
+    /// Events delivered but not acked.
+    pub unacked_events: u64,
+    /// Everything below this seq is acked.
+    pub acked_seq_next: u64,
+    /// Whether a handle is attached.
+    pub attached: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    pushed: u64,
+    spilled: u64,
+    read_back: u64,
+    delivered: u64,
+    dropped_newest: u64,
+    dropped_oldest: u64,
+    blocked: u64,
+    last_warn: Option<Instant>,
+    unwarned_drops: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    next_seq: u64,
+    spilling: bool,
+    memory: MemoryTier,
+    cursors: BTreeMap<String, CursorState>,
+    watermark: Watermark,
+    counters: Counters,
+    /// Envelopes of the batch being spilled; cleared after each append.
+    scratch: Vec<u8>,
+}
+
+struct Core {
+    config: QueueConfig,
+    budget: MemoryBudget,
+    log: Box<dyn SpillLog>,
+    state: Mutex<State>,
+    /// Wakes consumers waiting for events.
+    data_ready: Notify,
+    /// Wakes producers waiting for disk space.
+    space_freed: Notify,
+}
+
+/// The spilling queue. Cheap to clone: clones share one queue.
+#[derive(Clone)]
+pub struct SpillQueue {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for SpillQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpillQueue").field("budget", &self.core.budget).finish_non_exhaustive()
+    }
+}
+
+/// Runs storage work that may block: off the async worker where the runtime allows it.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+fn position_names(consumer: &str) -> (String, String) {
+    (format!("seq.{consumer}"), format!("log.{consumer}"))
+}
+
+impl SpillQueue {
+    /// Opens (or creates) the queue in `dir`. Reads no backlog: bounded in time and memory.
+    ///
+    /// # Errors
+    /// A refused configuration, or the log's open errors (damage, another version, ...).
+    pub fn open(dir: &Path, config: QueueConfig) -> Result<Self, QueueError> {
+        config.validate()?;
+        let budget = MemoryBudget::new(&config)?;
+        let log = spillway_storage::open(dir, config.log.clone())?;
+        let stats = log.stats();
+        // Restore every saved consumer; they hold back reclaim until removed.
+        let mut saved: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
+        for (name, value) in log.positions()? {
+            if let Some(consumer) = name.strip_prefix("seq.") {
+                saved.entry(consumer.to_string()).or_default().0 = Some(value);
+            } else if let Some(consumer) = name.strip_prefix("log.") {
+                saved.entry(consumer.to_string()).or_default().1 = Some(value);
+            }
+        }
+        let mut next_seq = 0;
+        if stats.next_seq > stats.first_seq {
+            let last = log.read(stats.next_seq - 1, 1, 0)?;
+            let record = last.get(0).unwrap_or_default();
+            let (seq, _, _) = envelope::decode(record).ok_or(QueueError::BadEnvelope { log_seq: stats.next_seq - 1, reason: "shorter than its 16-byte envelope" })?;
+            next_seq = seq + 1;
+        }
+        let mut cursors = BTreeMap::new();
+        for (name, (seq, log_pos)) in saved {
+            let seq = seq.unwrap_or(0);
+            next_seq = next_seq.max(seq);
+            let log_pos = log_pos.unwrap_or(stats.first_seq).clamp(stats.first_seq, stats.next_seq);
+            cursors.insert(name, CursorState::at(seq, log_pos));
+        }
+        let spilling = stats.next_seq > stats.first_seq || config.spill_mode == SpillMode::WriteThrough;
+        let state = State {
+            next_seq,
+            spilling,
+            memory: MemoryTier::new(budget.memory_tier_bytes),
+            cursors,
+            watermark: Watermark::default(),
+            counters: Counters::default(),
+            scratch: Vec::new(),
+        };
+        tracing::info!(
+            backlog_events = stats.records(),
+            consumers = state.cursors.len(),
+            memory_tier_bytes = budget.memory_tier_bytes,
+            "spill queue opened"
+        );
+        Ok(SpillQueue { core: Arc::new(Core { config, budget, log, state: Mutex::new(state), data_ready: Notify::new(), space_freed: Notify::new() }) })
+    }
+
+    /// Pushes one event; see [`SpillQueue::push_batch`].
+    pub async fn push(&self, event: Event) -> Result<PushReport, PushError> {
+        self.push_batch(vec![event]).await
+    }
+
+    /// Pushes events in order. Never waits for a consumer: it waits only when the
+    /// disk budget is full under [`FullPolicy::Block`].
+    ///
+    /// # Errors
+    /// A [`PushError`] handing every unaccepted event back: an event over the size
+    /// limit, a batch larger than the whole disk budget, or a storage failure.
+    pub async fn push_batch(&self, events: Vec<Event>) -> Result<PushReport, PushError> {
+        let max = u64::from(self.core.config.log.record_bytes_max) - envelope::ENVELOPE_BYTES as u64;
+        if let Some(big) = events.iter().find(|e| e.payload.len() as u64 > max) {
+            let len = big.payload.len();
+            return Err(PushError { reason: PushFailure::EventTooLarge { len, max }, events });
+        }
+        let mut report = PushReport::default();
+        let mut pending = events;
+        loop {
+            let space = self.core.space_freed.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            match blocking(|| self.core.try_push(pending, &mut report)) {
+                Ok(()) => return Ok(report),
+                Err(Refusal::Blocked(rest)) => {
+                    pending = rest;
+                    space.await;
+                }
+                Err(Refusal::Failed(error)) => return Err(error),
+            }
+        }
+    }
+
+    /// Attaches the named consumer, creating it at the oldest retained event if new.
+    ///
+    /// # Errors
+    /// [`QueueError::ConsumerBusy`] if a handle is attached, [`QueueError::TooManyConsumers`].
+    pub fn consumer(&self, name: &str) -> Result<Consumer, QueueError> {
+        self.core.attach(name)?;
+        Ok(Consumer { core: Arc::clone(&self.core), name: name.to_string() })
+    }
+
+    /// Forgets a consumer (detached) so it no longer holds back reclaim.
+    pub fn remove_consumer(&self, name: &str) -> Result<(), QueueError> {
+        let mut state = self.core.lock();
+        if state.cursors.get(name).is_some_and(|c| c.attached) {
+            return Err(QueueError::ConsumerBusy(name.to_string()));
+        }
+        state.cursors.remove(name);
+        let (seq_key, log_key) = position_names(name);
+        self.core.log.remove_position(&seq_key)?;
+        self.core.log.remove_position(&log_key)?;
+        self.core.release(&mut state)?;
+        Ok(())
+    }
+
+    /// The highest source position below which every event is acked or durably in the log.
+    pub fn durable_watermark(&self) -> Option<u64> {
+        let mut state = self.core.lock();
+        self.core.watermark(&mut state)
+    }
+
+    /// Makes every event in the log and every ack durable now.
+    pub fn flush(&self) -> Result<(), QueueError> {
+        blocking(|| self.core.log.flush())?;
+        Ok(())
+    }
+
+    /// Counters, sizes, consumers and the backlog alert.
+    pub fn stats(&self) -> QueueStats {
+        let mut state = self.core.lock();
+        let log = self.core.log.stats();
+        let watermark = self.core.watermark(&mut state);
+        let consumers: Vec<ConsumerStats> = state
+            .cursors
+            .iter()
+            .map(|(name, c)| ConsumerStats {
+                name: name.clone(),
+                lag_events: state.next_seq.saturating_sub(c.seq_next),
+                unacked_events: c.seq_next.saturating_sub(c.acked_seq_next),
+                acked_seq_next: c.acked_seq_next,
+                attached: c.attached,
+            })
+            .collect();
+        let max_lag = consumers.iter().map(|c| c.lag_events + c.unacked_events).max().unwrap_or(0);
+        let backlog_bytes = state.memory.payload_bytes() + log.payload_bytes;
+        let config = &self.core.config;
+        let backlog_alert = (config.backlog_alert_events > 0 && max_lag > config.backlog_alert_events) || (config.backlog_alert_bytes > 0 && backlog_bytes > config.backlog_alert_bytes);
+        let c = &state.counters;
+        QueueStats {
+            memory_events: state.memory.len() as u64,
+            memory_bytes: state.memory.bytes(),
+            memory_tier_bytes: self.core.budget.memory_tier_bytes,
+            memory_budget_bytes: self.core.budget.total_bytes,
+            disk_events: log.records(),
+            disk_payload_bytes: log.payload_bytes,
+            disk_bytes: log.disk_bytes,
+            disk_budget_bytes: config.log.disk_budget_bytes,
+            spilling: state.spilling,
+            pushed_events_total: c.pushed,
+            spilled_events_total: c.spilled,
+            read_back_events_total: c.read_back,
+            delivered_events_total: c.delivered,
+            dropped_newest_total: c.dropped_newest,
+            dropped_oldest_total: c.dropped_oldest,
+            blocked_pushes_total: c.blocked,
+            consumers,
+            backlog_alert,
+            durable_watermark: watermark,
+        }
+    }
+
+    /// The memory budget's split.
+    pub fn budget(&self) -> MemoryBudget {
+        self.core.budget
+    }
+}
+
+/// Why a push attempt did not finish.
+enum Refusal {
+    /// The disk is full under `block`: wait and retry with these events.
+    Blocked(Vec<Event>),
+    Failed(PushError),
+}
+
+impl Core {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every step writes the log before it changes memory state, so a panic in
+        // another thread leaves a state no worse than a crash would: keep going.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn watermark(&self, state: &mut State) -> Option<u64> {
+        let oldest_memory = state.memory.front().map(|e| e.position);
+        state.watermark.current(oldest_memory, self.log.stats().durable_next_seq)
+    }
+
+    fn try_push(&self, events: Vec<Event>, report: &mut PushReport) -> Result<(), Refusal> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        // The memory path: the prefix that fits while the queue is not spilling.
+        let mut to_memory = 0;
+        if !state.spilling {
+            let mut cost = 0;
+            for event in &events {
+                cost += budget::event_cost(event.payload.len());
+                if !state.memory.fits(cost) {
+                    break;
+                }
+                to_memory += 1;
+            }
+        }
+        let mut events = events;
+        let rest = events.split_off(to_memory);
+        if to_memory > 0 {
+            let log_before = self.log.stats().next_seq;
+            let last_position = events.last().map_or(0, |e| e.position);
+            for event in events {
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                state.memory.push(MemoryEntry { seq, position: event.position, log_before, payload: event.payload });
+            }
+            state.watermark.on_memory_push(last_position);
+            state.counters.pushed += to_memory as u64;
+            report.to_memory += to_memory;
+            self.data_ready.notify_waiters();
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if !state.spilling {
+            tracing::info!(memory_bytes = state.memory.bytes(), "memory budget reached; spilling to disk");
+            state.spilling = true;
+        }
+        self.spill(&mut state, rest, report)
+    }
+
+    fn spill(&self, state: &mut State, events: Vec<Event>, report: &mut PushReport) -> Result<(), Refusal> {
+        let first_seq = state.next_seq;
+        let mut scratch = std::mem::take(&mut state.scratch);
+        scratch.clear();
+        let mut ends = Vec::with_capacity(events.len());
+        for (i, event) in events.iter().enumerate() {
+            envelope::encode(&mut scratch, first_seq + i as u64, event.position, &event.payload);
+            ends.push(scratch.len());
+        }
+        let records: Vec<&[u8]> = ends.iter().scan(0, |start, &end| {
+            let record = &scratch[*start..end];
+            *start = end;
+            Some(record)
+        }).collect();
+        let mut attempts = 0;
+        let outcome = loop {
+            match self.log.append(&records) {
+                Err(AppendError::Full { needed_bytes, budget_bytes, .. }) if needed_bytes > budget_bytes => {
+                    break Err(Refusal::Failed(PushError { reason: PushFailure::BatchOverBudget { needed_bytes, budget_bytes }, events }));
+                }
+                Err(AppendError::Full { .. }) => match self.config.full_policy {
+                    FullPolicy::Block => {
+                        state.counters.blocked += 1;
+                        self.warn_rate_limited(state, "disk budget full: the producer is blocked until consumers ack");
+                        break Err(Refusal::Blocked(events));
+                    }
+                    FullPolicy::DropOldest if attempts < 64 && self.drop_oldest(state) => attempts += 1,
+                    FullPolicy::DropNewest | FullPolicy::DropOldest => {
+                        state.counters.dropped_newest += events.len() as u64;
+                        state.counters.unwarned_drops += events.len() as u64;
+                        self.warn_rate_limited(state, "disk budget full: dropping the newest events");
+                        report.dropped.extend(events);
+                        break Ok(());
+                    }
+                },
+                Err(AppendError::RecordTooLarge { len, max, .. }) => {
+                    break Err(Refusal::Failed(PushError { reason: PushFailure::EventTooLarge { len, max: u64::from(max) }, events }));
+                }
+                Err(AppendError::Storage(error)) => {
+                    tracing::error!(%error, "spilling to the log failed; the events are handed back");
+                    break Err(Refusal::Failed(PushError { reason: PushFailure::Storage(error), events }));
+                }
+                Err(other) => {
+                    let error = spillway_storage::StorageError::Io { path: Default::default(), source: std::io::Error::other(other.to_string()) };
+                    break Err(Refusal::Failed(PushError { reason: PushFailure::Storage(error), events }));
+                }
+                Ok(range) => {
+                    let count = events.len();
+                    state.next_seq += count as u64;
+                    state.counters.pushed += count as u64;
+                    state.counters.spilled += count as u64;
+                    report.to_disk += count;
+                    let first_position = events.first().map_or(0, |e| e.position);
+                    let last_position = events.last().map_or(0, |e| e.position);
+                    if state.watermark.on_spill(range.next, first_position, last_position) {
+                        // Too many batches awaiting durability to track: make them durable now.
+                        if let Err(error) = self.log.flush() {
+                            tracing::error!(%error, "syncing the spill log failed");
+                        }
+                    }
+                    self.data_ready.notify_waiters();
+                    break Ok(());
+                }
+            }
+        };
+        drop(records);
+        state.scratch = scratch;
+        // Keep the scratch from pinning the memory of one huge batch.
+        if state.scratch.capacity() > self.config.log.write_buffer_bytes as usize {
+            state.scratch = Vec::new();
+        }
+        outcome
+    }
+
+    /// Drops the oldest log file's records for every consumer; false when there is nothing to drop.
+    fn drop_oldest(&self, state: &mut State) -> bool {
+        let stats = self.log.stats();
+        let end = self.log.oldest_file_end_seq();
+        if end <= stats.first_seq {
+            return false;
+        }
+        if let Err(error) = self.log.consume_until(end) {
+            tracing::error!(%error, "dropping the oldest events failed");
+            return false;
+        }
+        let dropped = end - stats.first_seq;
+        state.counters.dropped_oldest += dropped;
+        state.counters.unwarned_drops += dropped;
+        for (name, cursor) in state.cursors.iter_mut() {
+            cursor.skip_dropped(end);
+            let (_, log_key) = position_names(name);
+            if let Err(error) = self.log.save_position(&log_key, cursor.acked_log_next) {
+                tracing::error!(%error, consumer = %name, "saving a consumer position failed");
+            }
+        }
+        self.warn_rate_limited(state, "disk budget full: dropping the oldest events");
+        true
+    }
+
+    fn warn_rate_limited(&self, state: &mut State, message: &'static str) {
+        let now = Instant::now();
+        if state.counters.last_warn.is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL) {
+            let c = &state.counters;
+            tracing::warn!(
+                dropped_newest_total = c.dropped_newest,
+                dropped_oldest_total = c.dropped_oldest,
+                dropped_since_last_warning = c.unwarned_drops,
+                blocked_pushes_total = c.blocked,
+                disk_budget_bytes = self.config.log.disk_budget_bytes,
+                "{message}"
+            );
+            state.counters.last_warn = Some(now);
+            state.counters.unwarned_drops = 0;
+        }
+    }
+
+    fn attach(&self, name: &str) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        if let Some(cursor) = state.cursors.get_mut(name) {
+            if cursor.attached {
+                return Err(QueueError::ConsumerBusy(name.to_string()));
+            }
+            // Resume from the last ack: what was delivered but not acked is delivered again.
+            let (seq, log) = (cursor.acked_seq_next, cursor.acked_log_next);
+            *cursor = CursorState::at(seq, log);
+            cursor.attached = true;
+            return Ok(());
+        }
+        if state.cursors.len() >= self.config.consumers_max as usize {
+            return Err(QueueError::TooManyConsumers { name: name.to_string(), consumers_max: self.config.consumers_max });
+        }
+        // A new consumer starts at the oldest event still retained.
+        let log_first = self.log.stats().first_seq;
+        let (seq, log) = state
+            .cursors
+            .values()
+            .map(|c| (c.acked_seq_next, c.acked_log_next))
+            .min()
+            .unwrap_or_else(|| (state.memory.front().map_or(state.next_seq, |e| e.seq), log_first));
+        let mut cursor = CursorState::at(seq, log.max(log_first));
+        cursor.attached = true;
+        let (seq_key, log_key) = position_names(name);
+        self.log.save_position(&seq_key, cursor.acked_seq_next)?;
+        self.log.save_position(&log_key, cursor.acked_log_next)?;
+        state.cursors.insert(name.to_string(), cursor);
+        Ok(())
+    }
+
+    fn detach(&self, name: &str) {
+        if let Some(cursor) = self.lock().cursors.get_mut(name) {
+            cursor.attached = false;
+        }
+    }
+
+    fn try_read(&self, name: &str, max_records: usize, max_bytes: u64) -> Result<Vec<Delivery>, QueueError> {
+        let mut state = self.lock();
+        let log_stats = self.log.stats();
+        let State { cursors, memory, counters, .. } = &mut *state;
+        let cursor = cursors.get_mut(name).ok_or_else(|| QueueError::ConsumerBusy(name.to_string()))?;
+        if cursor.unacked.len() >= self.config.unacked_stretches_max as usize {
+            return Err(QueueError::TooManyUnacked { name: name.to_string(), unacked: cursor.unacked.len() as u32 });
+        }
+        cursor.skip_dropped(log_stats.first_seq);
+        let mut out = Vec::new();
+        if max_records == 0 {
+            return Ok(out);
+        }
+        let next_memory = memory.index_from(cursor.seq_next);
+        let memory_first = next_memory.and_then(|i| memory.get(i)).filter(|e| e.log_before <= cursor.log_next);
+        if let (Some(start), Some(_)) = (next_memory, memory_first) {
+            // Consecutive memory events that no unread log record precedes.
+            let log_at = cursor.log_next;
+            let mut bytes = 0u64;
+            let mut index = start;
+            while let Some(entry) = memory.get(index) {
+                if entry.log_before > log_at || out.len() >= max_records || (bytes >= max_bytes && !out.is_empty()) {
+                    break;
+                }
+                if out.last().is_some_and(|d: &Delivery| d.seq + 1 != entry.seq) {
+                    break;
+                }
+                bytes += entry.payload.len() as u64;
+                out.push(Delivery { seq: entry.seq, position: entry.position, payload: entry.payload.clone() });
+                index += 1;
+            }
+            let (first, next) = (out[0].seq, out[out.len() - 1].seq + 1);
+            cursor.delivered(Stretch { seq_first: first, seq_next: next, origin: Origin::Memory { log_at } });
+            cursor.seq_next = next;
+        } else if cursor.log_next < log_stats.next_seq {
+            // Log records before the next memory event, if any.
+            let limit = next_memory.and_then(|i| memory.get(i)).map_or(u64::MAX, |e| e.log_before - cursor.log_next);
+            let take = (max_records as u64).min(limit) as usize;
+            let batch = self.log.read(cursor.log_next, take, max_bytes)?;
+            let log_first = batch.first_seq();
+            for (index, (log_seq, record)) in batch.iter().enumerate() {
+                let (seq, position, payload) = envelope::decode(record).ok_or(QueueError::BadEnvelope { log_seq, reason: "shorter than its 16-byte envelope" })?;
+                if out.last().is_some_and(|d: &Delivery| d.seq >= seq) {
+                    return Err(QueueError::BadEnvelope { log_seq, reason: "sequence numbers out of order" });
+                }
+                // Dense seqs merge into one stretch; a gap (events lost before a restart) starts another.
+                cursor.delivered(Stretch { seq_first: seq, seq_next: seq + 1, origin: Origin::Disk { log_first: log_first + index as u64 } });
+                out.push(Delivery { seq, position, payload });
+            }
+            cursor.log_next = batch.next_seq();
+            if let Some(last) = out.last() {
+                cursor.seq_next = cursor.seq_next.max(last.seq + 1);
+            }
+            counters.read_back += out.len() as u64;
+        }
+        counters.delivered += out.len() as u64;
+        self.maybe_stop_spilling(&mut state);
+        Ok(out)
+    }
+
+    /// Memory takes new events again once every consumer has read the log to its end.
+    fn maybe_stop_spilling(&self, state: &mut State) {
+        if !state.spilling || self.config.spill_mode == SpillMode::WriteThrough || state.cursors.is_empty() {
+            return;
+        }
+        let end = self.log.stats().next_seq;
+        if state.cursors.values().all(|c| c.log_next >= end) {
+            tracing::info!("disk backlog drained; new events stay in memory again");
+            state.spilling = false;
+        }
+    }
+
+    fn ack(&self, name: &str, seq: u64) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        let cursor = state.cursors.get_mut(name).ok_or_else(|| QueueError::ConsumerBusy(name.to_string()))?;
+        if seq >= cursor.seq_next {
+            return Err(QueueError::AckBeyondDelivered { name: name.to_string(), seq, delivered_next: cursor.seq_next });
+        }
+        if !cursor.ack(seq) {
+            return Ok(());
+        }
+        let (acked_seq, acked_log) = (cursor.acked_seq_next, cursor.acked_log_next);
+        let (seq_key, log_key) = position_names(name);
+        // Seq first: a crash between the two leaves an older log position, so more is redelivered, never less.
+        self.log.save_position(&seq_key, acked_seq)?;
+        self.log.save_position(&log_key, acked_log)?;
+        self.release(&mut state)
+    }
+
+    /// Frees memory events and log records every consumer has acked.
+    fn release(&self, state: &mut State) -> Result<(), QueueError> {
+        let Some(min_seq) = state.cursors.values().map(|c| c.acked_seq_next).min() else { return Ok(()) };
+        let min_log = state.cursors.values().map(|c| c.acked_log_next).min().unwrap_or(0);
+        state.memory.release_below(min_seq);
+        self.log.consume_until(min_log)?;
+        self.space_freed.notify_waiters();
+        Ok(())
+    }
+}
+
+/// A named consumer's handle: reads batches and acks them.
+pub struct Consumer {
+    core: Arc<Core>,
+    name: String,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("name", &self.name).finish()
+    }
+}
+
+impl Consumer {
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Waits for events and returns at most `max_records` of them and about `max_bytes`
+    /// (at least one event, so a large event never stalls the consumer).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future before it completes delivers nothing.
+    ///
+    /// # Errors
+    /// A storage or corruption error reading the backlog, or too many unacked stretches.
+    pub async fn next_batch(&mut self, max_records: usize, max_bytes: u64) -> Result<Vec<Delivery>, QueueError> {
+        loop {
+            let ready = self.core.data_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            let batch = blocking(|| self.core.try_read(&self.name, max_records, max_bytes))?;
+            if !batch.is_empty() || max_records == 0 {
+                return Ok(batch);
+            }
+            ready.await;
+        }
+    }
+
+    /// Like [`Consumer::next_batch`] but returns an empty batch at once when nothing is ready.
+    pub fn try_next_batch(&mut self, max_records: usize, max_bytes: u64) -> Result<Vec<Delivery>, QueueError> {
+        blocking(|| self.core.try_read(&self.name, max_records, max_bytes))
+    }
+
+    /// Acknowledges every delivered event with `seq <= up_to_seq`; durable per the log's durability.
+    ///
+    /// # Errors
+    /// [`QueueError::AckBeyondDelivered`], or a storage error saving the position.
+    pub fn ack(&self, up_to_seq: u64) -> Result<(), QueueError> {
+        blocking(|| self.core.ack(&self.name, up_to_seq))
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.core.detach(&self.name);
+    }
+}

@@ -1,0 +1,67 @@
+//! The durable source position: every event at or below it is acked by every consumer or durably in the log.
+//!
+//! Events are pushed in non-decreasing source position. An event is *unsafe* while
+//! it is only in memory and not acked by everyone, or in the log but not yet synced.
+//! The watermark is one below the oldest unsafe event's position, or the highest
+//! position pushed when nothing is unsafe. A source that checkpoints only the
+//! watermark replays, after a crash, everything the crash could have lost.
+
+use std::collections::VecDeque;
+
+/// Appended-but-not-durable batches tracked at most; past it the queue syncs the log.
+pub const NONDURABLE_BATCHES_MAX: usize = 1024;
+
+#[derive(Debug, Default)]
+pub(crate) struct Watermark {
+    highest_pushed: Option<u64>,
+    /// `(log end after the batch, first position in it)` of batches not yet known durable.
+    nondurable: VecDeque<(u64, u64)>,
+}
+
+impl Watermark {
+    pub fn on_memory_push(&mut self, last_position: u64) {
+        self.highest_pushed = Some(self.highest_pushed.map_or(last_position, |h| h.max(last_position)));
+    }
+
+    /// Records a batch appended to the log; returns true when the tracker is full and the log must be synced.
+    pub fn on_spill(&mut self, log_end: u64, first_position: u64, last_position: u64) -> bool {
+        self.on_memory_push(last_position);
+        self.nondurable.push_back((log_end, first_position));
+        self.nondurable.len() >= NONDURABLE_BATCHES_MAX
+    }
+
+    /// The watermark, given the oldest unacked memory event's position and the log's durable end.
+    pub fn current(&mut self, oldest_memory_position: Option<u64>, durable_next_seq: u64) -> Option<u64> {
+        while self.nondurable.front().is_some_and(|&(end, _)| end <= durable_next_seq) {
+            self.nondurable.pop_front();
+        }
+        let oldest_disk = self.nondurable.front().map(|&(_, position)| position);
+        let oldest_unsafe = match (oldest_memory_position, oldest_disk) {
+            (Some(m), Some(d)) => Some(m.min(d)),
+            (m, d) => m.or(d),
+        };
+        match oldest_unsafe {
+            Some(position) => position.checked_sub(1),
+            None => self.highest_pushed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_stays_below_the_oldest_unsafe_event() {
+        let mut w = Watermark::default();
+        assert_eq!(w.current(None, 0), None);
+        w.on_memory_push(10);
+        assert_eq!(w.current(Some(5), 0), Some(4), "memory event at 5 unacked");
+        assert_eq!(w.current(None, 0), Some(10), "all acked");
+        w.on_spill(3, 11, 20);
+        assert_eq!(w.current(None, 2), Some(10), "log not durable up to 3");
+        assert_eq!(w.current(None, 3), Some(20), "durable");
+        w.on_spill(6, 21, 25);
+        assert_eq!(w.current(Some(15), 6), Some(14), "older memory event still unacked");
+    }
+}
