@@ -23,7 +23,10 @@ impl MemoryBudget {
     /// Splits the budget, refusing one too small for the log's own buffers.
     pub fn new(config: &QueueConfig) -> Result<Self, QueueConfigError> {
         let log = &config.log;
-        let log_reserved_bytes = u64::from(log.write_buffer_bytes) + log.chunk_bytes_max() + u64::from(log.read_window_bytes) + log.sled_cache_bytes;
+        let log_reserved_bytes = u64::from(log.write_buffer_bytes)
+            + log.chunk_bytes_max()
+            + u64::from(log.read_window_bytes)
+            + log.sled_cache_bytes;
         let needed = log_reserved_bytes + MEMORY_TIER_BYTES_MIN;
         if config.memory_budget_bytes < needed {
             return Err(QueueConfigError::Invalid {

@@ -85,15 +85,22 @@ impl QueueConfig {
     pub fn validate(&self) -> Result<(), QueueConfigError> {
         self.log.validate().map_err(QueueConfigError::Log)?;
         if self.consumers_max == 0 {
-            return Err(QueueConfigError::Invalid { field: "consumers_max", reason: "must be greater than zero".into() });
-        }
-        if self.unacked_stretches_max == 0 {
-            return Err(QueueConfigError::Invalid { field: "unacked_stretches_max", reason: "must be greater than zero".into() });
-        }
-        if self.consumers_max >= self.log.positions_max / 2 {
             return Err(QueueConfigError::Invalid {
                 field: "consumers_max",
-                reason: format!("each consumer stores two log positions; raise log.positions_max above {}", self.consumers_max * 2),
+                reason: "must be greater than zero".into(),
+            });
+        }
+        if self.unacked_stretches_max == 0 {
+            return Err(QueueConfigError::Invalid {
+                field: "unacked_stretches_max",
+                reason: "must be greater than zero".into(),
+            });
+        }
+        let positions_needed = self.consumers_max * 2 + 2 * super::REPLAY_RULES_MAX as u32;
+        if self.log.positions_max < positions_needed {
+            return Err(QueueConfigError::Invalid {
+                field: "consumers_max",
+                reason: format!("each consumer stores two log positions and replay rules two each; raise log.positions_max to {positions_needed}"),
             });
         }
         MemoryBudget::new(self).map(|_| ())

@@ -48,7 +48,14 @@ pub(crate) struct CursorState {
 impl CursorState {
     /// A cursor whose next unacked event is `seq` and next log record `log`.
     pub fn at(seq: u64, log: u64) -> Self {
-        CursorState { seq_next: seq, log_next: log, acked_seq_next: seq, acked_log_next: log, unacked: VecDeque::new(), attached: false }
+        CursorState {
+            seq_next: seq,
+            log_next: log,
+            acked_seq_next: seq,
+            acked_log_next: log,
+            unacked: VecDeque::new(),
+            attached: false,
+        }
     }
 
     /// Records a delivery; merges with the previous stretch where it continues it.
@@ -57,7 +64,9 @@ impl CursorState {
             let continues = last.seq_next == stretch.seq_first
                 && match (last.origin, stretch.origin) {
                     (Origin::Memory { log_at: a }, Origin::Memory { log_at: b }) => a == b,
-                    (Origin::Disk { log_first: a }, Origin::Disk { log_first: b }) => a + (last.seq_next - last.seq_first) == b,
+                    (Origin::Disk { log_first: a }, Origin::Disk { log_first: b }) => {
+                        a + (last.seq_next - last.seq_first) == b
+                    }
                     _ => false,
                 };
             if continues {
@@ -106,7 +115,9 @@ impl CursorState {
                 Origin::Disk { log_first: start } if start < log_first => {
                     let dropped = (log_first - start).min(first.seq_next - first.seq_first);
                     first.seq_first += dropped;
-                    first.origin = Origin::Disk { log_first: start + dropped };
+                    first.origin = Origin::Disk {
+                        log_first: start + dropped,
+                    };
                     if first.seq_first == first.seq_next {
                         self.unacked.pop_front();
                         continue;
@@ -126,9 +137,21 @@ mod tests {
     #[test]
     fn acks_map_to_resume_positions_across_memory_and_disk_stretches() {
         let mut c = CursorState::at(0, 0);
-        c.delivered(Stretch { seq_first: 0, seq_next: 5, origin: Origin::Memory { log_at: 0 } });
-        c.delivered(Stretch { seq_first: 5, seq_next: 10, origin: Origin::Disk { log_first: 0 } });
-        c.delivered(Stretch { seq_first: 10, seq_next: 15, origin: Origin::Disk { log_first: 5 } });
+        c.delivered(Stretch {
+            seq_first: 0,
+            seq_next: 5,
+            origin: Origin::Memory { log_at: 0 },
+        });
+        c.delivered(Stretch {
+            seq_first: 5,
+            seq_next: 10,
+            origin: Origin::Disk { log_first: 0 },
+        });
+        c.delivered(Stretch {
+            seq_first: 10,
+            seq_next: 15,
+            origin: Origin::Disk { log_first: 5 },
+        });
         assert_eq!(c.unacked.len(), 2, "contiguous disk stretches merge");
         c.seq_next = 15;
         c.ack(3);

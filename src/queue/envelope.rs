@@ -18,5 +18,9 @@ pub fn encode(out: &mut Vec<u8>, seq: u64, position: u64, payload: &[u8]) {
 pub fn decode(record: &[u8]) -> Option<(u64, u64, Bytes)> {
     let seq = u64::from_le_bytes(record.get(0..8)?.try_into().ok()?);
     let position = u64::from_le_bytes(record.get(8..16)?.try_into().ok()?);
-    Some((seq, position, Bytes::copy_from_slice(&record[ENVELOPE_BYTES..])))
+    Some((
+        seq,
+        position,
+        Bytes::copy_from_slice(&record[ENVELOPE_BYTES..]),
+    ))
 }

@@ -103,7 +103,9 @@ pub enum PushFailure {
         max: u64,
     },
     /// The batch alone is larger than the whole disk budget; it could never fit.
-    #[error("the batch needs {needed_bytes} bytes, more than the whole disk budget of {budget_bytes}")]
+    #[error(
+        "the batch needs {needed_bytes} bytes, more than the whole disk budget of {budget_bytes}"
+    )]
     BatchOverBudget {
         /// Encoded size.
         needed_bytes: u64,

@@ -29,7 +29,11 @@ pub(crate) struct MemoryTier {
 
 impl MemoryTier {
     pub fn new(capacity_bytes: u64) -> Self {
-        MemoryTier { entries: VecDeque::new(), bytes: 0, capacity_bytes }
+        MemoryTier {
+            entries: VecDeque::new(),
+            bytes: 0,
+            capacity_bytes,
+        }
     }
 
     /// Whether events costing `cost` more bytes fit.

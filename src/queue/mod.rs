@@ -73,7 +73,10 @@ pub struct Event {
 impl Event {
     /// An event at `position` carrying `payload`.
     pub fn new(position: u64, payload: impl Into<Bytes>) -> Self {
-        Event { position, payload: payload.into() }
+        Event {
+            position,
+            payload: payload.into(),
+        }
     }
 }
 
@@ -134,6 +137,8 @@ pub struct QueueStats {
     pub dropped_oldest_total: u64,
     /// Pushes that waited for disk space since open.
     pub blocked_pushes_total: u64,
+    /// Log records skipped because a source replay delivers them again, since open.
+    pub superseded_events_total: u64,
     /// Each consumer's position and lag.
     pub consumers: Vec<ConsumerStats>,
     /// Whether a backlog alert threshold is crossed.
@@ -166,6 +171,7 @@ struct Counters {
     dropped_newest: u64,
     dropped_oldest: u64,
     blocked: u64,
+    superseded: u64,
     last_warn: Option<Instant>,
     unwarned_drops: u64,
 }
@@ -178,6 +184,8 @@ struct State {
     cursors: BTreeMap<String, CursorState>,
     watermark: Watermark,
     counters: Counters,
+    /// Log records below `seq_end` with a position above `position` are superseded by a replay.
+    replays: Vec<ReplayRule>,
     /// Envelopes of the batch being spilled; cleared after each append.
     scratch: Vec<u8>,
 }
@@ -201,14 +209,18 @@ pub struct SpillQueue {
 
 impl std::fmt::Debug for SpillQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SpillQueue").field("budget", &self.core.budget).finish_non_exhaustive()
+        f.debug_struct("SpillQueue")
+            .field("budget", &self.core.budget)
+            .finish_non_exhaustive()
     }
 }
 
 /// Runs storage work that may block: off the async worker where the runtime allows it.
 fn blocking<R>(work: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
         _ => work(),
     }
 }
@@ -229,8 +241,18 @@ impl SpillQueue {
         let stats = log.stats();
         // Restore every saved consumer; they hold back reclaim until removed.
         let mut saved: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
+        let mut replay_parts: BTreeMap<usize, (Option<u64>, Option<u64>)> = BTreeMap::new();
         for (name, value) in log.positions()? {
-            if let Some(consumer) = name.strip_prefix("seq.") {
+            if let Some(rest) = name.strip_prefix("replay.") {
+                let (index, field) = rest.split_once('.').unwrap_or_default();
+                if let Ok(index) = index.parse::<usize>() {
+                    let entry = replay_parts.entry(index).or_default();
+                    match field {
+                        "seq_end" => entry.0 = Some(value),
+                        _ => entry.1 = Some(value),
+                    }
+                }
+            } else if let Some(consumer) = name.strip_prefix("seq.") {
                 saved.entry(consumer.to_string()).or_default().0 = Some(value);
             } else if let Some(consumer) = name.strip_prefix("log.") {
                 saved.entry(consumer.to_string()).or_default().1 = Some(value);
@@ -240,17 +262,32 @@ impl SpillQueue {
         if stats.next_seq > stats.first_seq {
             let last = log.read(stats.next_seq - 1, 1, 0)?;
             let record = last.get(0).unwrap_or_default();
-            let (seq, _, _) = envelope::decode(record).ok_or(QueueError::BadEnvelope { log_seq: stats.next_seq - 1, reason: "shorter than its 16-byte envelope" })?;
+            let (seq, _, _) = envelope::decode(record).ok_or(QueueError::BadEnvelope {
+                log_seq: stats.next_seq - 1,
+                reason: "shorter than its 16-byte envelope",
+            })?;
             next_seq = seq + 1;
         }
         let mut cursors = BTreeMap::new();
         for (name, (seq, log_pos)) in saved {
             let seq = seq.unwrap_or(0);
             next_seq = next_seq.max(seq);
-            let log_pos = log_pos.unwrap_or(stats.first_seq).clamp(stats.first_seq, stats.next_seq);
+            let log_pos = log_pos
+                .unwrap_or(stats.first_seq)
+                .clamp(stats.first_seq, stats.next_seq);
             cursors.insert(name, CursorState::at(seq, log_pos));
         }
-        let spilling = stats.next_seq > stats.first_seq || config.spill_mode == SpillMode::WriteThrough;
+        let replays = replay_parts
+            .into_values()
+            .filter_map(|(seq_end, position)| {
+                Some(ReplayRule {
+                    seq_end: seq_end?,
+                    position: position?,
+                })
+            })
+            .collect();
+        let spilling =
+            stats.next_seq > stats.first_seq || config.spill_mode == SpillMode::WriteThrough;
         let state = State {
             next_seq,
             spilling,
@@ -258,6 +295,7 @@ impl SpillQueue {
             cursors,
             watermark: Watermark::default(),
             counters: Counters::default(),
+            replays,
             scratch: Vec::new(),
         };
         tracing::info!(
@@ -266,7 +304,16 @@ impl SpillQueue {
             memory_tier_bytes = budget.memory_tier_bytes,
             "spill queue opened"
         );
-        Ok(SpillQueue { core: Arc::new(Core { config, budget, log, state: Mutex::new(state), data_ready: Notify::new(), space_freed: Notify::new() }) })
+        Ok(SpillQueue {
+            core: Arc::new(Core {
+                config,
+                budget,
+                log,
+                state: Mutex::new(state),
+                data_ready: Notify::new(),
+                space_freed: Notify::new(),
+            }),
+        })
     }
 
     /// Pushes one event; see [`SpillQueue::push_batch`].
@@ -281,10 +328,14 @@ impl SpillQueue {
     /// A [`PushError`] handing every unaccepted event back: an event over the size
     /// limit, a batch larger than the whole disk budget, or a storage failure.
     pub async fn push_batch(&self, events: Vec<Event>) -> Result<PushReport, PushError> {
-        let max = u64::from(self.core.config.log.record_bytes_max) - envelope::ENVELOPE_BYTES as u64;
+        let max =
+            u64::from(self.core.config.log.record_bytes_max) - envelope::ENVELOPE_BYTES as u64;
         if let Some(big) = events.iter().find(|e| e.payload.len() as u64 > max) {
             let len = big.payload.len();
-            return Err(PushError { reason: PushFailure::EventTooLarge { len, max }, events });
+            return Err(PushError {
+                reason: PushFailure::EventTooLarge { len, max },
+                events,
+            });
         }
         let mut report = PushReport::default();
         let mut pending = events;
@@ -309,7 +360,10 @@ impl SpillQueue {
     /// [`QueueError::ConsumerBusy`] if a handle is attached, [`QueueError::TooManyConsumers`].
     pub fn consumer(&self, name: &str) -> Result<Consumer, QueueError> {
         self.core.attach(name)?;
-        Ok(Consumer { core: Arc::clone(&self.core), name: name.to_string() })
+        Ok(Consumer {
+            core: Arc::clone(&self.core),
+            name: name.to_string(),
+        })
     }
 
     /// Forgets a consumer (detached) so it no longer holds back reclaim.
@@ -330,6 +384,47 @@ impl SpillQueue {
     pub fn durable_watermark(&self) -> Option<u64> {
         let mut state = self.core.lock();
         self.core.watermark(&mut state)
+    }
+
+    /// Tells the queue that its source is about to replay every event above `checkpoint`.
+    ///
+    /// A source that can replay checkpoints [`SpillQueue::durable_watermark`]; after a
+    /// restart it resumes from its checkpoint, so events above it that survived in the
+    /// log would be delivered twice and out of order. Call this before the replay's
+    /// first push: log records already stored with a position above `checkpoint` are
+    /// skipped by every consumer, and the replay delivers them once, in order.
+    /// Durable with the log's positions.
+    ///
+    /// # Errors
+    /// A storage error saving the rule.
+    pub fn begin_replay(&self, checkpoint: u64) -> Result<(), QueueError> {
+        let mut state = self.core.lock();
+        let log = self.core.log.stats();
+        // A rule is spent once every record below its end is consumed, and subsumed by a newer
+        // rule with a checkpoint as low (checkpoints only grow, so only equal ones are).
+        state
+            .replays
+            .retain(|r| r.seq_end > log.first_seq && r.position < checkpoint);
+        if log.next_seq == log.first_seq {
+            return self.core.save_replays(&state);
+        }
+        if state.replays.len() == REPLAY_RULES_MAX {
+            tracing::warn!(
+                "too many replay rules; forgetting the oldest (its records may be delivered twice)"
+            );
+            state.replays.remove(0);
+        }
+        state.replays.push(ReplayRule {
+            seq_end: log.next_seq,
+            position: checkpoint,
+        });
+        self.core.save_replays(&state)?;
+        tracing::info!(
+            checkpoint,
+            log_seq_end = log.next_seq,
+            "source replay begins; stored events above the checkpoint are superseded"
+        );
+        Ok(())
     }
 
     /// Makes every event in the log and every ack durable now.
@@ -354,10 +449,16 @@ impl SpillQueue {
                 attached: c.attached,
             })
             .collect();
-        let max_lag = consumers.iter().map(|c| c.lag_events + c.unacked_events).max().unwrap_or(0);
+        let max_lag = consumers
+            .iter()
+            .map(|c| c.lag_events + c.unacked_events)
+            .max()
+            .unwrap_or(0);
         let backlog_bytes = state.memory.payload_bytes() + log.payload_bytes;
         let config = &self.core.config;
-        let backlog_alert = (config.backlog_alert_events > 0 && max_lag > config.backlog_alert_events) || (config.backlog_alert_bytes > 0 && backlog_bytes > config.backlog_alert_bytes);
+        let backlog_alert = (config.backlog_alert_events > 0
+            && max_lag > config.backlog_alert_events)
+            || (config.backlog_alert_bytes > 0 && backlog_bytes > config.backlog_alert_bytes);
         let c = &state.counters;
         QueueStats {
             memory_events: state.memory.len() as u64,
@@ -376,6 +477,7 @@ impl SpillQueue {
             dropped_newest_total: c.dropped_newest,
             dropped_oldest_total: c.dropped_oldest,
             blocked_pushes_total: c.blocked,
+            superseded_events_total: c.superseded,
             consumers,
             backlog_alert,
             durable_watermark: watermark,
@@ -386,6 +488,29 @@ impl SpillQueue {
     pub fn budget(&self) -> MemoryBudget {
         self.core.budget
     }
+}
+
+/// Most replay rules kept; an older one is forgotten past it (its records may then be delivered twice).
+pub const REPLAY_RULES_MAX: usize = 16;
+
+/// Log records below `seq_end` (a log seq) with a position above `position` are skipped: a source replays them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReplayRule {
+    seq_end: u64,
+    position: u64,
+}
+
+impl ReplayRule {
+    fn supersedes(&self, log_seq: u64, position: u64) -> bool {
+        log_seq < self.seq_end && position > self.position
+    }
+}
+
+fn replay_names(index: usize) -> (String, String) {
+    (
+        format!("replay.{index}.seq_end"),
+        format!("replay.{index}.position"),
+    )
 }
 
 /// Why a push attempt did not finish.
@@ -399,12 +524,33 @@ impl Core {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every step writes the log before it changes memory state, so a panic in
         // another thread leaves a state no worse than a crash would: keep going.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn save_replays(&self, state: &State) -> Result<(), QueueError> {
+        for index in 0..REPLAY_RULES_MAX {
+            let (seq_key, position_key) = replay_names(index);
+            match state.replays.get(index) {
+                Some(rule) => {
+                    self.log.save_position(&seq_key, rule.seq_end)?;
+                    self.log.save_position(&position_key, rule.position)?;
+                }
+                None => {
+                    self.log.remove_position(&seq_key)?;
+                    self.log.remove_position(&position_key)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn watermark(&self, state: &mut State) -> Option<u64> {
         let oldest_memory = state.memory.front().map(|e| e.position);
-        state.watermark.current(oldest_memory, self.log.stats().durable_next_seq)
+        state
+            .watermark
+            .current(oldest_memory, self.log.stats().durable_next_seq)
     }
 
     fn try_push(&self, events: Vec<Event>, report: &mut PushReport) -> Result<(), Refusal> {
@@ -432,7 +578,12 @@ impl Core {
             for event in events {
                 let seq = state.next_seq;
                 state.next_seq += 1;
-                state.memory.push(MemoryEntry { seq, position: event.position, log_before, payload: event.payload });
+                state.memory.push(MemoryEntry {
+                    seq,
+                    position: event.position,
+                    log_before,
+                    payload: event.payload,
+                });
             }
             state.watermark.on_memory_push(last_position);
             state.counters.pushed += to_memory as u64;
@@ -443,57 +594,106 @@ impl Core {
             return Ok(());
         }
         if !state.spilling {
-            tracing::info!(memory_bytes = state.memory.bytes(), "memory budget reached; spilling to disk");
+            tracing::info!(
+                memory_bytes = state.memory.bytes(),
+                "memory budget reached; spilling to disk"
+            );
             state.spilling = true;
         }
         self.spill(&mut state, rest, report)
     }
 
-    fn spill(&self, state: &mut State, events: Vec<Event>, report: &mut PushReport) -> Result<(), Refusal> {
+    fn spill(
+        &self,
+        state: &mut State,
+        events: Vec<Event>,
+        report: &mut PushReport,
+    ) -> Result<(), Refusal> {
         let first_seq = state.next_seq;
         let mut scratch = std::mem::take(&mut state.scratch);
         scratch.clear();
         let mut ends = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
-            envelope::encode(&mut scratch, first_seq + i as u64, event.position, &event.payload);
+            envelope::encode(
+                &mut scratch,
+                first_seq + i as u64,
+                event.position,
+                &event.payload,
+            );
             ends.push(scratch.len());
         }
-        let records: Vec<&[u8]> = ends.iter().scan(0, |start, &end| {
-            let record = &scratch[*start..end];
-            *start = end;
-            Some(record)
-        }).collect();
+        let records: Vec<&[u8]> = ends
+            .iter()
+            .scan(0, |start, &end| {
+                let record = &scratch[*start..end];
+                *start = end;
+                Some(record)
+            })
+            .collect();
         let mut attempts = 0;
         let outcome = loop {
             match self.log.append(&records) {
-                Err(AppendError::Full { needed_bytes, budget_bytes, .. }) if needed_bytes > budget_bytes => {
-                    break Err(Refusal::Failed(PushError { reason: PushFailure::BatchOverBudget { needed_bytes, budget_bytes }, events }));
+                Err(AppendError::Full {
+                    needed_bytes,
+                    budget_bytes,
+                    ..
+                }) if needed_bytes > budget_bytes => {
+                    break Err(Refusal::Failed(PushError {
+                        reason: PushFailure::BatchOverBudget {
+                            needed_bytes,
+                            budget_bytes,
+                        },
+                        events,
+                    }));
                 }
                 Err(AppendError::Full { .. }) => match self.config.full_policy {
                     FullPolicy::Block => {
                         state.counters.blocked += 1;
-                        self.warn_rate_limited(state, "disk budget full: the producer is blocked until consumers ack");
+                        self.warn_rate_limited(
+                            state,
+                            "disk budget full: the producer is blocked until consumers ack",
+                        );
                         break Err(Refusal::Blocked(events));
                     }
-                    FullPolicy::DropOldest if attempts < 64 && self.drop_oldest(state) => attempts += 1,
+                    FullPolicy::DropOldest if attempts < 64 && self.drop_oldest(state) => {
+                        attempts += 1
+                    }
                     FullPolicy::DropNewest | FullPolicy::DropOldest => {
                         state.counters.dropped_newest += events.len() as u64;
                         state.counters.unwarned_drops += events.len() as u64;
-                        self.warn_rate_limited(state, "disk budget full: dropping the newest events");
+                        self.warn_rate_limited(
+                            state,
+                            "disk budget full: dropping the newest events",
+                        );
                         report.dropped.extend(events);
                         break Ok(());
                     }
                 },
                 Err(AppendError::RecordTooLarge { len, max, .. }) => {
-                    break Err(Refusal::Failed(PushError { reason: PushFailure::EventTooLarge { len, max: u64::from(max) }, events }));
+                    break Err(Refusal::Failed(PushError {
+                        reason: PushFailure::EventTooLarge {
+                            len,
+                            max: u64::from(max),
+                        },
+                        events,
+                    }));
                 }
                 Err(AppendError::Storage(error)) => {
                     tracing::error!(%error, "spilling to the log failed; the events are handed back");
-                    break Err(Refusal::Failed(PushError { reason: PushFailure::Storage(error), events }));
+                    break Err(Refusal::Failed(PushError {
+                        reason: PushFailure::Storage(error),
+                        events,
+                    }));
                 }
                 Err(other) => {
-                    let error = spillway_storage::StorageError::Io { path: Default::default(), source: std::io::Error::other(other.to_string()) };
-                    break Err(Refusal::Failed(PushError { reason: PushFailure::Storage(error), events }));
+                    let error = spillway_storage::StorageError::Io {
+                        path: Default::default(),
+                        source: std::io::Error::other(other.to_string()),
+                    };
+                    break Err(Refusal::Failed(PushError {
+                        reason: PushFailure::Storage(error),
+                        events,
+                    }));
                 }
                 Ok(range) => {
                     let count = events.len();
@@ -503,7 +703,10 @@ impl Core {
                     report.to_disk += count;
                     let first_position = events.first().map_or(0, |e| e.position);
                     let last_position = events.last().map_or(0, |e| e.position);
-                    if state.watermark.on_spill(range.next, first_position, last_position) {
+                    if state
+                        .watermark
+                        .on_spill(range.next, first_position, last_position)
+                    {
                         // Too many batches awaiting durability to track: make them durable now.
                         if let Err(error) = self.log.flush() {
                             tracing::error!(%error, "syncing the spill log failed");
@@ -550,7 +753,11 @@ impl Core {
 
     fn warn_rate_limited(&self, state: &mut State, message: &'static str) {
         let now = Instant::now();
-        if state.counters.last_warn.is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL) {
+        if state
+            .counters
+            .last_warn
+            .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL)
+        {
             let c = &state.counters;
             tracing::warn!(
                 dropped_newest_total = c.dropped_newest,
@@ -578,7 +785,10 @@ impl Core {
             return Ok(());
         }
         if state.cursors.len() >= self.config.consumers_max as usize {
-            return Err(QueueError::TooManyConsumers { name: name.to_string(), consumers_max: self.config.consumers_max });
+            return Err(QueueError::TooManyConsumers {
+                name: name.to_string(),
+                consumers_max: self.config.consumers_max,
+            });
         }
         // A new consumer starts at the oldest event still retained.
         let log_first = self.log.stats().first_seq;
@@ -587,7 +797,12 @@ impl Core {
             .values()
             .map(|c| (c.acked_seq_next, c.acked_log_next))
             .min()
-            .unwrap_or_else(|| (state.memory.front().map_or(state.next_seq, |e| e.seq), log_first));
+            .unwrap_or_else(|| {
+                (
+                    state.memory.front().map_or(state.next_seq, |e| e.seq),
+                    log_first,
+                )
+            });
         let mut cursor = CursorState::at(seq, log.max(log_first));
         cursor.attached = true;
         let (seq_key, log_key) = position_names(name);
@@ -603,13 +818,29 @@ impl Core {
         }
     }
 
-    fn try_read(&self, name: &str, max_records: usize, max_bytes: u64) -> Result<Vec<Delivery>, QueueError> {
+    fn try_read(
+        &self,
+        name: &str,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Delivery>, QueueError> {
         let mut state = self.lock();
         let log_stats = self.log.stats();
-        let State { cursors, memory, counters, .. } = &mut *state;
-        let cursor = cursors.get_mut(name).ok_or_else(|| QueueError::ConsumerBusy(name.to_string()))?;
+        let State {
+            cursors,
+            memory,
+            counters,
+            replays,
+            ..
+        } = &mut *state;
+        let cursor = cursors
+            .get_mut(name)
+            .ok_or_else(|| QueueError::ConsumerBusy(name.to_string()))?;
         if cursor.unacked.len() >= self.config.unacked_stretches_max as usize {
-            return Err(QueueError::TooManyUnacked { name: name.to_string(), unacked: cursor.unacked.len() as u32 });
+            return Err(QueueError::TooManyUnacked {
+                name: name.to_string(),
+                unacked: cursor.unacked.len() as u32,
+            });
         }
         cursor.skip_dropped(log_stats.first_seq);
         let mut out = Vec::new();
@@ -617,44 +848,85 @@ impl Core {
             return Ok(out);
         }
         let next_memory = memory.index_from(cursor.seq_next);
-        let memory_first = next_memory.and_then(|i| memory.get(i)).filter(|e| e.log_before <= cursor.log_next);
+        let memory_first = next_memory
+            .and_then(|i| memory.get(i))
+            .filter(|e| e.log_before <= cursor.log_next);
         if let (Some(start), Some(_)) = (next_memory, memory_first) {
             // Consecutive memory events that no unread log record precedes.
             let log_at = cursor.log_next;
             let mut bytes = 0u64;
             let mut index = start;
             while let Some(entry) = memory.get(index) {
-                if entry.log_before > log_at || out.len() >= max_records || (bytes >= max_bytes && !out.is_empty()) {
+                if entry.log_before > log_at
+                    || out.len() >= max_records
+                    || (bytes >= max_bytes && !out.is_empty())
+                {
                     break;
                 }
-                if out.last().is_some_and(|d: &Delivery| d.seq + 1 != entry.seq) {
+                if out
+                    .last()
+                    .is_some_and(|d: &Delivery| d.seq + 1 != entry.seq)
+                {
                     break;
                 }
                 bytes += entry.payload.len() as u64;
-                out.push(Delivery { seq: entry.seq, position: entry.position, payload: entry.payload.clone() });
+                out.push(Delivery {
+                    seq: entry.seq,
+                    position: entry.position,
+                    payload: entry.payload.clone(),
+                });
                 index += 1;
             }
             let (first, next) = (out[0].seq, out[out.len() - 1].seq + 1);
-            cursor.delivered(Stretch { seq_first: first, seq_next: next, origin: Origin::Memory { log_at } });
+            cursor.delivered(Stretch {
+                seq_first: first,
+                seq_next: next,
+                origin: Origin::Memory { log_at },
+            });
             cursor.seq_next = next;
-        } else if cursor.log_next < log_stats.next_seq {
-            // Log records before the next memory event, if any.
-            let limit = next_memory.and_then(|i| memory.get(i)).map_or(u64::MAX, |e| e.log_before - cursor.log_next);
-            let take = (max_records as u64).min(limit) as usize;
-            let batch = self.log.read(cursor.log_next, take, max_bytes)?;
-            let log_first = batch.first_seq();
-            for (index, (log_seq, record)) in batch.iter().enumerate() {
-                let (seq, position, payload) = envelope::decode(record).ok_or(QueueError::BadEnvelope { log_seq, reason: "shorter than its 16-byte envelope" })?;
-                if out.last().is_some_and(|d: &Delivery| d.seq >= seq) {
-                    return Err(QueueError::BadEnvelope { log_seq, reason: "sequence numbers out of order" });
+        } else {
+            // Log records before the next memory event, if any; superseded ones are skipped,
+            // so keep reading until something is delivered or the stretch ends.
+            let log_end = next_memory
+                .and_then(|i| memory.get(i))
+                .map_or(log_stats.next_seq, |e| e.log_before);
+            while out.is_empty() && cursor.log_next < log_end {
+                let take = (max_records as u64).min(log_end - cursor.log_next) as usize;
+                let batch = self.log.read(cursor.log_next, take, max_bytes)?;
+                for (log_seq, record) in batch.iter() {
+                    let (seq, position, payload) =
+                        envelope::decode(record).ok_or(QueueError::BadEnvelope {
+                            log_seq,
+                            reason: "shorter than its 16-byte envelope",
+                        })?;
+                    if replays.iter().any(|r| r.supersedes(log_seq, position)) {
+                        counters.superseded += 1;
+                        continue;
+                    }
+                    if seq < cursor.seq_next
+                        && cursor.seq_next > 0
+                        && out.is_empty()
+                        && cursor.unacked.back().is_some_and(|s| s.seq_next > seq)
+                    {
+                        return Err(QueueError::BadEnvelope {
+                            log_seq,
+                            reason: "sequence numbers out of order",
+                        });
+                    }
+                    // Dense seqs merge into one stretch; a gap (skipped, or lost before a restart) starts another.
+                    cursor.delivered(Stretch {
+                        seq_first: seq,
+                        seq_next: seq + 1,
+                        origin: Origin::Disk { log_first: log_seq },
+                    });
+                    cursor.seq_next = seq + 1;
+                    out.push(Delivery {
+                        seq,
+                        position,
+                        payload,
+                    });
                 }
-                // Dense seqs merge into one stretch; a gap (events lost before a restart) starts another.
-                cursor.delivered(Stretch { seq_first: seq, seq_next: seq + 1, origin: Origin::Disk { log_first: log_first + index as u64 } });
-                out.push(Delivery { seq, position, payload });
-            }
-            cursor.log_next = batch.next_seq();
-            if let Some(last) = out.last() {
-                cursor.seq_next = cursor.seq_next.max(last.seq + 1);
+                cursor.log_next = batch.next_seq();
             }
             counters.read_back += out.len() as u64;
         }
@@ -665,7 +937,10 @@ impl Core {
 
     /// Memory takes new events again once every consumer has read the log to its end.
     fn maybe_stop_spilling(&self, state: &mut State) {
-        if !state.spilling || self.config.spill_mode == SpillMode::WriteThrough || state.cursors.is_empty() {
+        if !state.spilling
+            || self.config.spill_mode == SpillMode::WriteThrough
+            || state.cursors.is_empty()
+        {
             return;
         }
         let end = self.log.stats().next_seq;
@@ -677,9 +952,16 @@ impl Core {
 
     fn ack(&self, name: &str, seq: u64) -> Result<(), QueueError> {
         let mut state = self.lock();
-        let cursor = state.cursors.get_mut(name).ok_or_else(|| QueueError::ConsumerBusy(name.to_string()))?;
+        let cursor = state
+            .cursors
+            .get_mut(name)
+            .ok_or_else(|| QueueError::ConsumerBusy(name.to_string()))?;
         if seq >= cursor.seq_next {
-            return Err(QueueError::AckBeyondDelivered { name: name.to_string(), seq, delivered_next: cursor.seq_next });
+            return Err(QueueError::AckBeyondDelivered {
+                name: name.to_string(),
+                seq,
+                delivered_next: cursor.seq_next,
+            });
         }
         if !cursor.ack(seq) {
             return Ok(());
@@ -694,8 +976,15 @@ impl Core {
 
     /// Frees memory events and log records every consumer has acked.
     fn release(&self, state: &mut State) -> Result<(), QueueError> {
-        let Some(min_seq) = state.cursors.values().map(|c| c.acked_seq_next).min() else { return Ok(()) };
-        let min_log = state.cursors.values().map(|c| c.acked_log_next).min().unwrap_or(0);
+        let Some(min_seq) = state.cursors.values().map(|c| c.acked_seq_next).min() else {
+            return Ok(());
+        };
+        let min_log = state
+            .cursors
+            .values()
+            .map(|c| c.acked_log_next)
+            .min()
+            .unwrap_or(0);
         state.memory.release_below(min_seq);
         self.log.consume_until(min_log)?;
         self.space_freed.notify_waiters();
@@ -711,7 +1000,9 @@ pub struct Consumer {
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("name", &self.name).finish()
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -729,7 +1020,11 @@ impl Consumer {
     ///
     /// # Errors
     /// A storage or corruption error reading the backlog, or too many unacked stretches.
-    pub async fn next_batch(&mut self, max_records: usize, max_bytes: u64) -> Result<Vec<Delivery>, QueueError> {
+    pub async fn next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Delivery>, QueueError> {
         loop {
             let ready = self.core.data_ready.notified();
             tokio::pin!(ready);
@@ -743,7 +1038,11 @@ impl Consumer {
     }
 
     /// Like [`Consumer::next_batch`] but returns an empty batch at once when nothing is ready.
-    pub fn try_next_batch(&mut self, max_records: usize, max_bytes: u64) -> Result<Vec<Delivery>, QueueError> {
+    pub fn try_next_batch(
+        &mut self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Vec<Delivery>, QueueError> {
         blocking(|| self.core.try_read(&self.name, max_records, max_bytes))
     }
 

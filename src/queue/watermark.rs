@@ -20,7 +20,10 @@ pub(crate) struct Watermark {
 
 impl Watermark {
     pub fn on_memory_push(&mut self, last_position: u64) {
-        self.highest_pushed = Some(self.highest_pushed.map_or(last_position, |h| h.max(last_position)));
+        self.highest_pushed = Some(
+            self.highest_pushed
+                .map_or(last_position, |h| h.max(last_position)),
+        );
     }
 
     /// Records a batch appended to the log; returns true when the tracker is full and the log must be synced.
@@ -31,8 +34,16 @@ impl Watermark {
     }
 
     /// The watermark, given the oldest unacked memory event's position and the log's durable end.
-    pub fn current(&mut self, oldest_memory_position: Option<u64>, durable_next_seq: u64) -> Option<u64> {
-        while self.nondurable.front().is_some_and(|&(end, _)| end <= durable_next_seq) {
+    pub fn current(
+        &mut self,
+        oldest_memory_position: Option<u64>,
+        durable_next_seq: u64,
+    ) -> Option<u64> {
+        while self
+            .nondurable
+            .front()
+            .is_some_and(|&(end, _)| end <= durable_next_seq)
+        {
             self.nondurable.pop_front();
         }
         let oldest_disk = self.nondurable.front().map(|&(_, position)| position);
@@ -62,6 +73,10 @@ mod tests {
         assert_eq!(w.current(None, 2), Some(10), "log not durable up to 3");
         assert_eq!(w.current(None, 3), Some(20), "durable");
         w.on_spill(6, 21, 25);
-        assert_eq!(w.current(Some(15), 6), Some(14), "older memory event still unacked");
+        assert_eq!(
+            w.current(Some(15), 6),
+            Some(14),
+            "older memory event still unacked"
+        );
     }
 }

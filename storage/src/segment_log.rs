@@ -815,7 +815,10 @@ impl SpillLog for SegmentLog {
 
     fn oldest_file_end_seq(&self) -> u64 {
         let inner = lock(&self.inner);
-        inner.sealed.front().map_or(inner.active.next_seq, |s| s.info.next_seq)
+        inner
+            .sealed
+            .front()
+            .map_or(inner.active.next_seq, |s| s.info.next_seq)
     }
 
     fn stats(&self) -> LogStats {

@@ -404,7 +404,9 @@ impl SpillLog for SledLog {
     fn oldest_file_end_seq(&self) -> u64 {
         let inner = lock(&self.inner);
         match inner.chunks.first() {
-            Ok(Some((key, value))) => chunk_header(&key, &value, &inner.path).map_or(inner.next_seq, |h| h.next_seq()),
+            Ok(Some((key, value))) => {
+                chunk_header(&key, &value, &inner.path).map_or(inner.next_seq, |h| h.next_seq())
+            }
             _ => inner.next_seq,
         }
     }

@@ -1,0 +1,37 @@
+//! Helpers shared by the queue's integration tests.
+#![allow(dead_code)]
+
+use spillway::queue::{QueueConfig, SpillMode};
+use spillway::storage::{Backend, Durability};
+
+/// A queue configuration with tiny log limits, so chunk splits, segment rolls and spills happen with few events.
+pub fn small_queue_config(memory_tier_bytes: u64) -> QueueConfig {
+    let mut config = QueueConfig::new();
+    let log = &mut config.log;
+    log.backend = Backend::Segment;
+    log.durability = Durability::EveryBatch;
+    log.record_bytes_max = 4096;
+    log.chunk_bytes_target = 512;
+    log.segment_bytes_max = 16 * 1024;
+    log.write_buffer_bytes = 1024;
+    log.read_window_bytes = 8192;
+    log.sled_cache_bytes = 64 * 1024;
+    log.disk_budget_bytes = 256 * 1024 * 1024;
+    config.spill_mode = SpillMode::MemoryFirst;
+    let reserved = spillway::queue::MemoryBudget::new(&QueueConfig {
+        memory_budget_bytes: u64::MAX / 4,
+        ..config.clone()
+    })
+    .expect("budget")
+    .log_reserved_bytes;
+    config.memory_budget_bytes = reserved + memory_tier_bytes;
+    config
+}
+
+/// The payload the tests push for source position `position`.
+pub fn payload(position: u64) -> Vec<u8> {
+    let len = 1 + (position.wrapping_mul(2654435761) % 200) as usize;
+    let mut out = position.to_le_bytes().to_vec();
+    out.extend((0..len).map(|i| (position as usize + i) as u8));
+    out
+}
