@@ -1,6 +1,9 @@
 //! Helpers shared by the queue's integration tests.
 #![allow(dead_code)]
 
+pub mod counting_alloc;
+pub mod memory_case;
+
 use spillway::queue::{QueueConfig, SpillMode};
 use spillway::storage::{Backend, Durability};
 
