@@ -26,6 +26,12 @@ enum BenchCommand {
     /// One phase of `bench log` in its own process (used by `bench log` itself).
     #[command(hide = true)]
     LogPhase(cli::bench::LogPhaseArgs),
+    /// The queue: in-memory path against tokio mpsc, spill and read-back against a plain
+    /// file, peak RSS over growing backlogs, reopen time, and the CDC replay case.
+    Queue(cli::bench::QueueBenchArgs),
+    /// One phase of `bench queue` in its own process (used by `bench queue` itself).
+    #[command(hide = true)]
+    QueuePhase(cli::bench::QueuePhaseArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +45,8 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Bench(BenchCommand::Log(args)) => cli::bench::run_log(args),
         Command::Bench(BenchCommand::LogPhase(args)) => cli::bench::run_log_phase(args),
+        Command::Bench(BenchCommand::Queue(args)) => cli::bench::run_queue(args),
+        Command::Bench(BenchCommand::QueuePhase(args)) => cli::bench::run_queue_phase(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
 //! Benchmarks behind `spillway bench`: each scenario beside a baseline measured in the same run.
 
 pub mod log;
+pub mod queue;
 pub mod rss;

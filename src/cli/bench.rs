@@ -286,3 +286,275 @@ pub fn run_log(args: &LogBenchArgs) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `spillway bench queue`.
+#[derive(Debug, clap::Args)]
+pub struct QueueBenchArgs {
+    /// Events for the in-memory and spill-path scenarios.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Event size in bytes for those scenarios.
+    #[arg(long, default_value_t = 512)]
+    pub event_bytes: usize,
+    /// Backlog sizes (events of `--event-bytes`) for the peak-RSS table, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![100_000u64, 1_000_000])]
+    pub backlogs: Vec<u64>,
+    /// Memory budget for the spill and RSS scenarios, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub budget_mib: u64,
+    /// Skip the CDC replay case (140,416 events of 18 KB, 2.5 GB on disk).
+    #[arg(long)]
+    pub no_cdc: bool,
+    /// Scratch directory (removed afterwards).
+    #[arg(long, default_value = "bench-data")]
+    pub dir: PathBuf,
+    /// Print one JSON object per scenario instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of the hidden per-phase child of `spillway bench queue`.
+#[derive(Debug, clap::Args)]
+pub struct QueuePhaseArgs {
+    /// memory, mpsc-event, mpsc-batch, spill, reopen-drain.
+    #[arg(long)]
+    pub phase: String,
+    /// Events.
+    #[arg(long)]
+    pub events: u64,
+    /// Event size in bytes.
+    #[arg(long)]
+    pub event_bytes: usize,
+    /// Memory budget in bytes.
+    #[arg(long)]
+    pub budget_bytes: u64,
+    /// Data directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+/// Runs one queue phase in this process and prints its figures.
+pub fn run_queue_phase(args: &QueuePhaseArgs) -> std::io::Result<()> {
+    use spillway::bench::queue as qbench;
+    let (n, size) = (args.events, args.event_bytes);
+    match args.phase.as_str() {
+        "memory" => emit(&qbench::memory_path(&args.dir, n, size)?, ""),
+        "mpsc-event" => emit(&qbench::mpsc_per_event(n, size)?, "baseline"),
+        "mpsc-batch" => emit(&qbench::mpsc_per_batch(n, size)?, "baseline"),
+        "spill" => {
+            let step_log = |done| tracing::info!(done, events = n, "spilling");
+            emit(
+                &qbench::spill_write(&args.dir, n, size, args.budget_bytes, step_log)?,
+                "",
+            )
+        }
+        "reopen-drain" => {
+            let (reopen, drain) = qbench::reopen_and_drain(&args.dir, size, args.budget_bytes)?;
+            emit(
+                &reopen,
+                &format!(
+                    "{:.1} ms to the first event of a {n}-event backlog",
+                    reopen.seconds * 1e3
+                ),
+            );
+            emit(&drain, "");
+        }
+        other => return Err(std::io::Error::other(format!("unknown phase {other:?}"))),
+    }
+    Ok(())
+}
+
+fn run_queue_phase_child(
+    phase: &str,
+    events: u64,
+    size: usize,
+    budget_bytes: u64,
+    dir: &std::path::Path,
+) -> std::io::Result<Vec<(Figures, String)>> {
+    let exe = std::env::current_exe()?;
+    let output = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "queue-phase",
+            "--phase",
+            phase,
+            "--events",
+            &events.to_string(),
+            "--event-bytes",
+            &size.to_string(),
+            "--budget-bytes",
+            &budget_bytes.to_string(),
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        return Err(std::io::Error::other(format!(
+            "bench phase {phase} failed: {}",
+            output.status
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(parse_figures)
+        .collect())
+}
+
+fn rss_row(figures: Figures, budget_bytes: u64, extra: &str, json: bool) {
+    let peak = figures.peak_rss_bytes;
+    let extra = format!(
+        "{extra}peak RSS {:.1} MiB = budget {:.0} MiB {:+.1} MiB",
+        mib(peak),
+        mib(budget_bytes),
+        mib(peak) - mib(budget_bytes)
+    );
+    print_row(
+        &Row {
+            figures,
+            baseline_mb_per_s: None,
+            logical_bytes: 0,
+            extra,
+        },
+        json,
+    );
+}
+
+/// Runs the queue benchmark and prints the table.
+pub fn run_queue(args: &QueueBenchArgs) -> std::io::Result<()> {
+    std::fs::create_dir_all(&args.dir).context("creating the bench directory")?;
+    let (n, size) = (args.events, args.event_bytes);
+    let budget = args.budget_mib * 1024 * 1024;
+    if !args.json {
+        println!("queue bench: batches of {} events, {n} x {size} B, budget {} MiB, manual durability (one sync at the end); one process per phase", spillway::bench::queue::BATCH_EVENTS, args.budget_mib);
+        println!(
+            "{:<28} {:>11} {:>10} {:>11} {:>8} {:>10} {:>9} extra",
+            "scenario", "events", "MB/s", "events/s", "ratio", "peakRSS MiB", "disk/log"
+        );
+    }
+    // 1. In-memory path against tokio's mpsc.
+    let scratch = Scratch::new(&args.dir, "queue-memory")?;
+    let mut mpsc_rates = Vec::new();
+    for phase in ["mpsc-event", "mpsc-batch"] {
+        for (figures, extra) in run_queue_phase_child(phase, n, size, budget, &scratch.0)? {
+            mpsc_rates.push((figures.name.clone(), figures.mb_per_s()));
+            print_row(
+                &Row {
+                    figures,
+                    baseline_mb_per_s: None,
+                    logical_bytes: 0,
+                    extra,
+                },
+                args.json,
+            );
+        }
+    }
+    for (figures, _) in run_queue_phase_child("memory", n, size, budget, &scratch.0)? {
+        let extra = mpsc_rates
+            .iter()
+            .map(|(name, rate)| format!("{:.2}x {name}", figures.mb_per_s() / rate))
+            .collect::<Vec<_>>()
+            .join(", ");
+        print_row(
+            &Row {
+                figures,
+                baseline_mb_per_s: mpsc_rates.first().map(|r| r.1),
+                logical_bytes: 0,
+                extra,
+            },
+            args.json,
+        );
+    }
+    drop(scratch);
+    // 2. Spill path and read-back against a plain file append and read.
+    let plain = Scratch::new(&args.dir, "plain")?;
+    let mut baseline = [0.0f64; 2];
+    for (i, phase) in ["plain-append", "plain-read"].iter().enumerate() {
+        for (figures, extra) in run_phase(phase, "segment", n, size, &plain.0)? {
+            baseline[i] = figures.mb_per_s();
+            print_row(
+                &Row {
+                    figures,
+                    baseline_mb_per_s: None,
+                    logical_bytes: 0,
+                    extra,
+                },
+                args.json,
+            );
+        }
+    }
+    drop(plain);
+    // 3. Spill + reopen + drain for each backlog size: throughput, reopen time, peak RSS.
+    let mut sizes: Vec<u64> = args.backlogs.clone();
+    if !sizes.contains(&n) {
+        sizes.push(n);
+    }
+    sizes.sort_unstable();
+    for &backlog in &sizes {
+        let scratch = Scratch::new(&args.dir, "queue-spill")?;
+        for (figures, _) in run_queue_phase_child("spill", backlog, size, budget, &scratch.0)? {
+            let logical = backlog * size as u64;
+            let extra = format!(
+                "backlog {backlog}: peak RSS {:+.1} MiB vs budget; ",
+                mib(figures.peak_rss_bytes) - mib(budget)
+            );
+            print_row(
+                &Row {
+                    figures,
+                    baseline_mb_per_s: Some(baseline[0]),
+                    logical_bytes: logical,
+                    extra,
+                },
+                args.json,
+            );
+        }
+        for (figures, extra) in
+            run_queue_phase_child("reopen-drain", backlog, size, budget, &scratch.0)?
+        {
+            if figures.name.contains("reopen") {
+                rss_row(figures, budget, &format!("{extra}; "), args.json);
+            } else {
+                let extra = format!(
+                    "backlog {backlog}: peak RSS {:+.1} MiB vs budget",
+                    mib(figures.peak_rss_bytes) - mib(budget)
+                );
+                print_row(
+                    &Row {
+                        figures,
+                        baseline_mb_per_s: Some(baseline[1]),
+                        logical_bytes: 0,
+                        extra,
+                    },
+                    args.json,
+                );
+            }
+        }
+    }
+    // 4. The CDC replay case from the background doc: 140,416 events of 18 KB, 128 MiB budget.
+    if !args.no_cdc {
+        let (cdc_events, cdc_size, cdc_budget) = (140_416u64, 18 * 1024usize, 128 * 1024 * 1024u64);
+        let scratch = Scratch::new(&args.dir, "queue-cdc")?;
+        for (mut figures, _) in
+            run_queue_phase_child("spill", cdc_events, cdc_size, cdc_budget, &scratch.0)?
+        {
+            figures.name = "CDC backlog write".into();
+            rss_row(figures, cdc_budget, "", args.json);
+        }
+        for (mut figures, extra) in
+            run_queue_phase_child("reopen-drain", cdc_events, cdc_size, cdc_budget, &scratch.0)?
+        {
+            figures.name = if figures.name.contains("reopen") {
+                "CDC restart to first event".into()
+            } else {
+                "CDC replay drain".into()
+            };
+            rss_row(
+                figures,
+                cdc_budget,
+                &format!("{extra} (the story's service: 1509 MB vs 512 MB); "),
+                args.json,
+            );
+        }
+    }
+    Ok(())
+}

@@ -703,15 +703,9 @@ impl Core {
                     report.to_disk += count;
                     let first_position = events.first().map_or(0, |e| e.position);
                     let last_position = events.last().map_or(0, |e| e.position);
-                    if state
+                    state
                         .watermark
-                        .on_spill(range.next, first_position, last_position)
-                    {
-                        // Too many batches awaiting durability to track: make them durable now.
-                        if let Err(error) = self.log.flush() {
-                            tracing::error!(%error, "syncing the spill log failed");
-                        }
-                    }
+                        .on_spill(range.next, first_position, last_position);
                     self.data_ready.notify_waiters();
                     break Ok(());
                 }

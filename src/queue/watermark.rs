@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-/// Appended-but-not-durable batches tracked at most; past it the queue syncs the log.
+/// Appended-but-not-durable batches tracked at most; past it the newest entries merge.
 pub const NONDURABLE_BATCHES_MAX: usize = 1024;
 
 #[derive(Debug, Default)]
@@ -26,11 +26,18 @@ impl Watermark {
         );
     }
 
-    /// Records a batch appended to the log; returns true when the tracker is full and the log must be synced.
-    pub fn on_spill(&mut self, log_end: u64, first_position: u64, last_position: u64) -> bool {
+    /// Records a batch appended to the log.
+    ///
+    /// At [`NONDURABLE_BATCHES_MAX`] entries the batch joins the newest entry instead
+    /// (its end moves, its first position stays): conservative, since the merged entry
+    /// counts as unsafe until its last record is durable, and bounded without a sync.
+    pub fn on_spill(&mut self, log_end: u64, first_position: u64, last_position: u64) {
         self.on_memory_push(last_position);
-        self.nondurable.push_back((log_end, first_position));
-        self.nondurable.len() >= NONDURABLE_BATCHES_MAX
+        let full = self.nondurable.len() >= NONDURABLE_BATCHES_MAX;
+        match self.nondurable.back_mut() {
+            Some(newest) if full => newest.0 = log_end,
+            _ => self.nondurable.push_back((log_end, first_position)),
+        }
     }
 
     /// The watermark, given the oldest unacked memory event's position and the log's durable end.
@@ -61,6 +68,22 @@ impl Watermark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_tracker_merges_conservatively() {
+        let mut w = Watermark::default();
+        for i in 0..NONDURABLE_BATCHES_MAX as u64 + 10 {
+            w.on_spill(i + 1, i * 10 + 1, i * 10 + 10);
+        }
+        assert_eq!(w.nondurable.len(), NONDURABLE_BATCHES_MAX);
+        let last_separate = NONDURABLE_BATCHES_MAX as u64 - 1;
+        // Durable up to just before the merged tail: the watermark stops below the merged entry's first position.
+        assert_eq!(w.current(None, last_separate), Some(last_separate * 10));
+        assert_eq!(
+            w.current(None, NONDURABLE_BATCHES_MAX as u64 + 10),
+            Some((NONDURABLE_BATCHES_MAX as u64 + 9) * 10 + 10)
+        );
+    }
 
     #[test]
     fn watermark_stays_below_the_oldest_unsafe_event() {
