@@ -471,8 +471,6 @@ impl Inner {
         }
         self.consumed_seq = seq;
         self.manifest.set_consumed_seq(seq)?;
-        self.hints
-            .retain(|h| h.chunk_first_seq >= seq || h.segment_first_seq >= seq);
         self.dirty = true;
         // A fully consumed active segment of some size is rolled so its space can go.
         if seq == self.active.next_seq && self.active.len() >= self.config.segment_bytes_max / 8 {
@@ -505,15 +503,19 @@ impl Inner {
             self.sealed_payload_bytes -= segment.info.payload_bytes;
             tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
         }
-        if let Some(window) = &self.window {
-            if window.segment_first_seq
-                < self
-                    .sealed
-                    .front()
-                    .map_or(self.active.first_seq, |s| s.first_seq)
-            {
-                self.window = None;
-            }
+        // Hints and the cached window into removed segments are the only stale state;
+        // a hint below the consumed position in a live segment still leads reads to their chunk.
+        let oldest_live = self
+            .sealed
+            .front()
+            .map_or(self.active.first_seq, |s| s.first_seq);
+        self.hints.retain(|h| h.segment_first_seq >= oldest_live);
+        if self
+            .window
+            .as_ref()
+            .is_some_and(|w| w.segment_first_seq < oldest_live)
+        {
+            self.window = None;
         }
         segment::sync_dir(&self.segments_dir)
     }
