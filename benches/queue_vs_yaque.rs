@@ -31,7 +31,10 @@ async fn ours(total: u64, size: usize) -> (f64, f64) {
     let started = Instant::now();
     let mut received = 0;
     while received < total {
-        let batch = consumer.next_batch(BATCH_EVENTS, u64::MAX).await.expect("read");
+        let batch = consumer
+            .next_batch(BATCH_EVENTS, u64::MAX)
+            .await
+            .expect("read");
         received += batch.len() as u64;
         consumer.ack(batch.last().expect("batch").seq).expect("ack");
     }
@@ -41,7 +44,10 @@ async fn ours(total: u64, size: usize) -> (f64, f64) {
 async fn yaque(total: u64, size: usize) -> (f64, f64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut sender, mut receiver) = yaque::channel(dir.path().join("q")).expect("yaque channel");
-    let template: Vec<Vec<u8>> = events(0, BATCH_EVENTS, size).into_iter().map(|e| e.payload.to_vec()).collect();
+    let template: Vec<Vec<u8>> = events(0, BATCH_EVENTS, size)
+        .into_iter()
+        .map(|e| e.payload.to_vec())
+        .collect();
     let started = Instant::now();
     for _ in 0..total / BATCH_EVENTS as u64 {
         sender.send_batch(template.iter()).await.expect("send");
@@ -58,11 +64,19 @@ async fn yaque(total: u64, size: usize) -> (f64, f64) {
 }
 
 fn main() {
-    let total: u64 = std::env::var("EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let total: u64 = std::env::var("EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let size = 512usize;
     let mb = (total * size as u64) as f64 / 1e6;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let (mut ours_w, mut ours_r, mut yaque_w, mut yaque_r, mut plain_w, mut plain_r) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (mut ours_w, mut ours_r, mut yaque_w, mut yaque_r, mut plain_w, mut plain_r) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for round in 0..3 {
         let (w, r) = runtime.block_on(ours(total, size));
         ours_w.push(mb / w);
@@ -72,15 +86,34 @@ fn main() {
         yaque_r.push(mb / r);
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("plain.log");
-        plain_w.push(logbench::plain_append(&file, total, size).expect("plain append").mb_per_s());
+        plain_w.push(
+            logbench::plain_append(&file, total, size)
+                .expect("plain append")
+                .mb_per_s(),
+        );
         plain_r.push(logbench::plain_read(&file).expect("plain read").mb_per_s());
         eprintln!("round {round} done");
     }
-    let (ow, or, yw, yr, pw, pr) = (median(ours_w), median(ours_r), median(yaque_w), median(yaque_r), median(plain_w), median(plain_r));
+    let (ow, or, yw, yr, pw, pr) = (
+        median(ours_w),
+        median(ours_r),
+        median(yaque_w),
+        median(yaque_r),
+        median(plain_w),
+        median(plain_r),
+    );
     println!("spill path, {total} x {size} B, batches of {BATCH_EVENTS}, no fsync in the timed region, median of 3");
-    println!("{:<34} {:>10} {:>12} {:>10} {:>10}", "", "MB/s", "events/s", "vs yaque", "vs plain");
+    println!(
+        "{:<34} {:>10} {:>12} {:>10} {:>10}",
+        "", "MB/s", "events/s", "vs yaque", "vs plain"
+    );
     let row = |name: &str, rate: f64, yaque: f64, plain: f64| {
-        println!("{name:<34} {rate:>10.1} {:>12.0} {:>9.2}x {:>9.2}x", rate * 1e6 / size as f64, rate / yaque, rate / plain);
+        println!(
+            "{name:<34} {rate:>10.1} {:>12.0} {:>9.2}x {:>9.2}x",
+            rate * 1e6 / size as f64,
+            rate / yaque,
+            rate / plain
+        );
     };
     row("spillway write (write-through)", ow, yw, pw);
     row("yaque send_batch", yw, yw, pw);

@@ -11,6 +11,17 @@ use crate::record::FORMAT_VERSION;
 const KEY_VERSION: &[u8] = b"format_version";
 const KEY_BACKEND: &[u8] = b"backend";
 const KEY_CONSUMED: &[u8] = b"consumed_seq";
+const KEY_TAIL_CHECKPOINT: &[u8] = b"tail_checkpoint";
+
+/// Where the active segment's last synced chunk starts: recovery scans from there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TailCheckpoint {
+    pub segment_first_seq: u64,
+    pub chunk_offset: u64,
+    pub chunk_first_seq: u64,
+    /// Payload bytes of the segment's records before that chunk.
+    pub payload_before: u64,
+}
 
 /// One segment as the manifest records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +197,47 @@ impl Manifest {
             .insert(KEY_CONSUMED, &seq.to_le_bytes())
             .map_err(StorageError::sled(&self.path))?;
         Ok(())
+    }
+
+    /// Records the tail checkpoint; durable with the next manifest flush.
+    pub(crate) fn set_tail_checkpoint(&self, c: TailCheckpoint) -> Result<(), StorageError> {
+        let mut value = [0u8; 32];
+        for (i, v) in [
+            c.segment_first_seq,
+            c.chunk_offset,
+            c.chunk_first_seq,
+            c.payload_before,
+        ]
+        .iter()
+        .enumerate()
+        {
+            value[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        self.meta
+            .insert(KEY_TAIL_CHECKPOINT, &value)
+            .map_err(StorageError::sled(&self.path))?;
+        Ok(())
+    }
+
+    /// The last recorded tail checkpoint, if any.
+    pub(crate) fn tail_checkpoint(&self) -> Result<Option<TailCheckpoint>, StorageError> {
+        let Some(raw) = self
+            .meta
+            .get(KEY_TAIL_CHECKPOINT)
+            .map_err(StorageError::sled(&self.path))?
+        else {
+            return Ok(None);
+        };
+        if raw.len() != 32 {
+            return Ok(None);
+        }
+        let at = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Ok(Some(TailCheckpoint {
+            segment_first_seq: at(0),
+            chunk_offset: at(1),
+            chunk_first_seq: at(2),
+            payload_before: at(3),
+        }))
     }
 
     /// All segment entries, oldest first (their count is bounded by disk budget / segment size).

@@ -8,7 +8,11 @@
 //! - otherwise it is a torn or corrupt tail (an interrupted write): the file is
 //!   cut at the last valid chunk and the cut is reported.
 //!
-//! Work is bounded by one segment (`segment_bytes_max`), whatever the log's size.
+//! The scan starts at the last chunk recorded in the manifest's tail checkpoint
+//! (written at every sync), so its work is bounded by what was written since the
+//! last sync, and by one segment (`segment_bytes_max`) at worst, whatever the
+//! log's size. Damage in synced data before that chunk is reported by the read
+//! that meets it, like damage in sealed segments.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -35,6 +39,14 @@ pub(crate) struct TailScan {
     pub torn: Option<TornTail>,
 }
 
+/// Where a scan begins: the segment's first chunk, or a checkpointed chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScanStart {
+    pub offset: u64,
+    pub seq: u64,
+    pub payload_before: u64,
+}
+
 /// A tail to cut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TornTail {
@@ -48,15 +60,21 @@ pub(crate) fn scan_tail(
     path: &Path,
     first_seq: u64,
     file_len: u64,
+    start: Option<ScanStart>,
 ) -> Result<TailScan, StorageError> {
+    use std::io::Seek;
+    let start = start.unwrap_or(ScanStart {
+        offset: SEGMENT_HEADER_BYTES as u64,
+        seq: first_seq,
+        payload_before: 0,
+    });
     let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
-    let mut skip = [0u8; SEGMENT_HEADER_BYTES];
     reader
-        .read_exact(&mut skip)
+        .seek(std::io::SeekFrom::Start(start.offset))
         .map_err(StorageError::io(path))?;
-    let mut offset = SEGMENT_HEADER_BYTES as u64;
-    let mut seq = first_seq;
-    let mut payload_bytes = 0u64;
+    let mut offset = start.offset;
+    let mut seq = start.seq;
+    let mut payload_bytes = start.payload_before;
     let mut body = rkyv::util::AlignedVec::<16>::new();
     let mut header_bytes = [0u8; CHUNK_HEADER_BYTES];
     while offset < file_len {

@@ -51,6 +51,7 @@ pub(crate) fn create(dir: &Path, first_seq: u64) -> Result<ActiveSegment, Storag
         file_bytes: SEGMENT_HEADER_BYTES as u64,
         buffer: Vec::new(),
         payload_bytes: 0,
+        last_chunk: None,
     })
 }
 
@@ -68,6 +69,8 @@ pub(crate) struct ActiveSegment {
     /// Encoded chunks not yet written; bounded by `write_buffer_bytes` plus one chunk.
     buffer: Vec<u8>,
     pub payload_bytes: u64,
+    /// The newest chunk: its offset, first seq, and the payload bytes before it.
+    pub last_chunk: Option<(u64, u64, u64)>,
 }
 
 impl ActiveSegment {
@@ -93,6 +96,7 @@ impl ActiveSegment {
             file_bytes,
             buffer: Vec::new(),
             payload_bytes,
+            last_chunk: None,
         })
     }
 
@@ -112,6 +116,7 @@ impl ActiveSegment {
         records: &[&[u8]],
         write_buffer_bytes: u32,
     ) -> Result<(), StorageError> {
+        self.last_chunk = Some((self.len(), self.next_seq, self.payload_bytes));
         let header = record::encode_chunk(&mut self.buffer, self.next_seq, records);
         self.next_seq = header.next_seq();
         self.payload_bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();

@@ -27,7 +27,7 @@ use crate::batch::{Backing, LogStats, ReadBatch, RecoveryReport, SeqRange};
 use crate::config::{Backend, Durability, LogConfig};
 use crate::error::{AppendError, Corruption, OpenError, ReadError, StorageError};
 use crate::flusher::Flusher;
-use crate::manifest::{Manifest, SealedInfo, SegmentEntry};
+use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
 use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::recovery;
 use crate::segment::{self, ActiveSegment};
@@ -221,6 +221,7 @@ impl Inner {
             }
         }
 
+        let checkpoint = manifest.tail_checkpoint()?;
         let mut sealed = VecDeque::new();
         let mut active = None;
         let count = entries.len();
@@ -251,8 +252,33 @@ impl Inner {
                     });
                 }
                 (None, _) => {
-                    let scan = recovery::scan_tail(&file, &path, entry.first_seq, file_len)?;
-                    report.scanned_bytes += file_len;
+                    let start = checkpoint
+                        .filter(|c| {
+                            is_last
+                                && c.segment_first_seq == entry.first_seq
+                                && c.chunk_offset < file_len
+                        })
+                        .map(|c| recovery::ScanStart {
+                            offset: c.chunk_offset,
+                            seq: c.chunk_first_seq,
+                            payload_before: c.payload_before,
+                        });
+                    let scan =
+                        match recovery::scan_tail(&file, &path, entry.first_seq, file_len, start) {
+                            // The checkpointed chunk itself is damaged: scan the whole segment, trusting nothing.
+                            Ok(scan)
+                                if start.is_some()
+                                    && scan.torn.is_some()
+                                    && scan.valid_end == start.map_or(0, |s| s.offset) =>
+                            {
+                                recovery::scan_tail(&file, &path, entry.first_seq, file_len, None)?
+                            }
+                            Err(_) if start.is_some() => {
+                                recovery::scan_tail(&file, &path, entry.first_seq, file_len, None)?
+                            }
+                            other => other?,
+                        };
+                    report.scanned_bytes += file_len - start.map_or(0, |s| s.offset);
                     if let Some(torn) = &scan.torn {
                         let cut = file_len - scan.valid_end;
                         tracing::warn!(
@@ -455,8 +481,17 @@ impl Inner {
     }
 
     fn flush(&mut self) -> Result<u64, StorageError> {
-        // Data first, then the manifest: a durable consumed position never runs ahead of durable data.
+        // Data first, then the manifest: a durable consumed position never runs ahead of
+        // durable data, and the tail checkpoint never points past synced bytes.
         self.active.sync()?;
+        if let Some((chunk_offset, chunk_first_seq, payload_before)) = self.active.last_chunk {
+            self.manifest.set_tail_checkpoint(TailCheckpoint {
+                segment_first_seq: self.active.first_seq,
+                chunk_offset,
+                chunk_first_seq,
+                payload_before,
+            })?;
+        }
         self.manifest.flush()?;
         self.dirty = false;
         let next = self.active.next_seq;

@@ -108,8 +108,20 @@ fn flipped_bytes_in_the_tail_chunk_are_cut_and_reported() {
     assert_records(log.as_ref(), header.first_seq);
 }
 
+/// Removes the manifest's tail checkpoint, as if the process died before its first sync.
+fn forget_tail_checkpoint(dir: &Path) {
+    let db = sled::open(dir.join("manifest")).expect("manifest");
+    db.open_tree("meta")
+        .expect("meta")
+        .remove("tail_checkpoint")
+        .expect("remove");
+    db.flush().expect("flush");
+    drop(db);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+}
+
 #[test]
-fn flipped_bytes_in_the_middle_of_the_tail_segment_refuse_to_open_and_change_nothing() {
+fn without_a_checkpoint_damage_before_intact_chunks_refuses_to_open_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = write_log(dir.path(), 200);
     let last = files.last().expect("a segment");
@@ -120,6 +132,7 @@ fn flipped_bytes_in_the_middle_of_the_tail_segment_refuse_to_open_and_change_not
     );
     let (offset, _) = all[1];
     flip_byte(last, offset + CHUNK_HEADER_BYTES as u64 + 1);
+    forget_tail_checkpoint(dir.path());
     let before = fs::read(last).expect("read");
 
     match open(dir.path(), common::small_config(Backend::Segment)) {
@@ -133,6 +146,71 @@ fn flipped_bytes_in_the_middle_of_the_tail_segment_refuse_to_open_and_change_not
         fs::read(last).expect("read"),
         before,
         "a refused open must not modify the file"
+    );
+}
+
+#[test]
+fn damage_in_synced_data_of_the_tail_segment_fails_the_read_with_file_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = write_log(dir.path(), 200);
+    let last = files.last().expect("a segment");
+    let all = chunks(last);
+    let (offset, header) = all[1];
+    flip_byte(last, offset + CHUNK_HEADER_BYTES as u64 + 1);
+    let before = fs::read(last).expect("read");
+
+    // Open scans only from the last synced chunk: bounded, and it leaves the damage alone.
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    assert!(log.recovery_report().scanned_bytes < before.len() as u64);
+    assert_eq!(fs::read(last).expect("read"), before);
+    let mut at = log.stats().first_seq;
+    while at < header.first_seq {
+        let batch = log
+            .read(at, 100, u64::MAX)
+            .expect("intact records before the damage");
+        at = batch.next_seq();
+    }
+    match log.read(header.first_seq, 10, u64::MAX) {
+        Err(ReadError::Storage(StorageError::Corrupt(c))) => {
+            assert_eq!(c.location, last.display().to_string());
+            assert_eq!(c.offset, offset);
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    // Records after the damaged chunk are still reachable.
+    let (_, after) = all[2];
+    assert_eq!(
+        log.read(after.first_seq, 1, 1).expect("read").get(0),
+        Some(common::payload(after.first_seq).as_slice())
+    );
+}
+
+#[test]
+fn recovery_scans_only_what_was_written_since_the_last_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::small_config(Backend::Segment);
+    config.segment_bytes_max = 1024 * 1024;
+    let log = open(dir.path(), config.clone()).expect("open");
+    for seq in (0..2000).step_by(10) {
+        let records: Vec<Vec<u8>> = (seq..seq + 10).map(common::payload).collect();
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+        log.append(&refs).expect("append");
+    }
+    drop(log);
+    let segment = segment_files(dir.path()).pop().expect("segment");
+    let size = fs::metadata(&segment).expect("meta").len();
+    let log = open(dir.path(), config).expect("reopen");
+    let scanned = log.recovery_report().scanned_bytes;
+    assert!(
+        scanned <= 2 * 1024,
+        "scanned {scanned} of a {size}-byte segment"
+    );
+    assert_eq!(log.stats().next_seq, 2000);
+    assert_eq!(
+        log.stats().payload_bytes,
+        (0..2000)
+            .map(|s| common::payload(s).len() as u64)
+            .sum::<u64>()
     );
 }
 
