@@ -1,0 +1,423 @@
+//! The relay client: connect, resume from the durable cursor, read at full speed into the
+//! queue, reconnect with bounded backoff, ping, and detect a silent connection.
+//!
+//! The read loop never waits for a sink: a push waits only when the disk budget is
+//! full under the `block` policy (the queue logs it). The cursor saved for a restart
+//! is the queue's durable watermark, never ahead of what is durable; within one run a
+//! reconnect resumes after the last frame pushed.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::cursor::CursorFile;
+use super::frame::{self, Frame};
+use crate::queue::{Event, SpillQueue};
+
+/// The relay client's settings, every bound explicit.
+#[derive(Debug, Clone)]
+pub struct FirehoseConfig {
+    /// `wss://HOST/xrpc/com.atproto.sync.subscribeRepos` (or `ws://` on loopback).
+    pub url: String,
+    /// Start here instead of the saved cursor (`None`: the saved cursor, else live).
+    pub start_cursor: Option<u64>,
+    /// Largest frame accepted, in bytes; a larger one is dropped, counted and logged.
+    pub frame_bytes_max: usize,
+    /// Frames gathered into one push at most (only those already received: no waiting).
+    pub push_batch_frames_max: usize,
+    /// First reconnect delay, doubled per failure up to the max, with jitter.
+    pub reconnect_delay_min_ms: u64,
+    /// Longest reconnect delay.
+    pub reconnect_delay_max_ms: u64,
+    /// Interval between pings.
+    pub ping_interval_ms: u64,
+    /// A connection silent this long is dropped and reconnected.
+    pub idle_timeout_ms: u64,
+    /// Interval between saves of the durable cursor.
+    pub cursor_save_interval_ms: u64,
+}
+
+impl FirehoseConfig {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        FirehoseConfig {
+            url: url.into(),
+            start_cursor: None,
+            frame_bytes_max: 4 * 1024 * 1024,
+            push_batch_frames_max: 256,
+            reconnect_delay_min_ms: 250,
+            reconnect_delay_max_ms: 30_000,
+            ping_interval_ms: 15_000,
+            idle_timeout_ms: 60_000,
+            cursor_save_interval_ms: 1_000,
+        }
+    }
+
+    /// The relay host, for the cursor file and logs.
+    pub fn host(&self) -> String {
+        let rest = self.url.split("://").nth(1).unwrap_or(&self.url);
+        rest.split('/').next().unwrap_or(rest).to_string()
+    }
+}
+
+/// Counters of one source, shared with metrics.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    /// Frames received and pushed.
+    pub frames_total: AtomicU64,
+    /// Bytes of those frames.
+    pub bytes_total: AtomicU64,
+    /// Frames with a `t` this build does not know (kept).
+    pub unknown_type_total: AtomicU64,
+    /// Frames that failed to decode (the connection was dropped).
+    pub decode_errors_total: AtomicU64,
+    /// Frames over `frame_bytes_max` (dropped).
+    pub oversized_total: AtomicU64,
+    /// Error frames received.
+    pub error_frames_total: AtomicU64,
+    /// Reconnections.
+    pub reconnects_total: AtomicU64,
+    /// The last seq pushed.
+    pub last_seq: AtomicU64,
+    /// 1 while connected.
+    pub connected: AtomicU64,
+}
+
+/// Why the source stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The relay says our cursor is in its future: retrying would loop. An operator must act.
+    #[error("relay {host} answered FutureCursor for cursor {cursor:?}: {message}. Not retrying; check the relay, or remove {cursor_file} to start live")]
+    FutureCursor {
+        /// The relay.
+        host: String,
+        /// The cursor sent.
+        cursor: Option<u64>,
+        /// The relay's message.
+        message: String,
+        /// The cursor file to remove.
+        cursor_file: String,
+    },
+    /// The cursor file is unreadable.
+    #[error("reading the cursor file: {0}")]
+    Cursor(#[from] std::io::Error),
+    /// The queue refused a push for good (e.g. a failing disk).
+    #[error("the queue refused events: {0}")]
+    Queue(String),
+}
+
+enum Disconnect {
+    /// Reconnect after a backoff.
+    Retry(String),
+    /// Stop: shutdown requested.
+    Shutdown,
+}
+
+const KNOWN_TYPES: [&str; 5] = ["#commit", "#sync", "#identity", "#account", "#info"];
+
+/// Runs the source until `shutdown` turns true or a fatal error.
+///
+/// # Errors
+/// [`SourceError`] for conditions retrying cannot fix.
+pub async fn run(
+    config: FirehoseConfig,
+    queue: SpillQueue,
+    cursor_file: CursorFile,
+    stats: Arc<SourceStats>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SourceError> {
+    let host = config.host();
+    let saved = cursor_file.load()?;
+    let mut cursor = config.start_cursor.or(saved);
+    if let Some(c) = cursor {
+        // Events above the checkpoint that survived in the log come again from the relay.
+        queue
+            .begin_replay(c)
+            .map_err(|e| SourceError::Queue(e.to_string()))?;
+    }
+    tracing::info!(host = %host, cursor = ?cursor, "firehose source starting");
+    let mut failures = 0u32;
+    let mut last_save = Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let url = match cursor {
+            Some(c) => format!("{}?cursor={c}", config.url),
+            None => config.url.clone(),
+        };
+        let ws_config = WebSocketConfig::default()
+            // A little above our own limit, so an oversized frame is read, named and dropped
+            // rather than looping on a connection error.
+            .max_message_size(Some(config.frame_bytes_max.saturating_mul(2)))
+            .max_frame_size(Some(config.frame_bytes_max.saturating_mul(2)));
+        let outcome =
+            match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(ws_config), true)
+                .await
+            {
+                Ok((socket, _)) => {
+                    stats.connected.store(1, Ordering::Relaxed);
+                    tracing::info!(host = %host, cursor = ?cursor, "connected to the relay");
+                    let outcome = read_loop(
+                        &config,
+                        &host,
+                        socket,
+                        &queue,
+                        &stats,
+                        &mut cursor,
+                        &cursor_file,
+                        &mut last_save,
+                        &mut failures,
+                        &mut shutdown,
+                    )
+                    .await;
+                    stats.connected.store(0, Ordering::Relaxed);
+                    outcome
+                }
+                Err(e) => Ok(Disconnect::Retry(format!("connecting: {e}"))),
+            };
+        let outcome = outcome.map_err(|e| match e {
+            SourceError::FutureCursor {
+                host,
+                cursor,
+                message,
+                ..
+            } => SourceError::FutureCursor {
+                host,
+                cursor,
+                message,
+                cursor_file: cursor_file.path().display().to_string(),
+            },
+            other => other,
+        });
+        match outcome? {
+            Disconnect::Shutdown => break,
+            Disconnect::Retry(reason) => {
+                failures = failures.saturating_add(1);
+                stats.reconnects_total.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff(&config, failures);
+                tracing::warn!(host = %host, reason = %reason, retry_in_ms = delay.as_millis() as u64, cursor = ?cursor, "relay connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    save_cursor(&queue, &cursor_file, &host);
+    tracing::info!(host = %host, "firehose source stopped");
+    Ok(())
+}
+
+fn save_cursor(queue: &SpillQueue, file: &CursorFile, host: &str) {
+    if let Err(error) = queue.flush() {
+        tracing::error!(%error, "flushing the queue before saving the cursor failed");
+        return;
+    }
+    if let Some(watermark) = queue.durable_watermark() {
+        if let Err(error) = file.save(watermark) {
+            tracing::error!(%error, path = %file.path().display(), "saving the relay cursor failed");
+        } else {
+            tracing::debug!(host, cursor = watermark, "saved the relay cursor");
+        }
+    }
+}
+
+fn backoff(config: &FirehoseConfig, failures: u32) -> Duration {
+    let exp = config
+        .reconnect_delay_min_ms
+        .saturating_mul(1u64 << failures.min(20).saturating_sub(1));
+    let capped = exp.min(config.reconnect_delay_max_ms);
+    // Jitter in [capped/2, capped], so many clients do not reconnect in step.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    Duration::from_millis(capped / 2 + nanos % (capped / 2 + 1))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop<S>(
+    config: &FirehoseConfig,
+    host: &str,
+    mut socket: tokio_tungstenite::WebSocketStream<S>,
+    queue: &SpillQueue,
+    stats: &SourceStats,
+    cursor: &mut Option<u64>,
+    cursor_file: &CursorFile,
+    last_save: &mut Instant,
+    failures: &mut u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Disconnect, SourceError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let idle = Duration::from_millis(config.idle_timeout_ms);
+    let mut ping = tokio::time::interval(Duration::from_millis(config.ping_interval_ms));
+    ping.tick().await;
+    let mut batch: Vec<Event> = Vec::with_capacity(config.push_batch_frames_max);
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                let _ = socket.close(None).await;
+                return Ok(Disconnect::Shutdown);
+            }
+            _ = ping.tick() => {
+                if let Err(e) = socket.send(Message::Ping(Default::default())).await {
+                    return Ok(Disconnect::Retry(format!("ping failed: {e}")));
+                }
+                continue;
+            }
+            next = tokio::time::timeout(idle, socket.next()) => match next {
+                Err(_) => return Ok(Disconnect::Retry(format!("no message for {} ms", config.idle_timeout_ms))),
+                Ok(None) => return Ok(Disconnect::Retry("the relay closed the connection".into())),
+                Ok(Some(Err(e))) => return Ok(Disconnect::Retry(format!("reading: {e}"))),
+                Ok(Some(Ok(m))) => m,
+            },
+        };
+        // Gather what has already arrived into one push, without waiting for more.
+        let mut pending = Some(message);
+        while let Some(message) = pending.take() {
+            match handle(config, host, message, stats, cursor)? {
+                Handled::Event(event) => batch.push(event),
+                Handled::Nothing => {}
+                Handled::Drop(reason) => {
+                    flush_batch(queue, &mut batch).await?;
+                    let _ = socket.close(None).await;
+                    return Ok(Disconnect::Retry(reason));
+                }
+            }
+            if batch.len() < config.push_batch_frames_max {
+                if let Some(Some(Ok(next))) = socket.next().now_or_never() {
+                    pending = Some(next);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            flush_batch(queue, &mut batch).await?;
+            *failures = 0;
+        }
+        if last_save.elapsed() >= Duration::from_millis(config.cursor_save_interval_ms) {
+            save_cursor(queue, cursor_file, host);
+            *last_save = Instant::now();
+        }
+    }
+}
+
+async fn flush_batch(queue: &SpillQueue, batch: &mut Vec<Event>) -> Result<(), SourceError> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let events = std::mem::take(batch);
+    match queue.push_batch(events).await {
+        Ok(report) if report.dropped.is_empty() => Ok(()),
+        Ok(report) => {
+            // drop_newest: the queue counted and logged them; nothing more to do here.
+            tracing::debug!(
+                dropped = report.dropped.len(),
+                "the queue dropped events under its full policy"
+            );
+            Ok(())
+        }
+        Err(e) => Err(SourceError::Queue(e.to_string())),
+    }
+}
+
+enum Handled {
+    Event(Event),
+    Nothing,
+    Drop(String),
+}
+
+fn handle(
+    config: &FirehoseConfig,
+    host: &str,
+    message: Message,
+    stats: &SourceStats,
+    cursor: &mut Option<u64>,
+) -> Result<Handled, SourceError> {
+    let bytes = match message {
+        Message::Binary(bytes) => bytes,
+        Message::Close(frame) => {
+            return Ok(Handled::Drop(format!(
+                "the relay closed the connection: {frame:?}"
+            )))
+        }
+        Message::Text(_) => {
+            return Ok(Handled::Drop(
+                "the relay sent a text message; expected binary frames".into(),
+            ))
+        }
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(Handled::Nothing),
+    };
+    if bytes.len() > config.frame_bytes_max {
+        stats.oversized_total.fetch_add(1, Ordering::Relaxed);
+        let seq = frame::decode(&bytes, usize::MAX).ok().and_then(|f| f.seq());
+        tracing::error!(
+            host,
+            seq,
+            len = bytes.len(),
+            max = config.frame_bytes_max,
+            "dropping a frame over frame_bytes_max; raise the limit to keep such frames"
+        );
+        return Ok(Handled::Nothing);
+    }
+    match frame::decode(&bytes, config.frame_bytes_max) {
+        Ok(Frame::Error { error, message }) => {
+            stats.error_frames_total.fetch_add(1, Ordering::Relaxed);
+            let message = message.unwrap_or_default();
+            if error == "FutureCursor" {
+                tracing::error!(host, cursor = ?cursor, %message, "the relay says our cursor is in its future");
+                return Err(SourceError::FutureCursor {
+                    host: host.to_string(),
+                    cursor: *cursor,
+                    message,
+                    cursor_file: String::new(),
+                });
+            }
+            tracing::warn!(host, %error, %message, "the relay sent an error frame");
+            Ok(Handled::Drop(format!("error frame {error}: {message}")))
+        }
+        Ok(Frame::Message {
+            kind, info_name, ..
+        }) if kind == "#info" => {
+            tracing::warn!(host, name = ?info_name, "the relay sent #info (OutdatedCursor: it resumes from its oldest event)");
+            Ok(Handled::Nothing)
+        }
+        Ok(Frame::Message { kind, seq, .. }) => {
+            let Some(seq) = seq else {
+                stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
+                return Ok(Handled::Drop(format!("a {kind} frame without seq")));
+            };
+            if !KNOWN_TYPES.contains(&kind.as_str()) {
+                stats.unknown_type_total.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(host, %kind, seq, "keeping a frame of an unknown type");
+            }
+            if cursor.is_some_and(|c| seq <= c) {
+                // Already pushed (a relay replaying from an older point): skip the duplicate.
+                return Ok(Handled::Nothing);
+            }
+            *cursor = Some(seq);
+            stats.frames_total.fetch_add(1, Ordering::Relaxed);
+            stats
+                .bytes_total
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            stats.last_seq.store(seq, Ordering::Relaxed);
+            Ok(Handled::Event(Event {
+                position: seq,
+                payload: bytes,
+            }))
+        }
+        Err(e) => {
+            stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(host, error = %e, after_seq = ?cursor, "invalid frame from the relay; dropping the connection");
+            Ok(Handled::Drop(format!("invalid frame: {e}")))
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Relay frames of `com.atproto.sync.subscribeRepos`: two concatenated DAG-CBOR values,
+//! a header `{op, t}` and a body. This reads the header and, from the body, `seq`,
+//! `repo`/`did` and `time`, skipping everything else (CAR blocks included) without
+//! allocating; the raw frame stays the event's payload.
+//!
+//! Every length is checked against the bytes left before it is used, nesting is
+//! bounded by [`CBOR_DEPTH_MAX`], and indefinite lengths (forbidden in DAG-CBOR)
+//! are refused, so no input can make this panic, loop or allocate.
+
+/// Deepest nesting accepted while skipping a value.
+pub const CBOR_DEPTH_MAX: usize = 64;
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The frame ends inside a value.
+    #[error("frame truncated at byte {at}")]
+    Truncated {
+        /// Offset where more bytes were needed.
+        at: usize,
+    },
+    /// An indefinite-length item, which DAG-CBOR forbids.
+    #[error("indefinite-length item at byte {at} (not DAG-CBOR)")]
+    Indefinite {
+        /// Its offset.
+        at: usize,
+    },
+    /// A reserved additional-information value.
+    #[error("malformed CBOR head at byte {at}")]
+    Malformed {
+        /// Its offset.
+        at: usize,
+    },
+    /// Nesting deeper than [`CBOR_DEPTH_MAX`].
+    #[error("nesting deeper than {CBOR_DEPTH_MAX} levels")]
+    TooDeep,
+    /// A value of the wrong type.
+    #[error("{what} at byte {at} has the wrong CBOR type")]
+    WrongType {
+        /// Which value.
+        what: &'static str,
+        /// Its offset.
+        at: usize,
+    },
+    /// A text string that is not UTF-8.
+    #[error("text at byte {at} is not UTF-8")]
+    NotUtf8 {
+        /// Its offset.
+        at: usize,
+    },
+    /// A required field is absent.
+    #[error("the frame has no {0}")]
+    Missing(&'static str),
+    /// The header's `op` is neither 1 nor -1.
+    #[error("unknown frame op {0}")]
+    UnknownOp(i64),
+    /// Bytes after the body.
+    #[error("{0} bytes after the frame body")]
+    TrailingBytes(usize),
+    /// The frame exceeds the configured size limit.
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `seq` is not encoded as an 8-byte unsigned integer, so it cannot be rewritten in place.
+    #[error("seq is not an 8-byte unsigned integer")]
+    SeqNotRewritable,
+}
+
+/// What a frame says, as far as the queue and the sinks need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A message (`op = 1`): `#commit`, `#sync`, `#identity`, `#account`, `#info` or another type.
+    Message {
+        /// The header's `t`, e.g. `#commit`.
+        kind: String,
+        /// The body's `seq`; absent on `#info`.
+        seq: Option<u64>,
+        /// The body's `repo` (commit, sync) or `did` (identity, account).
+        did: Option<String>,
+        /// The body's `time`.
+        time: Option<String>,
+        /// `#info`: its `name` (e.g. `OutdatedCursor`).
+        info_name: Option<String>,
+    },
+    /// An error frame (`op = -1`): `{error, message}`, e.g. `FutureCursor`, `ConsumerTooSlow`.
+    Error {
+        /// The error name.
+        error: String,
+        /// Its message, if any.
+        message: Option<String>,
+    },
+}
+
+impl Frame {
+    /// The message's `seq`, if it has one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Frame::Message { seq, .. } => *seq,
+            Frame::Error { .. } => None,
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Head {
+    major: u8,
+    arg: u64,
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8], FrameError> {
+        let left = (self.bytes.len() - self.at) as u64;
+        if n > left {
+            return Err(FrameError::Truncated {
+                at: self.bytes.len(),
+            });
+        }
+        let out = &self.bytes[self.at..self.at + n as usize];
+        self.at += n as usize;
+        Ok(out)
+    }
+
+    fn head(&mut self) -> Result<Head, FrameError> {
+        let at = self.at;
+        let first = self.take(1)?[0];
+        let (major, info) = (first >> 5, first & 0x1f);
+        let arg = match info {
+            0..=23 => u64::from(info),
+            24 => u64::from(self.take(1)?[0]),
+            25 => u64::from(u16::from_be_bytes([self.take(1)?[0], self.take(1)?[0]])),
+            26 => {
+                let b = self.take(4)?;
+                u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            27 => {
+                let b = self.take(8)?;
+                u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+            }
+            31 => return Err(FrameError::Indefinite { at }),
+            _ => return Err(FrameError::Malformed { at }),
+        };
+        Ok(Head { major, arg, at })
+    }
+
+    fn text(&mut self, what: &'static str) -> Result<&'a str, FrameError> {
+        let head = self.head()?;
+        if head.major != 3 {
+            return Err(FrameError::WrongType { what, at: head.at });
+        }
+        let bytes = self.take(head.arg)?;
+        std::str::from_utf8(bytes).map_err(|_| FrameError::NotUtf8 { at: head.at })
+    }
+
+    fn int(&mut self, what: &'static str) -> Result<i64, FrameError> {
+        let head = self.head()?;
+        match head.major {
+            0 => i64::try_from(head.arg).map_err(|_| FrameError::WrongType { what, at: head.at }),
+            1 => i64::try_from(head.arg)
+                .map(|n| -1 - n)
+                .map_err(|_| FrameError::WrongType { what, at: head.at }),
+            _ => Err(FrameError::WrongType { what, at: head.at }),
+        }
+    }
+
+    /// Skips one value, bounded in depth; lengths are checked before use.
+    fn skip(&mut self, depth: usize) -> Result<(), FrameError> {
+        if depth > CBOR_DEPTH_MAX {
+            return Err(FrameError::TooDeep);
+        }
+        let head = self.head()?;
+        match head.major {
+            0 | 1 | 7 => Ok(()),
+            2 | 3 => self.take(head.arg).map(|_| ()),
+            4 | 5 => {
+                let items = if head.major == 5 {
+                    head.arg.saturating_mul(2)
+                } else {
+                    head.arg
+                };
+                // Each item takes at least one byte: a count beyond what is left is truncated input.
+                if items > (self.bytes.len() - self.at) as u64 {
+                    return Err(FrameError::Truncated {
+                        at: self.bytes.len(),
+                    });
+                }
+                for _ in 0..items {
+                    self.skip(depth + 1)?;
+                }
+                Ok(())
+            }
+            6 => self.skip(depth + 1),
+            _ => Err(FrameError::Malformed { at: head.at }),
+        }
+    }
+
+    fn map_len(&mut self, what: &'static str) -> Result<u64, FrameError> {
+        let head = self.head()?;
+        if head.major != 5 {
+            return Err(FrameError::WrongType { what, at: head.at });
+        }
+        Ok(head.arg)
+    }
+}
+
+/// Where the body's `seq` value starts (its CBOR head), with the decoded frame.
+fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame, Option<usize>), FrameError> {
+    if frame.len() > max_bytes {
+        return Err(FrameError::TooLarge {
+            len: frame.len(),
+            max: max_bytes,
+        });
+    }
+    let mut r = Reader {
+        bytes: frame,
+        at: 0,
+    };
+    let (mut op, mut kind) = (None, None);
+    for _ in 0..r.map_len("header")? {
+        match r.text("header key")? {
+            "op" => op = Some(r.int("op")?),
+            "t" => kind = Some(r.text("t")?),
+            _ => r.skip(1)?,
+        }
+    }
+    let op = op.ok_or(FrameError::Missing("op in the header"))?;
+    let pairs = r.map_len("body")?;
+    let decoded = match op {
+        1 => {
+            let kind = kind
+                .ok_or(FrameError::Missing("t in the header"))?
+                .to_string();
+            let (mut seq, mut seq_at, mut did, mut time, mut info_name) =
+                (None, None, None, None, None);
+            for _ in 0..pairs {
+                match r.text("body key")? {
+                    "seq" => {
+                        seq_at = Some(r.at);
+                        let head = r.head()?;
+                        if head.major != 0 {
+                            return Err(FrameError::WrongType {
+                                what: "seq",
+                                at: head.at,
+                            });
+                        }
+                        seq = Some(head.arg);
+                    }
+                    "repo" | "did" => did = Some(r.text("repo/did")?.to_string()),
+                    "time" => time = Some(r.text("time")?.to_string()),
+                    "name" if kind == "#info" => info_name = Some(r.text("name")?.to_string()),
+                    _ => r.skip(1)?,
+                }
+            }
+            (
+                Frame::Message {
+                    kind,
+                    seq,
+                    did,
+                    time,
+                    info_name,
+                },
+                seq_at,
+            )
+        }
+        -1 => {
+            let (mut error, mut message) = (None, None);
+            for _ in 0..pairs {
+                match r.text("body key")? {
+                    "error" => error = Some(r.text("error")?.to_string()),
+                    "message" => message = Some(r.text("message")?.to_string()),
+                    _ => r.skip(1)?,
+                }
+            }
+            let error = error.ok_or(FrameError::Missing("error in an error frame"))?;
+            (Frame::Error { error, message }, None)
+        }
+        other => return Err(FrameError::UnknownOp(other)),
+    };
+    if r.at != frame.len() {
+        return Err(FrameError::TrailingBytes(frame.len() - r.at));
+    }
+    Ok(decoded)
+}
+
+/// Decodes a frame's header and the body fields the pipeline needs.
+///
+/// # Errors
+/// A [`FrameError`] for anything that is not a well-formed frame of at most `max_bytes`.
+pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Frame, FrameError> {
+    decode_at(frame, max_bytes).map(|(f, _)| f)
+}
+
+/// Rewrites the body's `seq` in place (it must be an 8-byte unsigned integer, as relay seqs are).
+///
+/// # Errors
+/// The frame's decoding errors, [`FrameError::Missing`] without a seq, or [`FrameError::SeqNotRewritable`].
+pub fn rewrite_seq(frame: &mut [u8], seq: u64) -> Result<(), FrameError> {
+    let (_, at) = decode_at(frame, usize::MAX)?;
+    let at = at.ok_or(FrameError::Missing("seq"))?;
+    if frame[at] != 0x1b {
+        return Err(FrameError::SeqNotRewritable);
+    }
+    frame[at + 1..at + 9].copy_from_slice(&seq.to_be_bytes());
+    Ok(())
+}
+
+/// Encodes an error frame `{op: -1}` `{error, message}`, as a relay sends it.
+pub fn encode_error_frame(error: &str, message: &str) -> Vec<u8> {
+    let mut out = vec![0xa1];
+    push_text(&mut out, "op");
+    out.push(0x20); // -1
+    out.push(0xa2);
+    push_text(&mut out, "error");
+    push_text(&mut out, error);
+    push_text(&mut out, "message");
+    push_text(&mut out, message);
+    out
+}
+
+/// Encodes an `#info` frame `{op: 1, t: "#info"}` `{name, message}`.
+pub fn encode_info_frame(name: &str, message: &str) -> Vec<u8> {
+    let mut out = vec![0xa2];
+    push_text(&mut out, "op");
+    out.push(0x01);
+    push_text(&mut out, "t");
+    push_text(&mut out, "#info");
+    out.push(0xa2);
+    push_text(&mut out, "name");
+    push_text(&mut out, name);
+    push_text(&mut out, "message");
+    push_text(&mut out, message);
+    out
+}
+
+fn push_text(out: &mut Vec<u8>, text: &str) {
+    let len = text.len() as u64;
+    match len {
+        0..=23 => out.push(0x60 | len as u8),
+        24..=0xff => out.extend([0x78, len as u8]),
+        0x100..=0xffff => {
+            out.push(0x79);
+            out.extend((len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x7a);
+            out.extend((len as u32).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Splits a capture file (`[u32 LE length][frame]...`) into frames, refusing lengths over `max_bytes`.
+pub fn split_capture(bytes: &[u8], max_bytes: usize) -> Result<Vec<&[u8]>, FrameError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let len_bytes = bytes
+            .get(at..at + 4)
+            .ok_or(FrameError::Truncated { at: bytes.len() })?;
+        let len =
+            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        if len > max_bytes {
+            return Err(FrameError::TooLarge {
+                len,
+                max: max_bytes,
+            });
+        }
+        let frame = bytes
+            .get(at + 4..at + 4 + len)
+            .ok_or(FrameError::Truncated { at: bytes.len() })?;
+        out.push(frame);
+        at += 4 + len;
+    }
+    Ok(out)
+}

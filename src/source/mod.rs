@@ -1,0 +1,6 @@
+//! Event sources: the AT Protocol relay firehose.
+
+pub mod cursor;
+pub mod firehose;
+pub mod frame;
+pub mod relay;
