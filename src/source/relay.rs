@@ -159,6 +159,8 @@ fn head(config: &RelayConfig, started: Instant) -> u64 {
     config.base_seq + produced.min(config.total_events.unwrap_or(u64::MAX))
 }
 
+// The handshake callback's error type is tungstenite's `ErrorResponse`, which is large; it is theirs to size.
+#[allow(clippy::result_large_err)]
 async fn serve(
     stream: tokio::net::TcpStream,
     config: &RelayConfig,
