@@ -3,11 +3,16 @@
 //! - [`queue`]: the spilling queue, its cursors, acks and watermark.
 //! - [`storage`]: the durable spill log (the `spillway-storage` crate).
 //! - [`source`]: the relay firehose source and its frame decoding.
+//! - [`sink`]: the Redis stream and JSON-lines sinks.
+//! - [`pipeline`]: source -> queue -> sink wiring and shutdown; [`config`]: its settings.
 //! - [`bench`]: the benchmarks behind `spillway bench`.
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod config;
+pub mod pipeline;
 pub mod queue;
+pub mod sink;
 pub mod source;
 pub use spillway_storage as storage;
 

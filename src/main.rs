@@ -14,6 +14,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the pipeline: relay firehose -> spilling queue -> Redis stream (or JSON lines).
+    Run(cli::run::RunArgs),
+    /// The embedded default: a loopback relay replaying real frames into a slow sink under a
+    /// small memory budget, showing the spill at work. Needs nothing installed.
+    Demo(cli::run::DemoArgs),
     /// Benchmarks, each beside a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -35,14 +40,14 @@ enum BenchCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `run` sets up logs itself, once its configuration (which may ask for JSON) is read.
+    if !matches!(cli.command, Command::Run(_)) {
+        cli::init_logs(std::env::var("SPILLWAY_LOG_FORMAT").is_ok_and(|v| v == "json"));
+    }
     let result = match &cli.command {
+        Command::Run(args) => cli::run::run(args).map_err(std::io::Error::other),
+        Command::Demo(args) => cli::run::demo(args).map_err(std::io::Error::other),
         Command::Bench(BenchCommand::Log(args)) => cli::bench::run_log(args),
         Command::Bench(BenchCommand::LogPhase(args)) => cli::bench::run_log_phase(args),
         Command::Bench(BenchCommand::Queue(args)) => cli::bench::run_queue(args),

@@ -119,8 +119,14 @@ fn oversized_frames_trailing_bytes_and_indefinite_lengths_are_refused() {
         Err(FrameError::Indefinite { at: 0 })
     ));
     // A huge declared length must not allocate or read past the end.
-    let huge = [0xa2, 0x62, b'o', b'p', 0x01, 0x61, b't', 0x61, b'x', 0xa1, 0x61, b'k', 0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-    assert!(matches!(frame::decode(&huge, MAX), Err(FrameError::Truncated { .. })));
+    let huge = [
+        0xa2, 0x62, b'o', b'p', 0x01, 0x61, b't', 0x61, b'x', 0xa1, 0x61, b'k', 0x5b, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ];
+    assert!(matches!(
+        frame::decode(&huge, MAX),
+        Err(FrameError::Truncated { .. })
+    ));
     // Deep nesting is bounded.
     let mut deep = vec![
         0xa2, 0x62, b'o', b'p', 0x01, 0x61, b't', 0x61, b'x', 0xa1, 0x61, b'k',

@@ -1,3 +1,18 @@
 //! The command line: argument definitions and one module per subcommand.
 
 pub mod bench;
+pub mod run;
+
+/// Logs to stderr through `tracing`, levels from `RUST_LOG` (default `info`), as text or JSON.
+pub fn init_logs(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}

@@ -3,6 +3,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// `host` with every character but ASCII letters, digits, `.` and `-` replaced by `_`, for file names.
+pub fn file_safe(host: &str) -> String {
+    host.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// A cursor file: one decimal number, replaced atomically (write, fsync, rename, fsync dir).
 #[derive(Debug, Clone)]
 pub struct CursorFile {

@@ -1,0 +1,254 @@
+//! `spillway run` and `spillway demo`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use spillway::config::Config;
+use spillway::pipeline::Pipeline;
+use spillway::source::relay::{LoopbackRelay, RelayConfig};
+
+/// The real frames the demo replays (copied from shared/fixtures/firehose).
+const DEMO_FRAMES: &[u8] = include_bytes!("../../tests/fixtures/frames.bin");
+
+/// Arguments of `spillway run`.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = CONFIG_HELP)]
+pub struct RunArgs {
+    /// A TOML configuration file (keys below); `SPILLWAY_<KEY>` environment variables override it.
+    #[arg(long, env = "SPILLWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print a progress line every N seconds (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub progress_secs: u64,
+}
+
+const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in the environment; units in the names):
+  data_dir = \"spillway-data\"          queues and relay cursors
+  relays = [\"wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos\"]   one source + queue each
+  start_cursor = <seq>                  resume here instead of the saved cursor (default: saved, else live)
+  memory_budget_bytes = 268435456       all event bytes in RAM, split between relays
+  disk_budget_bytes = 21474836480       spill logs on disk, split between relays
+  durability = \"periodic:100\"          every-batch | periodic:<ms> | manual
+  full_policy = \"block\"                block | drop_newest | drop_oldest (when the disk budget is full)
+  spill_mode = \"memory-first\"          memory-first | write-through
+  frame_bytes_max = 4194304             larger relay frames are dropped and logged
+  sink = \"redis\"                       redis | jsonl
+  redis_url = \"redis://127.0.0.1:6379\"
+  redis_stream = \"firehose_live\"       cursor key: <stream>:cursor:<host>
+  redis_high_water_events = 100000      pause writing at this XLEN (0: never)
+  redis_low_water_events = 50000        resume below it
+  jsonl_path = \"-\"                      - for stdout, or a file
+  sink_batch_events_max = 500           events per sink batch
+  sink_batch_bytes_max = 4194304        bytes per sink batch, about
+  backlog_alert_events = 0              lag that flips the backlog alert (0: off)
+  log_format = \"text\"                   text | json (RUST_LOG sets levels)";
+
+/// Arguments of `spillway demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Events per second the loopback relay sends.
+    #[arg(long, default_value_t = 20_000)]
+    pub relay_events_per_sec: u64,
+    /// Events per second the deliberately slow JSON-lines sink writes.
+    #[arg(long, default_value_t = 4_000)]
+    pub sink_events_per_sec: u64,
+    /// The queue's memory budget in MiB.
+    #[arg(long, default_value_t = 32)]
+    pub memory_budget_mib: u64,
+    /// Stop after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub seconds: u64,
+    /// Data directory (default: a fresh temporary one, removed at the end).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where the sink writes its JSON lines (default: /dev/null, the demo is about the queue).
+    #[arg(long, default_value = "/dev/null")]
+    pub jsonl_path: String,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Runs the pipeline until a signal, a fatal error or `deadline`, printing progress.
+async fn drive(
+    pipeline: Pipeline,
+    progress: Duration,
+    deadline: Option<Duration>,
+    relay: Option<&LoopbackRelay>,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(if progress.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        progress
+    });
+    tick.tick().await;
+    let mut last = (0u64, 0u64, Instant::now());
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let lanes: Vec<_> = pipeline
+        .lanes
+        .iter()
+        .map(|l| {
+            (
+                l.host.clone(),
+                l.queue.clone(),
+                l.source.clone(),
+                l.sink.clone(),
+            )
+        })
+        .collect();
+    let join = pipeline.join();
+    tokio::pin!(join);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = &mut join => return result.map_err(|e| e.to_string()),
+            _ = &mut signal, if !stopping => {
+                tracing::info!("signal received; stopping: sources stop reading, cursors are saved, queues flushed");
+                stopping = true;
+                STOP.with(|s| if let Some(s) = s.borrow().as_ref() { let _ = s.send(true); });
+            }
+            _ = tick.tick() => {
+                let (mut pushed, mut written) = (0, 0);
+                for (host, queue, source, sink) in &lanes {
+                    let stats = queue.stats();
+                    pushed += source.frames_total.load(Ordering::Relaxed);
+                    written += sink.events_total.load(Ordering::Relaxed);
+                    let elapsed = last.2.elapsed().as_secs_f64().max(1e-3);
+                    println!(
+                        "{:>6.1}s {host}: in {:>7.0}/s  out {:>7.0}/s  memory tier {:>5.1}/{:.1} MiB (budget {:.0} MiB, process RSS {:.0} MiB)  disk backlog {:>8} events {:>7.1} MiB  lag {:>8}  last seq {}{}{}",
+                        started.elapsed().as_secs_f64(),
+                        (source.frames_total.load(Ordering::Relaxed) - last.0.min(source.frames_total.load(Ordering::Relaxed))) as f64 / elapsed,
+                        (sink.events_total.load(Ordering::Relaxed) - last.1.min(sink.events_total.load(Ordering::Relaxed))) as f64 / elapsed,
+                        mib(stats.memory_bytes),
+                        mib(stats.memory_tier_bytes),
+                        mib(stats.memory_budget_bytes),
+                        mib(spillway::bench::rss::current_bytes()),
+                        stats.disk_events,
+                        mib(stats.disk_payload_bytes),
+                        stats.consumers.iter().map(|c| c.lag_events).max().unwrap_or(0),
+                        source.last_seq.load(Ordering::Relaxed),
+                        if sink.backpressure.load(Ordering::Relaxed) == 1 { "  [sink paused: backpressure]" } else { "" },
+                        if source.connected.load(Ordering::Relaxed) == 0 { "  [relay disconnected]" } else { "" },
+                    );
+                }
+                if let Some(relay) = relay {
+                    if relay.stats().consumer_too_slow.load(Ordering::Relaxed) > 0 {
+                        println!("        the relay dropped us as too slow {} times", relay.stats().consumer_too_slow.load(Ordering::Relaxed));
+                    }
+                }
+                last = (pushed, written, Instant::now());
+                if deadline.is_some_and(|d| started.elapsed() >= d) && !stopping {
+                    stopping = true;
+                    STOP.with(|s| if let Some(s) = s.borrow().as_ref() { let _ = s.send(true); });
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static STOP: std::cell::RefCell<Option<tokio::sync::watch::Sender<bool>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `spillway run`.
+pub fn run(args: &RunArgs) -> Result<(), String> {
+    let config = Config::load(args.config.as_deref(), std::env::vars())
+        .map_err(|e| format!("configuration: {e}"))?;
+    super::init_logs(config.log_format == "json");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(async {
+        let pipeline = Pipeline::start(&config, 0).map_err(|e| e.to_string())?;
+        STOP.with(|s| *s.borrow_mut() = Some(pipeline.stopper()));
+        drive(
+            pipeline,
+            Duration::from_secs(args.progress_secs),
+            None,
+            None,
+        )
+        .await
+    })
+}
+
+/// `spillway demo`.
+pub fn demo(args: &DemoArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(async {
+        let base_seq = 1_000_000;
+        let mut relay_config = RelayConfig::from_capture(DEMO_FRAMES, base_seq).map_err(|e| format!("demo frames: {e}"))?;
+        relay_config.events_per_sec = Some(args.relay_events_per_sec);
+        let relay = LoopbackRelay::start(relay_config).await.map_err(|e| format!("starting the loopback relay: {e}"))?;
+        let temp = match &args.data_dir {
+            Some(_) => None,
+            None => Some(tempfile_dir()?),
+        };
+        let data_dir = args.data_dir.clone().or_else(|| temp.as_ref().map(|t| t.0.clone())).ok_or("no data directory")?;
+        let config = Config {
+            data_dir: data_dir.clone(),
+            relays: vec![relay.url()],
+            start_cursor: Some(base_seq - 1),
+            memory_budget_bytes: args.memory_budget_mib * 1024 * 1024,
+            sink: "jsonl".into(),
+            jsonl_path: args.jsonl_path.clone(),
+            ..Config::default()
+        };
+        println!(
+            "spillway demo: a loopback relay sends real firehose frames at {}/s; a JSON-lines sink writes {}/s to {}; memory budget {} MiB; data in {}. Ctrl-C stops.",
+            args.relay_events_per_sec, args.sink_events_per_sec, args.jsonl_path, args.memory_budget_mib, data_dir.display()
+        );
+        let pipeline = Pipeline::start(&config, args.sink_events_per_sec).map_err(|e| e.to_string())?;
+        STOP.with(|s| *s.borrow_mut() = Some(pipeline.stopper()));
+        let deadline = (args.seconds > 0).then(|| Duration::from_secs(args.seconds));
+        let outcome = drive(pipeline, Duration::from_secs(1), deadline, Some(&relay)).await;
+        println!(
+            "stopped: the relay sent {} frames and dropped us as too slow {} times; its longest send wait was {} ms",
+            relay.stats().frames_sent.load(Ordering::Relaxed),
+            relay.stats().consumer_too_slow.load(Ordering::Relaxed),
+            relay.stats().max_send_wait_ms.load(Ordering::Relaxed)
+        );
+        drop(temp);
+        outcome
+    })
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> Result<TempDir, String> {
+    let path = std::env::temp_dir().join(format!("spillway-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
+    Ok(TempDir(path))
+}

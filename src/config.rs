@@ -1,0 +1,263 @@
+//! The binary's configuration: a TOML file, then `SPILLWAY_<KEY>` environment overrides.
+//!
+//! Every key is optional; the defaults are safe (bounded memory and disk, durable cursors).
+//! Unknown keys and out-of-range values are refused with the key named.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::queue::{FullPolicy, QueueConfig, SpillMode};
+use crate::sink::redis::RedisSinkConfig;
+use crate::source::firehose::FirehoseConfig;
+use crate::storage::{Backend, Durability};
+
+/// The whole configuration (see `spillway run --help` and the README for each key).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the queues and cursor files.
+    pub data_dir: PathBuf,
+    /// Relay URLs, one source task and queue each.
+    pub relays: Vec<String>,
+    /// Start cursor for every relay (default: the saved cursor, else live).
+    pub start_cursor: Option<u64>,
+    /// All event bytes in RAM, split evenly between relays.
+    pub memory_budget_bytes: u64,
+    /// Disk for the spill logs, split evenly between relays.
+    pub disk_budget_bytes: u64,
+    /// `every-batch`, `periodic:<ms>` or `manual`.
+    pub durability: String,
+    /// `block`, `drop_newest` or `drop_oldest`.
+    pub full_policy: String,
+    /// `memory-first` or `write-through`.
+    pub spill_mode: String,
+    /// Largest relay frame, in bytes.
+    pub frame_bytes_max: u64,
+    /// `redis` or `jsonl`.
+    pub sink: String,
+    /// The Redis URL.
+    pub redis_url: String,
+    /// The Redis stream.
+    pub redis_stream: String,
+    /// Pause writing at this XLEN (0: never).
+    pub redis_high_water_events: u64,
+    /// Resume below this XLEN.
+    pub redis_low_water_events: u64,
+    /// `-` for stdout, or a file path.
+    pub jsonl_path: String,
+    /// Events per sink batch at most.
+    pub sink_batch_events_max: u64,
+    /// Payload bytes per sink batch, about.
+    pub sink_batch_bytes_max: u64,
+    /// A consumer lagging more events than this flips the backlog alert (0: off).
+    pub backlog_alert_events: u64,
+    /// `text` or `json` logs on stderr.
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("spillway-data"),
+            relays: vec!["wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos".into()],
+            start_cursor: None,
+            memory_budget_bytes: 256 * 1024 * 1024,
+            disk_budget_bytes: 20 * 1024 * 1024 * 1024,
+            durability: "periodic:100".into(),
+            full_policy: "block".into(),
+            spill_mode: "memory-first".into(),
+            frame_bytes_max: 4 * 1024 * 1024,
+            sink: "redis".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_stream: "firehose_live".into(),
+            redis_high_water_events: 100_000,
+            redis_low_water_events: 50_000,
+            jsonl_path: "-".into(),
+            sink_batch_events_max: 500,
+            sink_batch_bytes_max: 4 * 1024 * 1024,
+            backlog_alert_events: 0,
+            log_format: "text".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML (after overrides) does not fit the keys and types.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, or the environment.
+        origin: String,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid {key}: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A part (queue, log) refused its settings; its message names the field.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The environment prefix of overrides: `SPILLWAY_MEMORY_BUDGET_BYTES=...`.
+pub const ENV_PREFIX: &str = "SPILLWAY_";
+
+impl Config {
+    /// Reads `path` (if any), applies `SPILLWAY_*` overrides from `env`, and validates.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        origin: p.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if matches!(key, "CONFIG" | "LOG") {
+                continue;
+            }
+            let key = key.to_ascii_lowercase();
+            // Numbers, booleans and arrays parse as TOML; anything else is a string.
+            let parsed = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"));
+            table.insert(key, parsed.unwrap_or(toml::Value::String(value)));
+        }
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: path.map_or("environment".into(), |p| {
+                        format!("{} + environment", p.display())
+                    }),
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.relays.is_empty() {
+            return invalid("relays", "at least one relay URL is needed".into());
+        }
+        for url in &self.relays {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return invalid("relays", format!("{url:?} is not a ws:// or wss:// URL"));
+            }
+        }
+        if !matches!(self.sink.as_str(), "redis" | "jsonl") {
+            return invalid("sink", format!("{:?}: expected redis or jsonl", self.sink));
+        }
+        if self.redis_high_water_events > 0
+            && self.redis_low_water_events >= self.redis_high_water_events
+        {
+            return invalid(
+                "redis_low_water_events",
+                format!(
+                    "{} must be below redis_high_water_events ({})",
+                    self.redis_low_water_events, self.redis_high_water_events
+                ),
+            );
+        }
+        if self.sink_batch_events_max == 0 || self.sink_batch_bytes_max == 0 {
+            return invalid(
+                "sink_batch_events_max",
+                "batch limits must be greater than zero".into(),
+            );
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return invalid(
+                "log_format",
+                format!("{:?}: expected text or json", self.log_format),
+            );
+        }
+        Durability::parse(&self.durability).map_err(|e| ConfigError::Refused(e.to_string()))?;
+        FullPolicy::parse(&self.full_policy).map_err(|e| ConfigError::Refused(e.to_string()))?;
+        if !matches!(self.spill_mode.as_str(), "memory-first" | "write-through") {
+            return invalid(
+                "spill_mode",
+                format!(
+                    "{:?}: expected memory-first or write-through",
+                    self.spill_mode
+                ),
+            );
+        }
+        for relay in 0..self.relays.len() {
+            self.queue_config(relay)
+                .validate()
+                .map_err(|e| ConfigError::Refused(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The queue configuration of each relay: an even share of the budgets.
+    pub fn queue_config(&self, _relay: usize) -> QueueConfig {
+        let share = self.relays.len().max(1) as u64;
+        let mut config = QueueConfig::new();
+        config.memory_budget_bytes = self.memory_budget_bytes / share;
+        config.log.backend = Backend::Segment;
+        config.log.disk_budget_bytes = self.disk_budget_bytes / share;
+        config.log.durability =
+            Durability::parse(&self.durability).unwrap_or(Durability::EveryBatch);
+        config.log.record_bytes_max = u32::try_from(self.frame_bytes_max + 16)
+            .unwrap_or(u32::MAX)
+            .min(crate::storage::record::RECORD_BYTES_LIMIT);
+        config.full_policy = FullPolicy::parse(&self.full_policy).unwrap_or(FullPolicy::Block);
+        config.spill_mode = if self.spill_mode == "write-through" {
+            SpillMode::WriteThrough
+        } else {
+            SpillMode::MemoryFirst
+        };
+        config.backlog_alert_events = self.backlog_alert_events;
+        config
+    }
+
+    /// The firehose settings of relay `index`.
+    pub fn firehose_config(&self, index: usize) -> FirehoseConfig {
+        let mut config = FirehoseConfig::new(self.relays[index].clone());
+        config.start_cursor = self.start_cursor;
+        config.frame_bytes_max = self.frame_bytes_max as usize;
+        config
+    }
+
+    /// The Redis sink settings.
+    pub fn redis_config(&self) -> RedisSinkConfig {
+        let mut config = RedisSinkConfig::new(self.redis_url.clone());
+        config.stream = self.redis_stream.clone();
+        config.cursor_key_prefix = format!("{}:cursor:", self.redis_stream);
+        config.high_water_events = self.redis_high_water_events;
+        config.low_water_events = self.redis_low_water_events;
+        config
+    }
+}

@@ -1,0 +1,201 @@
+//! Wiring: for each relay, source -> its own queue -> a sink consuming it; and shutdown.
+//!
+//! On shutdown the sources stop reading and save their cursors, the sinks finish the
+//! batch in hand (or leave it unacked), and the queues flush.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::queue::{QueueError, SpillQueue};
+use crate::sink::jsonl::{JsonlSink, JsonlTarget};
+use crate::sink::redis::RedisSink;
+use crate::sink::SinkStats;
+use crate::source::cursor::CursorFile;
+use crate::source::firehose::{self, SourceStats};
+
+/// The consumer name sinks read with.
+pub const SINK_CONSUMER: &str = "sink";
+
+/// One relay's running parts.
+pub struct Lane {
+    /// The relay host.
+    pub host: String,
+    /// Its queue.
+    pub queue: SpillQueue,
+    /// Its source's counters.
+    pub source: Arc<SourceStats>,
+    /// Its sink's counters.
+    pub sink: Arc<SinkStats>,
+}
+
+/// Why the pipeline could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    /// A queue failed to open.
+    #[error("opening the queue of {host}: {source}")]
+    Queue {
+        /// The relay host.
+        host: String,
+        /// Why.
+        source: QueueError,
+    },
+    /// A source stopped for good.
+    #[error(transparent)]
+    Source(#[from] firehose::SourceError),
+    /// The sink failed for good.
+    #[error("sink: {0}")]
+    Sink(String),
+}
+
+/// A started pipeline.
+pub struct Pipeline {
+    /// Per relay.
+    pub lanes: Vec<Lane>,
+    tasks: tokio::task::JoinSet<Result<(), PipelineError>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Pipeline {
+    /// Opens the queues and starts a source and a sink task per relay.
+    ///
+    /// # Errors
+    /// A queue that cannot open, or a sink that cannot be created.
+    pub fn start(config: &Config, sink_events_per_sec_max: u64) -> Result<Self, PipelineError> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut lanes = Vec::new();
+        for index in 0..config.relays.len() {
+            let firehose = config.firehose_config(index);
+            let host = firehose.host();
+            let dir = config
+                .data_dir
+                .join(format!("queue-{}", crate::source::cursor::file_safe(&host)));
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                PipelineError::Sink(format!("creating {}: {e}", config.data_dir.display()))
+            })?;
+            let queue = SpillQueue::open(&dir, config.queue_config(index)).map_err(|source| {
+                PipelineError::Queue {
+                    host: host.clone(),
+                    source,
+                }
+            })?;
+            let source_stats = Arc::new(SourceStats::default());
+            let sink_stats = Arc::new(SinkStats::default());
+            let cursor_file = CursorFile::for_host(&config.data_dir, &host);
+            {
+                let (queue, stats, stopped) =
+                    (queue.clone(), Arc::clone(&source_stats), stopped.clone());
+                tasks.spawn(async move {
+                    firehose::run(firehose, queue, cursor_file, stats, stopped)
+                        .await
+                        .map_err(PipelineError::from)
+                });
+            }
+            let mut consumer =
+                queue
+                    .consumer(SINK_CONSUMER)
+                    .map_err(|source| PipelineError::Queue {
+                        host: host.clone(),
+                        source,
+                    })?;
+            let (batch_events, batch_bytes) = (
+                config.sink_batch_events_max as usize,
+                config.sink_batch_bytes_max,
+            );
+            let (stats, mut stopped) = (Arc::clone(&sink_stats), stopped.clone());
+            if config.sink == "redis" {
+                let mut sink = RedisSink::new(config.redis_config(), &host)
+                    .map_err(|e| PipelineError::Sink(e.to_string()))?;
+                tasks.spawn(async move {
+                    loop {
+                        let batch = tokio::select! {
+                            b = consumer.next_batch(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
+                            _ = stopped.changed() => return Ok(()),
+                        };
+                        if !sink.write(&batch, &stats, &stopped).await {
+                            return Ok(());
+                        }
+                        ack(&consumer, &batch, &stats)?;
+                    }
+                });
+            } else {
+                let target = if config.jsonl_path == "-" {
+                    JsonlTarget::Stdout
+                } else {
+                    JsonlTarget::File(config.jsonl_path.clone().into())
+                };
+                let mut sink = JsonlSink::open(&target, sink_events_per_sec_max)
+                    .map_err(|e| PipelineError::Sink(format!("opening {target:?}: {e}")))?;
+                tasks.spawn(async move {
+                    loop {
+                        let batch = tokio::select! {
+                            b = consumer.next_batch(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
+                            _ = stopped.changed() => return Ok(()),
+                        };
+                        sink.write(&batch).await.map_err(|e| PipelineError::Sink(format!("writing JSON lines: {e}")))?;
+                        ack(&consumer, &batch, &stats)?;
+                    }
+                });
+            }
+            lanes.push(Lane {
+                host,
+                queue,
+                source: source_stats,
+                sink: sink_stats,
+            });
+        }
+        Ok(Pipeline { lanes, tasks, stop })
+    }
+
+    /// Asks every task to stop.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// A handle that stops the pipeline from elsewhere (a signal handler, a timer).
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+
+    /// Waits for the first task to end with an error, or for all of them after a stop.
+    pub async fn join(mut self) -> Result<(), PipelineError> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let result = joined
+                .map_err(|e| PipelineError::Sink(format!("a task panicked: {e}")))
+                .and_then(|r| r);
+            if let Err(error) = result {
+                tracing::error!(%error, "pipeline task failed; stopping the others");
+                let _ = self.stop.send(true);
+                first_error.get_or_insert(error);
+            }
+        }
+        for lane in &self.lanes {
+            if let Err(error) = lane.queue.flush() {
+                tracing::error!(%error, host = %lane.host, "flushing the queue on shutdown failed");
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn ack(
+    consumer: &crate::queue::Consumer,
+    batch: &[crate::queue::Delivery],
+    stats: &SinkStats,
+) -> Result<(), PipelineError> {
+    if let Some(last) = batch.last() {
+        consumer
+            .ack(last.seq)
+            .map_err(|e| PipelineError::Sink(format!("acking: {e}")))?;
+        stats
+            .events_total
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.batches_total.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}

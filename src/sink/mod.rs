@@ -1,0 +1,66 @@
+//! Sinks: where delivered events go. Each consumes one queue cursor in bounded batches,
+//! writes a batch, and only then acks it, so a failed write loses nothing.
+
+pub mod jsonl;
+pub mod redis;
+
+use std::sync::atomic::AtomicU64;
+
+use crate::queue::Delivery;
+use crate::source::frame;
+
+/// Counters of one sink, shared with metrics.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Events written and acked.
+    pub events_total: AtomicU64,
+    /// Batches written.
+    pub batches_total: AtomicU64,
+    /// Write attempts that failed (retried).
+    pub failures_total: AtomicU64,
+    /// 1 while paused for backpressure (the stream above its high-water mark).
+    pub backpressure: AtomicU64,
+    /// Milliseconds since the epoch of the first failure of the current outage (0: healthy).
+    pub failing_since_ms: AtomicU64,
+}
+
+/// The fields every sink writes for an event, read from its frame header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFields {
+    /// The relay seq.
+    pub seq: u64,
+    /// The frame type (`#commit`, ...; `error` for error frames).
+    pub kind: String,
+    /// `repo`/`did`, empty if absent.
+    pub did: String,
+}
+
+impl EventFields {
+    /// Reads the fields of a delivered frame; a frame that no longer decodes keeps its seq.
+    pub fn of(delivery: &Delivery) -> Self {
+        match frame::decode(&delivery.payload, usize::MAX) {
+            Ok(frame::Frame::Message { kind, did, seq, .. }) => EventFields {
+                seq: seq.unwrap_or(delivery.position),
+                kind,
+                did: did.unwrap_or_default(),
+            },
+            Ok(frame::Frame::Error { .. }) | Err(_) => EventFields {
+                seq: delivery.position,
+                kind: "unknown".into(),
+                did: String::new(),
+            },
+        }
+    }
+}
+
+/// Bounded exponential backoff for retries: `min_ms`, doubling, capped at `max_ms`.
+pub fn retry_delay(min_ms: u64, max_ms: u64, attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(min_ms.saturating_mul(1u64 << attempt.min(20)).min(max_ms))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,260 @@
+//! The Redis stream sink: one `MULTI`/`EXEC` round trip per batch (an `XADD` per event
+//! with fields `seq`, `type`, `did`, `frame`, plus the host's cursor key), then the ack.
+//!
+//! Backpressure as the story's ingester meant it, done right: when `XLEN` reaches the
+//! high-water mark the sink stops writing and polls until it falls below the low-water
+//! mark, **holding the batch in hand** (the original dropped it). Events keep spilling
+//! to disk meanwhile. A Redis that is down or failing is retried with bounded
+//! exponential backoff; events stay in the queue; one log line per interval says so.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+
+use super::{now_ms, retry_delay, EventFields, SinkStats};
+use crate::queue::Delivery;
+
+/// The Redis sink's settings.
+#[derive(Debug, Clone)]
+pub struct RedisSinkConfig {
+    /// `redis://HOST:PORT[/DB]`.
+    pub url: String,
+    /// The stream written to.
+    pub stream: String,
+    /// The key holding the last seq written, `{cursor_key_prefix}{host}`.
+    pub cursor_key_prefix: String,
+    /// Stop writing at this `XLEN` (0: no backpressure).
+    pub high_water_events: u64,
+    /// Resume below this `XLEN`.
+    pub low_water_events: u64,
+    /// Interval between `XLEN` polls while paused.
+    pub backpressure_poll_ms: u64,
+    /// First retry delay after a failure, doubled up to the max.
+    pub retry_delay_min_ms: u64,
+    /// Longest retry delay.
+    pub retry_delay_max_ms: u64,
+    /// One round trip may take this long before it counts as failed.
+    pub command_timeout_ms: u64,
+    /// Interval between repeated log lines about the same outage or pause.
+    pub log_interval_ms: u64,
+}
+
+impl RedisSinkConfig {
+    /// Defaults for `url`: stream `firehose_live`, high/low water 100,000 / 50,000.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisSinkConfig {
+            url: url.into(),
+            stream: "firehose_live".into(),
+            cursor_key_prefix: "firehose_live:cursor:".into(),
+            high_water_events: 100_000,
+            low_water_events: 50_000,
+            backpressure_poll_ms: 200,
+            retry_delay_min_ms: 100,
+            retry_delay_max_ms: 10_000,
+            command_timeout_ms: 10_000,
+            log_interval_ms: 10_000,
+        }
+    }
+}
+
+/// The sink.
+pub struct RedisSink {
+    config: RedisSinkConfig,
+    client: redis::Client,
+    connection: Option<MultiplexedConnection>,
+    host: String,
+}
+
+/// A Redis failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("redis at {url}: {what}: {reason}")]
+pub struct RedisSinkError {
+    url: String,
+    what: &'static str,
+    reason: String,
+}
+
+impl RedisSink {
+    /// Creates the sink for events of relay `host` (the URL is checked, no connection yet).
+    ///
+    /// # Errors
+    /// A malformed URL.
+    pub fn new(config: RedisSinkConfig, host: &str) -> Result<Self, RedisSinkError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| RedisSinkError {
+            url: config.url.clone(),
+            what: "parsing the URL",
+            reason: e.to_string(),
+        })?;
+        Ok(RedisSink {
+            config,
+            client,
+            connection: None,
+            host: host.to_string(),
+        })
+    }
+
+    fn error(&self, what: &'static str, reason: impl ToString) -> RedisSinkError {
+        RedisSinkError {
+            url: self.config.url.clone(),
+            what,
+            reason: reason.to_string(),
+        }
+    }
+
+    async fn connection(&mut self) -> Result<MultiplexedConnection, RedisSinkError> {
+        if let Some(c) = &self.connection {
+            return Ok(c.clone());
+        }
+        let timeout = Duration::from_millis(self.config.command_timeout_ms);
+        let connected =
+            tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection()).await;
+        let connection = match connected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(self.error("connecting", e)),
+            Err(_) => return Err(self.error("connecting", "timed out")),
+        };
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    async fn xlen(&mut self) -> Result<u64, RedisSinkError> {
+        let mut c = self.connection().await?;
+        let timeout = Duration::from_millis(self.config.command_timeout_ms);
+        match tokio::time::timeout(
+            timeout,
+            redis::cmd("XLEN")
+                .arg(&self.config.stream)
+                .query_async::<u64>(&mut c),
+        )
+        .await
+        {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(self.error("XLEN", e)),
+            Err(_) => Err(self.error("XLEN", "timed out")),
+        }
+    }
+
+    async fn write_once(&mut self, batch: &[Delivery]) -> Result<(), RedisSinkError> {
+        let mut c = self.connection().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut last_seq = 0;
+        for delivery in batch {
+            let fields = EventFields::of(delivery);
+            last_seq = fields.seq;
+            pipe.cmd("XADD")
+                .arg(&self.config.stream)
+                .arg("*")
+                .arg("seq")
+                .arg(fields.seq)
+                .arg("type")
+                .arg(&fields.kind)
+                .arg("did")
+                .arg(&fields.did)
+                .arg("frame")
+                .arg(&delivery.payload[..])
+                .ignore();
+        }
+        pipe.cmd("SET")
+            .arg(format!("{}{}", self.config.cursor_key_prefix, self.host))
+            .arg(last_seq)
+            .ignore();
+        let timeout = Duration::from_millis(self.config.command_timeout_ms);
+        match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut c)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.error("MULTI/EXEC of XADDs", e)),
+            Err(_) => Err(self.error("MULTI/EXEC of XADDs", "timed out")),
+        }
+    }
+
+    /// Writes the batch, waiting out backpressure and retrying failures until it is written
+    /// or `stop` says so; returns false if stopped before writing (the batch is then not acked).
+    pub async fn write(
+        &mut self,
+        batch: &[Delivery],
+        stats: &SinkStats,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let mut attempt = 0u32;
+        let mut last_log: Option<Instant> = None;
+        let log_every = Duration::from_millis(self.config.log_interval_ms);
+        loop {
+            if *stop.borrow() {
+                return false;
+            }
+            let outcome = match self.wait_below_high_water(stats, stop).await {
+                Ok(true) => self.write_once(batch).await,
+                Ok(false) => return false,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
+                    if stats.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
+                        tracing::info!(stream = %self.config.stream, "redis writes recovered");
+                    }
+                    return true;
+                }
+                Err(error) => {
+                    stats.failures_total.fetch_add(1, Ordering::Relaxed);
+                    let _ = stats.failing_since_ms.compare_exchange(
+                        0,
+                        now_ms(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    // A broken connection is rebuilt on the next attempt.
+                    self.connection = None;
+                    let delay = retry_delay(
+                        self.config.retry_delay_min_ms,
+                        self.config.retry_delay_max_ms,
+                        attempt,
+                    );
+                    if last_log.is_none_or(|at| at.elapsed() >= log_every) {
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, batch_events = batch.len(), "redis write failed; the batch stays in the queue and is retried");
+                        last_log = Some(Instant::now());
+                    }
+                    attempt = attempt.saturating_add(1);
+                    let mut stop = stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.changed() => return false,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits while `XLEN` is at or above the high-water mark, until it falls below the low-water mark.
+    async fn wait_below_high_water(
+        &mut self,
+        stats: &SinkStats,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, RedisSinkError> {
+        if self.config.high_water_events == 0 {
+            return Ok(true);
+        }
+        let mut length = self.xlen().await?;
+        if length < self.config.high_water_events {
+            return Ok(true);
+        }
+        stats.backpressure.store(1, Ordering::Relaxed);
+        tracing::warn!(stream = %self.config.stream, xlen = length, high_water = self.config.high_water_events, low_water = self.config.low_water_events, "stream above its high-water mark; pausing writes (events keep spilling to disk)");
+        let mut last_log = Instant::now();
+        while length >= self.config.low_water_events {
+            let mut stop = stop.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(self.config.backpressure_poll_ms)) => {}
+                _ = stop.changed() => { stats.backpressure.store(0, Ordering::Relaxed); return Ok(false) }
+            }
+            length = self.xlen().await?;
+            if last_log.elapsed() >= Duration::from_millis(self.config.log_interval_ms) {
+                tracing::info!(stream = %self.config.stream, xlen = length, "still paused for backpressure");
+                last_log = Instant::now();
+            }
+        }
+        stats.backpressure.store(0, Ordering::Relaxed);
+        tracing::info!(stream = %self.config.stream, xlen = length, "stream below its low-water mark; writing again");
+        Ok(true)
+    }
+}
