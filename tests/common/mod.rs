@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod counting_alloc;
+pub mod fixture;
 pub mod memory_case;
+pub mod redis_server;
 
 use spillway::queue::{QueueConfig, SpillMode};
 use spillway::storage::{Backend, Durability};
