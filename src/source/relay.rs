@@ -114,7 +114,7 @@ impl LoopbackRelay {
                         _ = stopped_accept.changed() => return,
                     };
                     let Ok((stream, _)) = accepted else { continue };
-                    stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let generation = stats.connections.fetch_add(1, Ordering::Relaxed) + 1;
                     let (config, stats, fired, stopped) = (
                         Arc::clone(&config),
                         Arc::clone(&stats),
@@ -122,8 +122,10 @@ impl LoopbackRelay {
                         stopped.clone(),
                     );
                     tokio::spawn(async move {
-                        if let Err(error) =
-                            serve(stream, &config, &stats, &fired, started, stopped).await
+                        if let Err(error) = serve(
+                            stream, &config, &stats, &fired, started, stopped, generation,
+                        )
+                        .await
                         {
                             tracing::debug!(%error, "loopback relay connection ended");
                         }
@@ -168,6 +170,7 @@ async fn serve(
     fired: &[AtomicBool],
     started: Instant,
     mut stopped: watch::Receiver<bool>,
+    generation: u64,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut cursor: Option<u64> = None;
     let callback = |request: &Request, response: Response| {
@@ -228,19 +231,33 @@ async fn serve(
             tokio::time::sleep(Duration::from_millis(2)).await;
             continue;
         }
+        // A client that closed (or vanished) ends this connection: a stale sender must not
+        // run ahead, and must not use up the faults meant for the live connection.
+        match futures_util::FutureExt::now_or_never(socket.next()) {
+            Some(None) | Some(Some(Err(_))) | Some(Some(Ok(Message::Close(_)))) => return Ok(()),
+            _ => {}
+        }
         let template =
             &config.frames[((seq - config.base_seq) % config.frames.len() as u64) as usize];
         let mut bytes = template.to_vec();
         frame::rewrite_seq(&mut bytes, seq)?;
+        // Faults belong to the newest connection: an older one still sending after its
+        // client left must not use them up.
+        let newest = stats.connections.load(Ordering::Relaxed) == generation;
+        let mut corrupt = false;
         if let Some(i) = config.faults.iter().position(|(at, _)| *at == seq) {
-            if !fired[i].swap(true, Ordering::SeqCst) {
+            if newest && !fired[i].swap(true, Ordering::SeqCst) {
                 match &config.faults[i].1 {
                     Fault::Garbage => {
                         bytes = (0..200u32)
                             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-                            .collect()
+                            .collect();
+                        corrupt = true;
                     }
-                    Fault::Truncated => bytes.truncate(bytes.len() / 2),
+                    Fault::Truncated => {
+                        bytes.truncate(bytes.len() / 2);
+                        corrupt = true;
+                    }
                     Fault::Oversized(len) => bytes.resize(*len, 0),
                     Fault::ErrorFrame(name) => {
                         socket
@@ -276,6 +293,11 @@ async fn serve(
             }
         }
         stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+        if corrupt {
+            // The client drops a connection that sent a corrupt frame; end it here too, so
+            // this sender does not run ahead into the faults meant for the next connection.
+            return Ok(());
+        }
         seq += 1;
     }
 }

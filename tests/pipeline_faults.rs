@@ -1,0 +1,309 @@
+//! Bad input from the relay and an unreachable Redis: a clear log line or error each, and
+//! nothing lost that the relay can give again.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::redis_server::{take_seqs, RedisServer};
+use spillway::config::Config;
+use spillway::pipeline::{Pipeline, PipelineError};
+use spillway::source::firehose::SourceError;
+use spillway::source::relay::{Fault, LoopbackRelay, RelayConfig};
+
+const BASE_SEQ: u64 = 50_000_000_000;
+
+fn jsonl_config(dir: &std::path::Path, relay: &LoopbackRelay, out: &std::path::Path) -> Config {
+    Config {
+        data_dir: dir.to_path_buf(),
+        relays: vec![relay.url()],
+        start_cursor: Some(BASE_SEQ - 1),
+        memory_budget_bytes: 32 * 1024 * 1024,
+        sink: "jsonl".into(),
+        jsonl_path: out.display().to_string(),
+        ..Config::default()
+    }
+}
+
+fn seqs_in(out: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let rest = line
+                .strip_prefix("{\"seq\":")
+                .expect("a JSON line starting with seq");
+            rest[..rest.find(',').expect("comma")].parse().expect("seq")
+        })
+        .collect()
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_dropped_connections_lose_nothing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("spillway=info")
+        .with_test_writer()
+        .try_init();
+    let total = 3_000;
+    let mut relay_config =
+        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
+    relay_config.total_events = Some(total);
+    relay_config.faults = vec![
+        (BASE_SEQ + 500, Fault::Garbage),
+        (BASE_SEQ + 1_200, Fault::Truncated),
+        (BASE_SEQ + 1_800, Fault::DropConnection),
+        (
+            BASE_SEQ + 2_400,
+            Fault::ErrorFrame("ConsumerTooSlow".into()),
+        ),
+    ];
+    let relay = LoopbackRelay::start(relay_config).await.expect("relay");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    let mut config = jsonl_config(dir.path(), &relay, &out);
+    config.data_dir = dir.path().join("data");
+    let pipeline = Pipeline::start(&config, 0).expect("pipeline");
+    let (stop, source) = (pipeline.stopper(), pipeline.lanes[0].source.clone());
+    let running = tokio::spawn(pipeline.join());
+    wait_for("every event in the file", || {
+        seqs_in(&out).len() as u64 >= total
+    })
+    .await;
+    let _ = stop.send(true);
+    running.await.expect("join").expect("clean stop");
+    let seqs = seqs_in(&out);
+    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(unique.len() as u64, total, "every seq arrived");
+    assert_eq!(unique.first(), Some(&BASE_SEQ));
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates: the source resumes after the last frame it pushed"
+    );
+    assert_eq!(
+        source.decode_errors_total.load(Ordering::Relaxed),
+        2,
+        "garbage and truncation were seen"
+    );
+    assert_eq!(source.error_frames_total.load(Ordering::Relaxed), 1);
+    let reconnects = source.reconnects_total.load(Ordering::Relaxed);
+    println!(
+        "reconnects {reconnects}, relay connections {}",
+        relay.stats().connections.load(Ordering::Relaxed)
+    );
+    assert!(reconnects >= 4, "each fault cost a reconnect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_dropped_counted_and_the_rest_arrives() {
+    let total = 400;
+    let mut relay_config =
+        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
+    relay_config.total_events = Some(total);
+    relay_config.faults = vec![(BASE_SEQ + 100, Fault::Oversized(200_000))];
+    let relay = LoopbackRelay::start(relay_config).await.expect("relay");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    let mut config = jsonl_config(dir.path(), &relay, &out);
+    config.frame_bytes_max = 100_000;
+    config.data_dir = dir.path().join("data");
+    let pipeline = Pipeline::start(&config, 0).expect("pipeline");
+    let (stop, source) = (pipeline.stopper(), pipeline.lanes[0].source.clone());
+    let running = tokio::spawn(pipeline.join());
+    wait_for("the frames after the oversized one", || {
+        seqs_in(&out).last() == Some(&(BASE_SEQ + total - 1))
+    })
+    .await;
+    let _ = stop.send(true);
+    running.await.expect("join").expect("clean stop");
+    let seqs: BTreeSet<u64> = seqs_in(&out).into_iter().collect();
+    assert_eq!(source.oversized_total.load(Ordering::Relaxed), 1);
+    assert!(
+        !seqs.contains(&(BASE_SEQ + 100)),
+        "the oversized frame is dropped (and logged with its seq)"
+    );
+    assert_eq!(seqs.len() as u64, total - 1, "everything else arrives");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_future_cursor_stops_the_source_with_an_error_naming_the_cursor_file() {
+    let mut relay_config =
+        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
+    relay_config.total_events = Some(10);
+    let relay = LoopbackRelay::start(relay_config).await.expect("relay");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    let mut config = jsonl_config(dir.path(), &relay, &out);
+    config.start_cursor = Some(BASE_SEQ + 1_000);
+    let pipeline = Pipeline::start(&config, 0).expect("pipeline");
+    let outcome = tokio::time::timeout(Duration::from_secs(30), pipeline.join())
+        .await
+        .expect("it stops by itself");
+    match outcome {
+        Err(PipelineError::Source(SourceError::FutureCursor {
+            cursor,
+            cursor_file,
+            ..
+        })) => {
+            assert_eq!(cursor, Some(BASE_SEQ + 1_000));
+            assert!(cursor_file.contains("cursor-"), "{cursor_file}");
+        }
+        other => panic!("expected FutureCursor, got {other:?}"),
+    }
+    assert_eq!(
+        relay.stats().connections.load(Ordering::Relaxed),
+        1,
+        "not retried in a loop"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_keeps_events_queued_until_it_comes_up() {
+    let total = 5_000;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut relay_config =
+        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
+    relay_config.total_events = Some(total);
+    let relay = LoopbackRelay::start(relay_config).await.expect("relay");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        relays: vec![relay.url()],
+        start_cursor: Some(BASE_SEQ - 1),
+        memory_budget_bytes: 32 * 1024 * 1024,
+        redis_url: format!("redis://127.0.0.1:{port}"),
+        ..Config::default()
+    };
+    let pipeline = Pipeline::start(&config, 0).expect("pipeline");
+    let (stop, queue, source, sink) = (
+        pipeline.stopper(),
+        pipeline.lanes[0].queue.clone(),
+        pipeline.lanes[0].source.clone(),
+        pipeline.lanes[0].sink.clone(),
+    );
+    let running = tokio::spawn(pipeline.join());
+    wait_for("every frame received while Redis is down", || {
+        source.frames_total.load(Ordering::Relaxed) == total
+    })
+    .await;
+    wait_for("a failed write", || {
+        sink.failures_total.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert_eq!(
+        sink.events_total.load(Ordering::Relaxed),
+        0,
+        "nothing acked while Redis is down"
+    );
+    assert!(sink.failing_since_ms.load(Ordering::Relaxed) > 0);
+    assert_eq!(queue.stats().consumers[0].acked_seq_next, 0);
+
+    let redis = RedisServer::start_on(port);
+    let url = redis.url();
+    let seqs = tokio::task::spawn_blocking(move || {
+        let mut c = redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .expect("connection");
+        let started = Instant::now();
+        let mut seqs = Vec::new();
+        while (seqs.len() as u64) < total {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "only {} arrived after Redis came up",
+                seqs.len()
+            );
+            let got = take_seqs(&mut c, "firehose_live", 1_000);
+            if got.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seqs.extend(got);
+        }
+        seqs
+    })
+    .await
+    .expect("drain");
+    assert_eq!(
+        seqs,
+        (BASE_SEQ..BASE_SEQ + total).collect::<Vec<_>>(),
+        "every event, in order, once"
+    );
+    assert_eq!(
+        sink.failing_since_ms.load(Ordering::Relaxed),
+        0,
+        "recovered"
+    );
+    let _ = stop.send(true);
+    running.await.expect("join").expect("clean stop");
+}
+
+#[test]
+fn bad_configuration_values_are_refused_with_the_key_named() {
+    let cases = [
+        ("SPILLWAY_FULL_POLICY", "sometimes", "full_policy"),
+        ("SPILLWAY_SINK", "kafka", "sink"),
+        ("SPILLWAY_RELAYS", "[\"http://example\"]", "relays"),
+        (
+            "SPILLWAY_REDIS_LOW_WATER_EVENTS",
+            "200000",
+            "redis_low_water_events",
+        ),
+        (
+            "SPILLWAY_MEMORY_BUDGET_BYTES",
+            "1000",
+            "memory_budget_bytes",
+        ),
+        ("SPILLWAY_DURABILITY", "sometimes", "durability"),
+        (
+            "SPILLWAY_MEMORY_BUDGET_BYTES",
+            "lots",
+            "memory_budget_bytes",
+        ),
+        ("SPILLWAY_NO_SUCH_KEY", "1", "no_such_key"),
+    ];
+    for (name, value, key) in cases {
+        let error = Config::load(None, [(name.to_string(), value.to_string())])
+            .expect_err(name)
+            .to_string();
+        assert!(error.contains(key), "{name}={value}: {error}");
+    }
+    let ok = Config::load(
+        None,
+        [(
+            "SPILLWAY_MEMORY_BUDGET_BYTES".to_string(),
+            "134217728".to_string(),
+        )],
+    )
+    .expect("valid");
+    assert_eq!(ok.memory_budget_bytes, 134_217_728);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("spillway.toml");
+    std::fs::write(&file, "sink = \"jsonl\"\nmemory_budget_bytes = 100000000\n").expect("write");
+    let from_file = Config::load(
+        Some(&file),
+        [(
+            "SPILLWAY_MEMORY_BUDGET_BYTES".to_string(),
+            "90000000".to_string(),
+        )],
+    )
+    .expect("file + env");
+    assert_eq!(
+        (from_file.sink.as_str(), from_file.memory_budget_bytes),
+        ("jsonl", 90_000_000),
+        "the environment overrides the file"
+    );
+}
