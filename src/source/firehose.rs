@@ -54,7 +54,7 @@ impl FirehoseConfig {
             reconnect_delay_max_ms: 30_000,
             ping_interval_ms: 15_000,
             idle_timeout_ms: 60_000,
-            cursor_save_interval_ms: 1_000,
+            cursor_save_interval_ms: 250,
         }
     }
 
@@ -140,6 +140,11 @@ pub async fn run(
         queue
             .begin_replay(c)
             .map_err(|e| SourceError::Queue(e.to_string()))?;
+        // Persist the starting point before the first connection: a crash before the first
+        // periodic save must resume here, not live (which would skip what the relay sent).
+        if saved != Some(c) {
+            cursor_file.save(c)?;
+        }
     }
     tracing::info!(host = %host, cursor = ?cursor, "firehose source starting");
     let mut failures = 0u32;
