@@ -37,6 +37,8 @@ enum BenchCommand {
     /// One phase of `bench queue` in its own process (used by `bench queue` itself).
     #[command(hide = true)]
     QueuePhase(cli::bench::QueuePhaseArgs),
+    /// End to end: loopback relay -> spillway -> redis-server against redis-benchmark's ceiling.
+    E2e(cli::bench::E2eBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(BenchCommand::LogPhase(args)) => cli::bench::run_log_phase(args),
         Command::Bench(BenchCommand::Queue(args)) => cli::bench::run_queue(args),
         Command::Bench(BenchCommand::QueuePhase(args)) => cli::bench::run_queue_phase(args),
+        Command::Bench(BenchCommand::E2e(args)) => cli::bench::run_e2e(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

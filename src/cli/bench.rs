@@ -558,3 +558,193 @@ pub fn run_queue(args: &QueueBenchArgs) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Arguments of `spillway bench e2e`.
+#[derive(Debug, clap::Args)]
+pub struct E2eBenchArgs {
+    /// Events sent by the loopback relay (the real frames, looped).
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// The redis-server binary to start on a free loopback port.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: String,
+    /// The redis-benchmark binary that measures the sink's ceiling.
+    #[arg(long, default_value = "redis-benchmark")]
+    pub redis_benchmark: String,
+    /// The queue's memory budget in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub budget_mib: u64,
+}
+
+/// A redis-server child and its scratch directory (kept alive with it, removed after it).
+struct RedisChild(std::process::Child, #[allow(dead_code)] tempfile_like::Dir);
+
+mod tempfile_like {
+    /// A scratch directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis(binary: &str, port: u16) -> std::io::Result<RedisChild> {
+    let dir = std::env::temp_dir().join(format!("spillway-bench-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let child = std::process::Command::new(binary)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "starting {binary}: {e} (apt-get install redis-server)"
+            ))
+        })?;
+    let redis = RedisChild(child, tempfile_like::Dir(dir));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(redis);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(std::io::Error::other("redis-server did not start"))
+}
+
+/// `redis-benchmark -P 64` of XADD with a payload of `payload_bytes`: the sink's ceiling in events/s.
+fn redis_ceiling(
+    benchmark: &str,
+    port: u16,
+    events: u64,
+    payload_bytes: usize,
+) -> std::io::Result<f64> {
+    let payload = "x".repeat(payload_bytes);
+    let output = std::process::Command::new(benchmark)
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-P",
+            "64",
+            "-n",
+            &events.to_string(),
+            "--csv",
+            "XADD",
+            "ceiling",
+            "*",
+            "frame",
+            &payload,
+        ])
+        .output()
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "running {benchmark}: {e} (apt-get install redis-tools)"
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // CSV: "test","rps",...; the second line's second field.
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.split(',').nth(1))
+        .and_then(|field| field.trim_matches('"').parse::<f64>().ok())
+        .ok_or_else(|| std::io::Error::other(format!("unexpected redis-benchmark output: {text}")))
+}
+
+/// Relay -> spillway -> Redis on loopback against redis-benchmark's ceiling, measured in the same run.
+pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
+    use spillway::config::Config;
+    use spillway::pipeline::Pipeline;
+    use spillway::source::relay::{LoopbackRelay, RelayConfig};
+    use std::sync::atomic::Ordering;
+
+    const FRAMES: &[u8] = include_bytes!("../../tests/fixtures/frames.bin");
+    let frames = spillway::source::frame::split_capture(FRAMES, usize::MAX)
+        .map_err(std::io::Error::other)?;
+    let mean_bytes = frames.iter().map(|f| f.len()).sum::<usize>() / frames.len();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let redis = start_redis(&args.redis_server, port)?;
+    let ceiling = redis_ceiling(&args.redis_benchmark, port, args.events, mean_bytes)?;
+    drop(redis);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let _redis = start_redis(&args.redis_server, port)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let data = std::env::temp_dir().join(format!("spillway-bench-e2e-{}", std::process::id()));
+    let _data = tempfile_like::Dir(data.clone());
+    let (seconds, peak_rss) = runtime.block_on(async {
+        let base = 1_000_000_000;
+        let mut relay_config =
+            RelayConfig::from_capture(FRAMES, base).map_err(std::io::Error::other)?;
+        relay_config.total_events = Some(args.events);
+        let relay = LoopbackRelay::start(relay_config).await?;
+        let config = Config {
+            data_dir: data.clone(),
+            relays: vec![relay.url()],
+            start_cursor: Some(base - 1),
+            memory_budget_bytes: args.budget_mib << 20,
+            redis_url: format!("redis://127.0.0.1:{port}"),
+            redis_high_water_events: 0,
+            ..Config::default()
+        };
+        spillway::bench::rss::reset_peak();
+        let started = std::time::Instant::now();
+        let pipeline = Pipeline::start(&config, 0).map_err(std::io::Error::other)?;
+        let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
+        let running = tokio::spawn(pipeline.join());
+        while sink.events_total.load(Ordering::Relaxed) < args.events {
+            if started.elapsed() > std::time::Duration::from_secs(600) {
+                return Err(std::io::Error::other(
+                    "the end-to-end run did not finish in 10 minutes",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let peak = spillway::bench::rss::peak_bytes();
+        let _ = stop.send(true);
+        let _ = running.await;
+        Ok::<_, std::io::Error>((seconds, peak))
+    })?;
+    let rate = args.events as f64 / seconds;
+    println!("end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {mean_bytes} B), batches of 500 in MULTI/EXEC", args.events);
+    println!("{:<44} {:>12} {:>8}", "", "events/s", "ratio");
+    println!(
+        "{:<44} {:>12.0} {:>7.2}x",
+        "redis-benchmark -P 64 XADD (the ceiling)", ceiling, 1.0
+    );
+    println!(
+        "{:<44} {:>12.0} {:>7.2}x   peak RSS {:.1} MiB (budget {} MiB)",
+        "spillway relay -> queue -> Redis stream",
+        rate,
+        rate / ceiling,
+        mib(peak_rss),
+        args.budget_mib
+    );
+    Ok(())
+}
