@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::counting_alloc::{self, CountingAlloc};
-use common::redis_server::{take_seqs, RedisServer};
+use common::redis_server::{drain_seqs, RedisServer};
 use spillway::config::Config;
 use spillway::pipeline::Pipeline;
 use spillway::source::relay::{LoopbackRelay, RelayConfig};
@@ -80,26 +80,9 @@ async fn two_hundred_thousand_events_arrive_in_order_through_backpressure() {
 
     // Now drain the stream like a downstream indexer.
     let mut next = BASE_SEQ;
-    let drain_started = Instant::now();
     let url = redis.url();
     let collected = tokio::task::spawn_blocking(move || {
-        let mut c = redis::Client::open(url)
-            .and_then(|c| c.get_connection())
-            .expect("connection");
-        let mut seqs = Vec::new();
-        while (seqs.len() as u64) < EVENTS {
-            let got = take_seqs(&mut c, "firehose_live", 2_000);
-            if got.is_empty() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            seqs.extend(got);
-            assert!(
-                drain_started.elapsed() < Duration::from_secs(300),
-                "only {} of {EVENTS} arrived",
-                seqs.len()
-            );
-        }
-        seqs
+        drain_seqs(&url, "firehose_live", EVENTS, Duration::from_secs(300))
     })
     .await
     .expect("drain");

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::redis_server::{take_seqs, RedisServer};
+use common::redis_server::{drain_seqs, RedisServer};
 use spillway::config::Config;
 use spillway::pipeline::{Pipeline, PipelineError};
 use spillway::source::firehose::SourceError;
@@ -216,24 +216,7 @@ async fn an_unreachable_redis_keeps_events_queued_until_it_comes_up() {
     let redis = RedisServer::start_on(port);
     let url = redis.url();
     let seqs = tokio::task::spawn_blocking(move || {
-        let mut c = redis::Client::open(url)
-            .and_then(|c| c.get_connection())
-            .expect("connection");
-        let started = Instant::now();
-        let mut seqs = Vec::new();
-        while (seqs.len() as u64) < total {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "only {} arrived after Redis came up",
-                seqs.len()
-            );
-            let got = take_seqs(&mut c, "firehose_live", 1_000);
-            if got.is_empty() {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            seqs.extend(got);
-        }
-        seqs
+        drain_seqs(&url, "firehose_live", total, Duration::from_secs(60))
     })
     .await
     .expect("drain");

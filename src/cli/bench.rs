@@ -179,29 +179,16 @@ pub fn run_log_phase(args: &LogPhaseArgs) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run_phase(
-    phase: &str,
-    backend: &str,
-    records: u64,
-    size: usize,
-    dir: &std::path::Path,
-) -> std::io::Result<Vec<(Figures, String)>> {
-    let exe = std::env::current_exe()?;
-    let output = std::process::Command::new(exe)
-        .args(["bench", "log-phase", "--phase", phase, "--backend", backend])
-        .args([
-            "--records",
-            &records.to_string(),
-            "--record-bytes",
-            &size.to_string(),
-        ])
-        .arg("--dir")
-        .arg(dir)
+/// Runs `spillway bench <args>` in a fresh process (so its peak RSS is its own) and collects its figures.
+fn run_child(args: &[String], what: &str) -> std::io::Result<Vec<(Figures, String)>> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .arg("bench")
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()?;
     if !output.status.success() {
         return Err(std::io::Error::other(format!(
-            "bench phase {phase} ({backend}) failed: {}",
+            "bench phase {what} failed: {}",
             output.status
         )));
     }
@@ -209,6 +196,30 @@ fn run_phase(
         .lines()
         .filter_map(parse_figures)
         .collect())
+}
+
+fn run_phase(
+    phase: &str,
+    backend: &str,
+    records: u64,
+    size: usize,
+    dir: &std::path::Path,
+) -> std::io::Result<Vec<(Figures, String)>> {
+    let args = [
+        "log-phase",
+        "--phase",
+        phase,
+        "--backend",
+        backend,
+        "--records",
+        &records.to_string(),
+        "--record-bytes",
+        &size.to_string(),
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .map(String::from);
+    run_child(&args, &format!("{phase} ({backend})"))
 }
 
 /// Runs the storage benchmark (one process per phase) and prints the table.
@@ -371,34 +382,21 @@ fn run_queue_phase_child(
     budget_bytes: u64,
     dir: &std::path::Path,
 ) -> std::io::Result<Vec<(Figures, String)>> {
-    let exe = std::env::current_exe()?;
-    let output = std::process::Command::new(exe)
-        .args([
-            "bench",
-            "queue-phase",
-            "--phase",
-            phase,
-            "--events",
-            &events.to_string(),
-            "--event-bytes",
-            &size.to_string(),
-            "--budget-bytes",
-            &budget_bytes.to_string(),
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stderr(std::process::Stdio::inherit())
-        .output()?;
-    if !output.status.success() {
-        return Err(std::io::Error::other(format!(
-            "bench phase {phase} failed: {}",
-            output.status
-        )));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(parse_figures)
-        .collect())
+    let args = [
+        "queue-phase",
+        "--phase",
+        phase,
+        "--events",
+        &events.to_string(),
+        "--event-bytes",
+        &size.to_string(),
+        "--budget-bytes",
+        &budget_bytes.to_string(),
+        "--dir",
+        &dir.display().to_string(),
+    ]
+    .map(String::from);
+    run_child(&args, phase)
 }
 
 fn rss_row(figures: Figures, budget_bytes: u64, extra: &str, json: bool) {

@@ -133,6 +133,23 @@ impl LogConfig {
         one_record.max(u64::from(self.chunk_bytes_target) + record::CHUNK_OVERHEAD_BYTES as u64)
     }
 
+    /// Refuses a batch holding a record over `record_bytes_max`, naming the first one.
+    pub fn check_record_sizes(&self, records: &[&[u8]]) -> Result<(), crate::AppendError> {
+        let max = self.record_bytes_max;
+        match records
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.len() > max as usize)
+        {
+            Some((index, r)) => Err(crate::AppendError::RecordTooLarge {
+                index,
+                len: r.len(),
+                max,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Checks every value; the error names the field and why.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn positive(field: &'static str, value: u64) -> Result<(), ConfigError> {

@@ -1,9 +1,46 @@
 //! The background thread behind `Durability::Periodic`.
 
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+
+use crate::config::Durability;
+use crate::error::StorageError;
+
+/// A log's state that the periodic flusher syncs.
+pub(crate) trait Flushable: Send + 'static {
+    /// Whether anything appended or saved is not yet durable.
+    fn is_dirty(&self) -> bool;
+    /// Makes everything durable.
+    fn flush_now(&mut self) -> Result<u64, StorageError>;
+}
+
+/// Starts the flusher `durability` asks for: a thread under `Periodic`, none otherwise.
+pub(crate) fn for_durability<T: Flushable>(
+    durability: Durability,
+    shared: &Arc<Mutex<T>>,
+    path: &Path,
+) -> Result<Option<Flusher>, StorageError> {
+    let Durability::Periodic { interval_ms } = durability else {
+        return Ok(None);
+    };
+    let weak = Arc::downgrade(shared);
+    let flusher = Flusher::start(Duration::from_millis(interval_ms), move || {
+        let Some(shared) = weak.upgrade() else { return };
+        // A panic elsewhere leaves the state as consistent as the disk: keep syncing.
+        let mut state = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if state.is_dirty() {
+            if let Err(error) = state.flush_now() {
+                tracing::error!(%error, "periodic flush of the spill log failed; retrying next interval");
+            }
+        }
+    })
+    .map_err(StorageError::io(path))?;
+    Ok(Some(flusher))
+}
 
 /// Runs `tick` every `interval` on its own thread until dropped.
 #[derive(Debug)]

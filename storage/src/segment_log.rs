@@ -21,12 +21,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use crate::batch::{Backing, LogStats, ReadBatch, RecoveryReport, SeqRange};
 use crate::config::{Backend, Durability, LogConfig};
 use crate::error::{AppendError, Corruption, OpenError, ReadError, StorageError};
-use crate::flusher::Flusher;
+use crate::flusher::{self, Flushable, Flusher};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
 use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::recovery;
@@ -108,28 +107,9 @@ impl SegmentLog {
             config.positions_max,
         )?;
         let (inner, recovery) = Inner::recover(segments_dir, config, manifest)?;
-        let interval = match inner.config.durability {
-            Durability::Periodic { interval_ms } => Some(Duration::from_millis(interval_ms)),
-            _ => None,
-        };
+        let durability = inner.config.durability;
         let inner = Arc::new(Mutex::new(inner));
-        let flusher = match interval {
-            Some(every) => {
-                let shared = Arc::downgrade(&inner);
-                let flusher = Flusher::start(every, move || {
-                    let Some(inner) = shared.upgrade() else { return };
-                    let mut inner = lock(&inner);
-                    if inner.dirty {
-                        if let Err(error) = inner.flush() {
-                            tracing::error!(%error, "periodic flush of the spill log failed; retrying next interval");
-                        }
-                    }
-                })
-                .map_err(StorageError::io(dir))?;
-                Some(flusher)
-            }
-            None => None,
-        };
+        let flusher = flusher::for_durability(durability, &inner, dir)?;
         Ok(SegmentLog {
             inner,
             recovery,
@@ -383,18 +363,7 @@ impl Inner {
     }
 
     fn append(&mut self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
-        let max = self.config.record_bytes_max;
-        if let Some((index, r)) = records
-            .iter()
-            .enumerate()
-            .find(|(_, r)| r.len() > max as usize)
-        {
-            return Err(AppendError::RecordTooLarge {
-                index,
-                len: r.len(),
-                max,
-            });
-        }
+        self.config.check_record_sizes(records)?;
         let first = self.active.next_seq;
         if records.is_empty() {
             return Ok(SeqRange { first, next: first });
@@ -746,6 +715,16 @@ impl Inner {
             self.manifest.flush()?;
         }
         Ok(())
+    }
+}
+
+impl Flushable for Inner {
+    fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    fn flush_now(&mut self) -> Result<u64, StorageError> {
+        self.flush()
     }
 }
 

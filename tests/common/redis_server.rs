@@ -97,3 +97,25 @@ pub fn take_seqs(c: &mut redis::Connection, stream: &str, count: usize) -> Vec<u
     }
     seqs
 }
+
+/// Takes seqs from the stream's head until `count` arrived; panics naming how many did after `timeout`.
+pub fn drain_seqs(url: &str, stream: &str, count: u64, timeout: Duration) -> Vec<u64> {
+    let mut c = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("connection");
+    let started = Instant::now();
+    let mut seqs = Vec::new();
+    while (seqs.len() as u64) < count {
+        assert!(
+            started.elapsed() < timeout,
+            "only {} of {count} arrived within {timeout:?}",
+            seqs.len()
+        );
+        let got = take_seqs(&mut c, stream, 2_000);
+        if got.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        seqs.extend(got);
+    }
+    seqs
+}
