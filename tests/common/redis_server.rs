@@ -22,7 +22,7 @@ impl RedisServer {
 
     pub fn start_on(port: u16) -> Self {
         let binary =
-            std::env::var("SPILLWAY_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+            std::env::var("REDIS_SERVER_FOR_TESTS").unwrap_or_else(|_| "redis-server".into());
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new(&binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
