@@ -209,6 +209,9 @@ pub fn encode_chunk<R: AsRef<[u8]>>(
     };
     out[header_at..body_at].copy_from_slice(&header.encode());
     out.resize(header_at + header.chunk_bytes(), 0);
+    // Paired with the checks after every read: what is about to be written must decode back.
+    debug_assert_eq!(ChunkHeader::decode(&out[header_at..]), Ok(header));
+    debug_assert_eq!(crc32c::crc32c(&out[body_at..body_at + header.body_bytes as usize]), header.body_crc);
     header
 }
 
