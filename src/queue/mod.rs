@@ -343,7 +343,18 @@ impl SpillQueue {
             let space = self.core.space_freed.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            match blocking(|| self.core.try_push(pending, &mut report)) {
+            // Memory-only pushes skip `block_in_place`; one that may reach the disk takes it.
+            // (If another producer fills memory in between, the spill runs inline: correct, briefly blocking.)
+            let cost = pending
+                .iter()
+                .map(|e| budget::event_cost(e.payload.len()))
+                .sum();
+            let attempt = if self.core.push_may_touch_disk(cost) {
+                blocking(|| self.core.try_push(pending, &mut report))
+            } else {
+                self.core.try_push(pending, &mut report)
+            };
+            match attempt {
                 Ok(()) => return Ok(report),
                 Err(Refusal::Blocked(rest)) => {
                     pending = rest;
@@ -544,6 +555,31 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Whether a push costing `cost` bytes could write to the log.
+    fn push_may_touch_disk(&self, cost: u64) -> bool {
+        let state = self.lock();
+        self.config.spill_mode == SpillMode::WriteThrough
+            || state.spilling
+            || !state.memory.fits(cost)
+    }
+
+    /// Whether the consumer's next read could read the log.
+    fn read_may_touch_disk(&self, name: &str) -> bool {
+        let state = self.lock();
+        let Some(cursor) = state.cursors.get(name) else {
+            return true;
+        };
+        match state
+            .memory
+            .index_from(cursor.seq_next)
+            .and_then(|i| state.memory.get(i))
+        {
+            // Log records come before that memory event: they are read first.
+            Some(next) => next.log_before > cursor.log_next,
+            None => cursor.log_next < self.log.stats().next_seq,
+        }
     }
 
     fn watermark(&self, state: &mut State) -> Option<u64> {
@@ -1023,7 +1059,11 @@ impl Consumer {
             let ready = self.core.data_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let batch = blocking(|| self.core.try_read(&self.name, max_records, max_bytes))?;
+            let batch = if self.core.read_may_touch_disk(&self.name) {
+                blocking(|| self.core.try_read(&self.name, max_records, max_bytes))?
+            } else {
+                self.core.try_read(&self.name, max_records, max_bytes)?
+            };
             if !batch.is_empty() || max_records == 0 {
                 return Ok(batch);
             }

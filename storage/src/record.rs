@@ -211,7 +211,10 @@ pub fn encode_chunk<R: AsRef<[u8]>>(
     out.resize(header_at + header.chunk_bytes(), 0);
     // Paired with the checks after every read: what is about to be written must decode back.
     debug_assert_eq!(ChunkHeader::decode(&out[header_at..]), Ok(header));
-    debug_assert_eq!(crc32c::crc32c(&out[body_at..body_at + header.body_bytes as usize]), header.body_crc);
+    debug_assert_eq!(
+        crc32c::crc32c(&out[body_at..body_at + header.body_bytes as usize]),
+        header.body_crc
+    );
     header
 }
 
