@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::redis_server::{take_seqs, RedisServer};
-use spillway::source::relay::{LoopbackRelay, RelayConfig};
+use spillway::source::relay::LoopbackRelay;
 
 const EVENTS: u64 = 50_000;
 const BASE_SEQ: u64 = 60_000_000_000;
@@ -51,9 +51,7 @@ fn start_binary(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_and_duplicates_stay_bounded() {
     let redis = RedisServer::start();
-    let mut relay_config =
-        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
-    relay_config.total_events = Some(EVENTS);
+    let mut relay_config = common::fixture::relay_config(BASE_SEQ, EVENTS);
     relay_config.events_per_sec = Some(RATE);
     let relay = LoopbackRelay::start(relay_config).await.expect("relay");
     let dir = tempfile::tempdir().expect("tempdir");

@@ -12,7 +12,7 @@ use common::counting_alloc::{self, CountingAlloc};
 use common::redis_server::{drain_seqs, RedisServer};
 use spillway::config::Config;
 use spillway::pipeline::Pipeline;
-use spillway::source::relay::{LoopbackRelay, RelayConfig};
+use spillway::source::relay::LoopbackRelay;
 
 #[global_allocator]
 static ALLOCATOR: CountingAlloc = CountingAlloc;
@@ -30,9 +30,7 @@ const HIGH_WATER: u64 = 20_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_thousand_events_arrive_in_order_through_backpressure() {
     let redis = RedisServer::start();
-    let mut relay_config =
-        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
-    relay_config.total_events = Some(EVENTS);
+    let relay_config = common::fixture::relay_config(BASE_SEQ, EVENTS);
     let relay = LoopbackRelay::start(relay_config).await.expect("relay");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config {

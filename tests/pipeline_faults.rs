@@ -57,9 +57,7 @@ async fn garbage_truncated_and_dropped_connections_lose_nothing() {
         .with_test_writer()
         .try_init();
     let total = 3_000;
-    let mut relay_config =
-        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
-    relay_config.total_events = Some(total);
+    let mut relay_config = common::fixture::relay_config(BASE_SEQ, total);
     relay_config.faults = vec![
         (BASE_SEQ + 500, Fault::Garbage),
         (BASE_SEQ + 1_200, Fault::Truncated),
@@ -108,9 +106,7 @@ async fn garbage_truncated_and_dropped_connections_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_frame_is_dropped_counted_and_the_rest_arrives() {
     let total = 400;
-    let mut relay_config =
-        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
-    relay_config.total_events = Some(total);
+    let mut relay_config = common::fixture::relay_config(BASE_SEQ, total);
     relay_config.faults = vec![(BASE_SEQ + 100, Fault::Oversized(200_000))];
     let relay = LoopbackRelay::start(relay_config).await.expect("relay");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -176,9 +172,7 @@ async fn an_unreachable_redis_keeps_events_queued_until_it_comes_up() {
         .local_addr()
         .expect("addr")
         .port();
-    let mut relay_config =
-        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
-    relay_config.total_events = Some(total);
+    let relay_config = common::fixture::relay_config(BASE_SEQ, total);
     let relay = LoopbackRelay::start(relay_config).await.expect("relay");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config {

@@ -7,3 +7,11 @@ pub fn frames_bin() -> Vec<u8> {
     ))
     .expect("tests/fixtures/frames.bin")
 }
+
+/// A loopback relay replaying the real frames from `base_seq`, `total` of them.
+pub fn relay_config(base_seq: u64, total: u64) -> spillway::source::relay::RelayConfig {
+    let mut config = spillway::source::relay::RelayConfig::from_capture(&frames_bin(), base_seq)
+        .expect("tests/fixtures/frames.bin");
+    config.total_events = Some(total);
+    config
+}
