@@ -54,6 +54,12 @@ pub struct Config {
     pub backlog_alert_events: u64,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
+    /// Address of `/metrics` and `/health` (empty: off).
+    pub metrics_listen: String,
+    /// `/health` turns 503 when a sink has failed for longer than this, in seconds.
+    pub health_sink_failure_secs: u64,
+    /// `/health` turns 503 when the disk budget is used to this fraction (0 to 1].
+    pub health_disk_full_ratio: f64,
 }
 
 impl Default for Config {
@@ -78,6 +84,9 @@ impl Default for Config {
             sink_batch_bytes_max: 4 * 1024 * 1024,
             backlog_alert_events: 0,
             log_format: "text".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            health_sink_failure_secs: 60,
+            health_disk_full_ratio: 0.9,
         }
     }
 }
@@ -202,6 +211,23 @@ impl Config {
                 format!("{:?}: expected text or json", self.log_format),
             );
         }
+        if !self.metrics_listen.is_empty()
+            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid(
+                "metrics_listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9464 (empty turns it off)",
+                    self.metrics_listen
+                ),
+            );
+        }
+        if !(self.health_disk_full_ratio > 0.0 && self.health_disk_full_ratio <= 1.0) {
+            return invalid(
+                "health_disk_full_ratio",
+                format!("{} is not in (0, 1]", self.health_disk_full_ratio),
+            );
+        }
         Durability::parse(&self.durability).map_err(|e| ConfigError::Refused(e.to_string()))?;
         FullPolicy::parse(&self.full_policy).map_err(|e| ConfigError::Refused(e.to_string()))?;
         if !matches!(self.spill_mode.as_str(), "memory-first" | "write-through") {
@@ -249,6 +275,14 @@ impl Config {
         config.start_cursor = self.start_cursor;
         config.frame_bytes_max = self.frame_bytes_max as usize;
         config
+    }
+
+    /// When `/health` turns 503.
+    pub fn health_rules(&self) -> crate::metrics::HealthRules {
+        crate::metrics::HealthRules {
+            disk_full_ratio: self.health_disk_full_ratio,
+            sink_failure_secs: self.health_sink_failure_secs,
+        }
     }
 
     /// The Redis sink settings.

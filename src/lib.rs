@@ -4,12 +4,14 @@
 //! - [`storage`]: the durable spill log (the `spillway-storage` crate).
 //! - [`source`]: the relay firehose source and its frame decoding.
 //! - [`sink`]: the Redis stream and JSON-lines sinks.
-//! - [`pipeline`]: source -> queue -> sink wiring and shutdown; [`config`]: its settings.
+//! - [`pipeline`]: source -> queue -> sink wiring and shutdown; [`config`]: its settings;
+//!   [`metrics`]: `/metrics` and `/health`.
 //! - [`bench`]: the benchmarks behind `spillway bench`.
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod config;
+pub mod metrics;
 pub mod pipeline;
 pub mod queue;
 pub mod sink;

@@ -20,6 +20,7 @@ use crate::source::firehose::{self, SourceStats};
 pub const SINK_CONSUMER: &str = "sink";
 
 /// One relay's running parts.
+#[derive(Clone)]
 pub struct Lane {
     /// The relay host.
     pub host: String,
@@ -55,6 +56,8 @@ pub enum PipelineError {
 pub struct Pipeline {
     /// Per relay.
     pub lanes: Vec<Lane>,
+    /// Where `/metrics` and `/health` listen, if they do.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     tasks: tokio::task::JoinSet<Result<(), PipelineError>>,
     stop: watch::Sender<bool>,
 }
@@ -148,7 +151,34 @@ impl Pipeline {
                 sink: sink_stats,
             });
         }
-        Ok(Pipeline { lanes, tasks, stop })
+        let metrics_addr = if config.metrics_listen.is_empty() {
+            None
+        } else {
+            let bound = std::net::TcpListener::bind(&config.metrics_listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|e| {
+                    PipelineError::Sink(format!(
+                        "metrics: listening on {}: {e}",
+                        config.metrics_listen
+                    ))
+                })?;
+            let addr = bound.local_addr().ok();
+            tracing::info!(address = ?addr, "serving /metrics and /health");
+            tokio::spawn(crate::metrics::serve(
+                bound,
+                Arc::new(lanes.clone()),
+                config.health_rules(),
+                stopped.clone(),
+            ));
+            addr
+        };
+        Ok(Pipeline {
+            lanes,
+            metrics_addr,
+            tasks,
+            stop,
+        })
     }
 
     /// Asks every task to stop.

@@ -33,6 +33,7 @@ fn start_binary(
         .env("SPILLWAY_MEMORY_BUDGET_BYTES", (64u64 << 20).to_string())
         .env("SPILLWAY_DURABILITY", "\"periodic:50\"")
         .env("SPILLWAY_REDIS_HIGH_WATER_EVENTS", "0")
+        .env("SPILLWAY_METRICS_LISTEN", "\"127.0.0.1:0\"")
         .env("RUST_LOG", "spillway=info")
         .stdout(Stdio::null())
         .stderr(

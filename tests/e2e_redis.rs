@@ -41,6 +41,7 @@ async fn two_hundred_thousand_events_arrive_in_order_through_backpressure() {
         redis_url: redis.url(),
         redis_high_water_events: HIGH_WATER,
         redis_low_water_events: HIGH_WATER / 2,
+        metrics_listen: "127.0.0.1:0".into(),
         ..Config::default()
     };
     let baseline = counting_alloc::live_bytes() as u64;

@@ -23,6 +23,7 @@ fn jsonl_config(dir: &std::path::Path, relay: &LoopbackRelay, out: &std::path::P
         memory_budget_bytes: 32 * 1024 * 1024,
         sink: "jsonl".into(),
         jsonl_path: out.display().to_string(),
+        metrics_listen: "127.0.0.1:0".into(),
         ..Config::default()
     }
 }
@@ -181,6 +182,7 @@ async fn an_unreachable_redis_keeps_events_queued_until_it_comes_up() {
         start_cursor: Some(BASE_SEQ - 1),
         memory_budget_bytes: 32 * 1024 * 1024,
         redis_url: format!("redis://127.0.0.1:{port}"),
+        metrics_listen: "127.0.0.1:0".into(),
         ..Config::default()
     };
     let pipeline = Pipeline::start(&config, 0).expect("pipeline");

@@ -708,6 +708,7 @@ pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
             memory_budget_bytes: args.budget_mib << 20,
             redis_url: format!("redis://127.0.0.1:{port}"),
             redis_high_water_events: 0,
+            metrics_listen: "127.0.0.1:0".into(),
             ..Config::default()
         };
         spillway::bench::rss::reset_peak();

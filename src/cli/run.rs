@@ -42,7 +42,10 @@ const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in th
   sink_batch_events_max = 500           events per sink batch
   sink_batch_bytes_max = 4194304        bytes per sink batch, about
   backlog_alert_events = 0              lag that flips the backlog alert (0: off)
-  log_format = \"text\"                   text | json (RUST_LOG sets levels)";
+  log_format = \"text\"                   text | json (RUST_LOG sets levels)
+  metrics_listen = \"127.0.0.1:9464\"     /metrics (Prometheus text) and /health (200, or 503 + JSON reasons); empty: off
+  health_sink_failure_secs = 60         /health fails when a sink has failed this long
+  health_disk_full_ratio = 0.9          /health fails when the disk budget is this full";
 
 /// Arguments of `spillway demo`.
 #[derive(Debug, clap::Args)]
@@ -217,6 +220,7 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
             memory_budget_bytes: args.memory_budget_mib * 1024 * 1024,
             sink: "jsonl".into(),
             jsonl_path: args.jsonl_path.clone(),
+            metrics_listen: "127.0.0.1:0".into(),
             ..Config::default()
         };
         println!(
