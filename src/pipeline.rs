@@ -110,40 +110,34 @@ impl Pipeline {
                 config.sink_batch_bytes_max,
             );
             let (stats, mut stopped) = (Arc::clone(&sink_stats), stopped.clone());
-            if config.sink == "redis" {
-                let mut sink = RedisSink::new(config.redis_config(), &host)
-                    .map_err(|e| PipelineError::Sink(e.to_string()))?;
-                tasks.spawn(async move {
-                    loop {
-                        let batch = tokio::select! {
-                            b = consumer.next_batch(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
-                            _ = stopped.changed() => return Ok(()),
-                        };
-                        if !sink.write(&batch, &stats, &stopped).await {
-                            return Ok(());
-                        }
-                        ack(&consumer, &batch, &stats)?;
-                    }
-                });
+            let mut sink = if config.sink == "redis" {
+                AnySink::Redis(Box::new(
+                    RedisSink::new(config.redis_config(), &host)
+                        .map_err(|e| PipelineError::Sink(e.to_string()))?,
+                ))
             } else {
                 let target = if config.jsonl_path == "-" {
                     JsonlTarget::Stdout
                 } else {
                     JsonlTarget::File(config.jsonl_path.clone().into())
                 };
-                let mut sink = JsonlSink::open(&target, sink_events_per_sec_max)
-                    .map_err(|e| PipelineError::Sink(format!("opening {target:?}: {e}")))?;
-                tasks.spawn(async move {
-                    loop {
-                        let batch = tokio::select! {
-                            b = consumer.next_batch(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
-                            _ = stopped.changed() => return Ok(()),
-                        };
-                        sink.write(&batch).await.map_err(|e| PipelineError::Sink(format!("writing JSON lines: {e}")))?;
-                        ack(&consumer, &batch, &stats)?;
+                AnySink::Jsonl(
+                    JsonlSink::open(&target, sink_events_per_sec_max)
+                        .map_err(|e| PipelineError::Sink(format!("opening {target:?}: {e}")))?,
+                )
+            };
+            tasks.spawn(async move {
+                loop {
+                    let batch = tokio::select! {
+                        b = consumer.next_batch(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
+                        _ = stopped.changed() => return Ok(()),
+                    };
+                    if !sink.write(&batch, &stats, &stopped).await? {
+                        return Ok(());
                     }
-                });
-            }
+                    ack(&consumer, &batch, &stats)?;
+                }
+            });
             lanes.push(Lane {
                 host,
                 queue,
@@ -179,11 +173,6 @@ impl Pipeline {
             tasks,
             stop,
         })
-    }
-
-    /// Asks every task to stop.
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
     }
 
     /// A handle that stops the pipeline from elsewhere (a signal handler, a timer).
@@ -228,4 +217,29 @@ fn ack(
         stats.batches_total.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// The sink a lane writes to.
+enum AnySink {
+    Redis(Box<RedisSink>),
+    Jsonl(JsonlSink),
+}
+
+impl AnySink {
+    /// Writes a batch; `Ok(false)` when stopped before it was written (it is then not acked).
+    async fn write(
+        &mut self,
+        batch: &[crate::queue::Delivery],
+        stats: &SinkStats,
+        stopped: &watch::Receiver<bool>,
+    ) -> Result<bool, PipelineError> {
+        match self {
+            AnySink::Redis(sink) => Ok(sink.write(batch, stats, stopped).await),
+            AnySink::Jsonl(sink) => sink
+                .write(batch)
+                .await
+                .map(|()| true)
+                .map_err(|e| PipelineError::Sink(format!("writing JSON lines: {e}"))),
+        }
+    }
 }

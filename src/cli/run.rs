@@ -109,18 +109,8 @@ async fn drive(
     let mut last = (0u64, 0u64, Instant::now());
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    let lanes: Vec<_> = pipeline
-        .lanes
-        .iter()
-        .map(|l| {
-            (
-                l.host.clone(),
-                l.queue.clone(),
-                l.source.clone(),
-                l.sink.clone(),
-            )
-        })
-        .collect();
+    let lanes = pipeline.lanes.clone();
+    let stop = pipeline.stopper();
     let join = pipeline.join();
     tokio::pin!(join);
     let mut stopping = false;
@@ -130,11 +120,12 @@ async fn drive(
             _ = &mut signal, if !stopping => {
                 tracing::info!("signal received; stopping: sources stop reading, cursors are saved, queues flushed");
                 stopping = true;
-                STOP.with(|s| if let Some(s) = s.borrow().as_ref() { let _ = s.send(true); });
+                let _ = stop.send(true);
             }
             _ = tick.tick() => {
                 let (mut pushed, mut written) = (0, 0);
-                for (host, queue, source, sink) in &lanes {
+                for lane in &lanes {
+                    let (host, queue, source, sink) = (&lane.host, &lane.queue, &lane.source, &lane.sink);
                     let stats = queue.stats();
                     pushed += source.frames_total.load(Ordering::Relaxed);
                     written += sink.events_total.load(Ordering::Relaxed);
@@ -164,15 +155,11 @@ async fn drive(
                 last = (pushed, written, Instant::now());
                 if deadline.is_some_and(|d| started.elapsed() >= d) && !stopping {
                     stopping = true;
-                    STOP.with(|s| if let Some(s) = s.borrow().as_ref() { let _ = s.send(true); });
+                    let _ = stop.send(true);
                 }
             }
         }
     }
-}
-
-thread_local! {
-    static STOP: std::cell::RefCell<Option<tokio::sync::watch::Sender<bool>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// `spillway run`.
@@ -186,7 +173,6 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         .map_err(|e| format!("starting the runtime: {e}"))?;
     runtime.block_on(async {
         let pipeline = Pipeline::start(&config, 0).map_err(|e| e.to_string())?;
-        STOP.with(|s| *s.borrow_mut() = Some(pipeline.stopper()));
         drive(
             pipeline,
             Duration::from_secs(args.progress_secs),
@@ -228,7 +214,6 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
             args.relay_events_per_sec, args.sink_events_per_sec, args.jsonl_path, args.memory_budget_mib, data_dir.display()
         );
         let pipeline = Pipeline::start(&config, args.sink_events_per_sec).map_err(|e| e.to_string())?;
-        STOP.with(|s| *s.borrow_mut() = Some(pipeline.stopper()));
         let deadline = (args.seconds > 0).then(|| Duration::from_secs(args.seconds));
         let outcome = drive(pipeline, Duration::from_secs(1), deadline, Some(&relay)).await;
         println!(

@@ -144,11 +144,6 @@ impl ActiveSegment {
         self.write_out()?;
         self.file.sync_data().map_err(StorageError::io(&self.path))
     }
-
-    /// Capacity the write buffer holds on to, for memory accounting.
-    pub(crate) fn buffer_capacity(&self) -> usize {
-        self.buffer.capacity()
-    }
 }
 
 /// Reads and checks the chunk header at `offset`.

@@ -845,12 +845,3 @@ impl SpillLog for SegmentLog {
         &self.recovery
     }
 }
-
-impl SegmentLog {
-    /// Bytes of memory the log's own buffers hold now (write buffer and cached window), for accounting.
-    pub fn buffer_bytes(&self) -> u64 {
-        let inner = lock(&self.inner);
-        inner.active.buffer_capacity() as u64
-            + inner.window.as_ref().map_or(0, |w| w.map.len() as u64)
-    }
-}
