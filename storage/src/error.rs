@@ -89,6 +89,34 @@ impl StorageError {
     }
 }
 
+/// Why `inspect` could not read a log directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InspectError {
+    /// The directory holds neither a `manifest/` nor a `sled/` store.
+    #[error("{path} is not a spill log directory (it has no manifest/ or sled/ store)")]
+    NotALog {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Opening the store read-only needs a copy larger than allowed.
+    #[error("the store at {path} is {bytes} bytes, over the {bytes_max}-byte copy bound inspect opens it through; raise the bound, or stop the process and inspect a copy")]
+    StoreTooLarge {
+        /// The sled store.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// The bound.
+        bytes_max: u64,
+    },
+    /// The store could not be opened (another version, damage).
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// An I/O or sled failure.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// Why a log could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

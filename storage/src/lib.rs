@@ -11,6 +11,7 @@ mod batch;
 pub mod config;
 pub mod error;
 mod flusher;
+pub mod inspect;
 mod manifest;
 pub mod record;
 mod recovery;
@@ -20,7 +21,9 @@ mod sled_log;
 
 pub use batch::{LogStats, ReadBatch, RecoveryReport, SeqRange};
 pub use config::{Backend, Durability, LogConfig};
-pub use error::{AppendError, ConfigError, Corruption, Error, OpenError, ReadError, StorageError};
+pub use error::{
+    AppendError, ConfigError, Corruption, Error, InspectError, OpenError, ReadError, StorageError,
+};
 pub use segment_log::SegmentLog;
 pub use sled_log::SledLog;
 

@@ -126,7 +126,7 @@ pub(crate) fn scan_tail(
 }
 
 /// Reads one chunk; the outer error is an I/O failure, the inner one a format fault.
-fn next_chunk(
+pub(crate) fn next_chunk(
     reader: &mut BufReader<&File>,
     path: &Path,
     remaining: u64,
@@ -163,7 +163,7 @@ fn next_chunk(
 }
 
 /// Looks past a damaged chunk for any valid chunk header numbered at or after `seq`.
-fn valid_chunk_after(
+pub(crate) fn valid_chunk_after(
     file: &File,
     path: &Path,
     bad_offset: u64,
