@@ -19,6 +19,9 @@ enum Command {
     /// The embedded default: a loopback relay replaying real frames into a slow sink under a
     /// small memory budget, showing the spill at work. Needs nothing installed.
     Demo(cli::run::DemoArgs),
+    /// Offline and read-only: a data directory's queues, consumers, segments and relay
+    /// cursors; `--verify` checks every checksum and names each damaged range.
+    Inspect(cli::inspect::InspectArgs),
     /// Benchmarks, each beside a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Run(args) => cli::run::run(args).map_err(std::io::Error::other),
         Command::Demo(args) => cli::run::demo(args).map_err(std::io::Error::other),
+        Command::Inspect(args) => cli::inspect::run_inspect(args),
         Command::Bench(BenchCommand::Log(args)) => cli::bench::run_log(args),
         Command::Bench(BenchCommand::LogPhase(args)) => cli::bench::run_log_phase(args),
         Command::Bench(BenchCommand::Queue(args)) => cli::bench::run_queue(args),

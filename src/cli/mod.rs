@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one module per subcommand.
 
 pub mod bench;
+pub mod inspect;
 pub mod run;
 
 /// Logs to stderr through `tracing`, levels from `RUST_LOG` (default `info`), as text or JSON.

@@ -38,6 +38,7 @@ pub mod config;
 pub mod cursor;
 pub mod envelope;
 pub mod error;
+pub mod inspect;
 pub mod memory;
 pub mod watermark;
 

@@ -25,18 +25,8 @@ pub struct CursorFile {
 impl CursorFile {
     /// The cursor file of relay `host` in `data_dir`.
     pub fn for_host(data_dir: &Path, host: &str) -> Self {
-        let safe: String = host
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         CursorFile {
-            path: data_dir.join(format!("cursor-{safe}")),
+            path: data_dir.join(format!("cursor-{}", file_safe(host))),
         }
     }
 
