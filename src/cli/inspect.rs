@@ -147,7 +147,7 @@ fn verify_with_progress(queue: &QueueInspection) -> std::io::Result<VerifyReport
             return;
         }
         last = Instant::now();
-        let percent = if total == 0 { 100 } else { done * 100 / total };
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
         if tty {
             let filled = (percent / 5) as usize;
             eprint!(
