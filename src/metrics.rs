@@ -4,10 +4,11 @@
 //! [`REQUEST_BYTES_MAX`], at most [`CONNECTIONS_MAX`] connections at once, each closed
 //! after one response.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -22,6 +23,52 @@ pub const REQUEST_BYTES_MAX: usize = 8 * 1024;
 pub const CONNECTIONS_MAX: usize = 16;
 /// A client that sends no complete request within this is dropped.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often [`Rates`] samples the queues' counters.
+pub const RATE_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Samples kept: rates are averaged over this many intervals (10 s).
+pub const RATE_WINDOW_SAMPLES: usize = 11;
+
+/// Spill and read-back rates per lane, from counters sampled every [`RATE_SAMPLE_INTERVAL`].
+#[derive(Debug, Default)]
+pub struct Rates {
+    /// Oldest first; at most [`RATE_WINDOW_SAMPLES`]. Each: when, and per lane (spilled, read back).
+    samples: Mutex<VecDeque<(Instant, Vec<(u64, u64)>)>>,
+}
+
+impl Rates {
+    /// Records the lanes' counters now.
+    pub fn sample(&self, lanes: &[Lane]) {
+        let counts = lanes
+            .iter()
+            .map(|l| {
+                let s = l.queue.stats();
+                (s.spilled_events_total, s.read_back_events_total)
+            })
+            .collect();
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() == RATE_WINDOW_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((Instant::now(), counts));
+    }
+
+    /// Per lane (spilled, read back) events per second over the window; 0 before two samples.
+    pub fn per_second(&self, lane: usize) -> (f64, f64) {
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some((t0, first)), Some((t1, last))) = (samples.front(), samples.back()) else {
+            return (0.0, 0.0);
+        };
+        let seconds = t1.duration_since(*t0).as_secs_f64();
+        match (first.get(lane), last.get(lane)) {
+            (Some(a), Some(b)) if seconds > 0.0 => (
+                b.0.saturating_sub(a.0) as f64 / seconds,
+                b.1.saturating_sub(a.1) as f64 / seconds,
+            ),
+            _ => (0.0, 0.0),
+        }
+    }
+}
 
 /// When `/health` turns 503.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,7 +96,7 @@ fn label(value: &str) -> String {
 }
 
 /// Renders every lane's figures in the Prometheus text exposition format.
-pub fn render(lanes: &[Lane]) -> String {
+pub fn render(lanes: &[Lane], rates: &Rates) -> String {
     let mut out = String::new();
     let mut metric =
         |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
@@ -64,6 +111,11 @@ pub fn render(lanes: &[Lane]) -> String {
         stats.iter().map(|(l, s)| (host(l), f(l, s))).collect()
     };
     let counter = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed) as f64;
+    let lane_rates: Vec<(String, (f64, f64))> = lanes
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (host(l), rates.per_second(i)))
+        .collect();
 
     metric(
         "spillway_source_events_total",
@@ -100,6 +152,19 @@ pub fn render(lanes: &[Lane]) -> String {
         "gauge",
         "The last relay seq pushed.",
         &mut per_lane(&|l, _| counter(&l.source.last_seq)).into_iter(),
+    );
+    let now_ms = now_ms();
+    metric(
+        "spillway_relay_cursor_age_seconds",
+        "gauge",
+        "Seconds between now and the relay's `time` of the last event pushed (NaN before one).",
+        &mut per_lane(
+            &|l, _| match l.source.last_event_time_ms.load(Ordering::Relaxed) {
+                0 => f64::NAN,
+                t => now_ms.saturating_sub(t) as f64 / 1000.0,
+            },
+        )
+        .into_iter(),
     );
     metric(
         "spillway_durable_watermark",
@@ -173,6 +238,18 @@ pub fn render(lanes: &[Lane]) -> String {
         "Events read back from the spill log.",
         &mut per_lane(&|_, s| s.read_back_events_total as f64).into_iter(),
     );
+    metric(
+        "spillway_spill_events_per_second",
+        "gauge",
+        "Events written to the spill log per second, over the last 10 s.",
+        &mut lane_rates.iter().map(|(h, r)| (h.clone(), r.0)),
+    );
+    metric(
+        "spillway_read_back_events_per_second",
+        "gauge",
+        "Events read back from the spill log per second, over the last 10 s.",
+        &mut lane_rates.iter().map(|(h, r)| (h.clone(), r.1)),
+    );
     let drops: Vec<(String, f64)> = stats
         .iter()
         .flat_map(|(l, s)| {
@@ -207,6 +284,23 @@ pub fn render(lanes: &[Lane]) -> String {
         "gauge",
         "Events pushed but not yet delivered to the consumer.",
         &mut lag.into_iter(),
+    );
+    let lag_seconds: Vec<(String, f64)> = stats
+        .iter()
+        .flat_map(|(l, s)| {
+            s.consumers.iter().map(move |c| {
+                (
+                    format!("{},consumer=\"{}\"", host(l), label(&c.name)),
+                    c.lag_ms as f64 / 1000.0,
+                )
+            })
+        })
+        .collect();
+    metric(
+        "spillway_consumer_lag_seconds",
+        "gauge",
+        "Age of the newest event delivered to the consumer while it lags; 0 when caught up.",
+        &mut lag_seconds.into_iter(),
     );
     metric(
         "spillway_backlog_alert",
@@ -267,9 +361,16 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let rates = Arc::new(Rates::default());
+    let mut tick = tokio::time::interval(RATE_SAMPLE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
+            _ = tick.tick() => {
+                rates.sample(&lanes);
+                continue;
+            }
             _ = stop.changed() => return,
         };
         let Ok((mut stream, _)) = accepted else {
@@ -281,6 +382,7 @@ pub async fn serve(
             continue;
         };
         let lanes = Arc::clone(&lanes);
+        let rates = Arc::clone(&rates);
         tokio::spawn(async move {
             let _slot = slot;
             let mut request = vec![0u8; REQUEST_BYTES_MAX];
@@ -305,7 +407,11 @@ pub async fn serve(
             let line = String::from_utf8_lossy(&request[..filled]);
             let path = line.split_whitespace().nth(1).unwrap_or("");
             let (status, kind, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", render(&lanes)),
+                "/metrics" => (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    render(&lanes, &rates),
+                ),
                 "/health" => {
                     let reasons = health_reasons(&lanes, rules);
                     let status = if reasons.is_empty() {

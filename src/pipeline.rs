@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::queue::{QueueError, SpillQueue};
@@ -92,11 +93,15 @@ impl Pipeline {
             {
                 let (queue, stats, stopped) =
                     (queue.clone(), Arc::clone(&source_stats), stopped.clone());
-                tasks.spawn(async move {
-                    firehose::run(firehose, queue, cursor_file, stats, stopped)
-                        .await
-                        .map_err(PipelineError::from)
-                });
+                let span = tracing::info_span!("source", relay = %host);
+                tasks.spawn(
+                    async move {
+                        firehose::run(firehose, queue, cursor_file, stats, stopped)
+                            .await
+                            .map_err(PipelineError::from)
+                    }
+                    .instrument(span),
+                );
             }
             let mut consumer =
                 queue
@@ -126,18 +131,22 @@ impl Pipeline {
                         .map_err(|e| PipelineError::Sink(format!("opening {target:?}: {e}")))?,
                 )
             };
-            tasks.spawn(async move {
-                loop {
-                    let batch = tokio::select! {
-                        b = consumer.next_batch(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
-                        _ = stopped.changed() => return Ok(()),
-                    };
-                    if !sink.write(&batch, &stats, &stopped).await? {
-                        return Ok(());
+            let span = tracing::info_span!("sink", relay = %host, kind = %config.sink);
+            tasks.spawn(
+                async move {
+                    loop {
+                        let batch = tokio::select! {
+                            b = consumer.next_batch(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
+                            _ = stopped.changed() => return Ok(()),
+                        };
+                        if !sink.write(&batch, &stats, &stopped).await? {
+                            return Ok(());
+                        }
+                        ack(&consumer, &batch, &stats)?;
                     }
-                    ack(&consumer, &batch, &stats)?;
                 }
-            });
+                .instrument(span),
+            );
             lanes.push(Lane {
                 host,
                 queue,

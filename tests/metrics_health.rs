@@ -79,6 +79,8 @@ async fn metrics_parse_and_health_follows_the_backlog_and_the_relay() {
         sink: "jsonl".into(),
         jsonl_path: dir.path().join("out.jsonl").display().to_string(),
         backlog_alert_events: 500,
+        // Every event goes through the log, so the spill and read-back rates move.
+        spill_mode: "write-through".into(),
         metrics_listen: "127.0.0.1:0".into(),
         ..Config::default()
     };
@@ -93,6 +95,33 @@ async fn metrics_parse_and_health_follows_the_backlog_and_the_relay() {
         body.starts_with("{\"healthy\":false,\"reasons\":["),
         "{body}"
     );
+
+    // While the sink lags: the lag's age, the rates and the relay cursor's age show it.
+    let started = Instant::now();
+    loop {
+        let (_, text) = get(addr, "/metrics").await;
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("Prometheus text format");
+        let lag_seconds = sample(&scrape, "spillway_consumer_lag_seconds");
+        assert!(
+            lag_seconds.is_finite() && lag_seconds >= 0.0,
+            "{lag_seconds}"
+        );
+        // The fixture's events are from 2024: the relay cursor is old.
+        let cursor_age = sample(&scrape, "spillway_relay_cursor_age_seconds");
+        assert!(cursor_age > 86_400.0, "{cursor_age}");
+        if lag_seconds > 0.0
+            && sample(&scrape, "spillway_spill_events_per_second") > 0.0
+            && sample(&scrape, "spillway_read_back_events_per_second") > 0.0
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "lag age or rates never moved: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Below the threshold again: healthy (the rest still drains).
     wait_for_health(addr, 200, "\"healthy\":true").await;
@@ -126,6 +155,7 @@ async fn metrics_parse_and_health_follows_the_backlog_and_the_relay() {
     );
     assert_eq!(sample(&scrape, "spillway_source_connected"), 1.0);
     assert_eq!(sample(&scrape, "spillway_consumer_lag_events"), 0.0);
+    assert_eq!(sample(&scrape, "spillway_consumer_lag_seconds"), 0.0);
     assert!(sample(&scrape, "spillway_durable_watermark") <= (BASE_SEQ + EVENTS - 1) as f64);
     for s in &scrape.samples {
         assert!(s.metric.starts_with("spillway_"), "{}", s.metric);

@@ -260,3 +260,70 @@ async fn the_backlog_alert_flips_when_a_consumer_lags_past_the_threshold() {
     consumer.ack(batch.last().expect("batch").seq).expect("ack");
     assert!(!queue.stats().backlog_alert, "caught up");
 }
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64
+}
+
+#[tokio::test]
+async fn push_time_survives_a_spill_and_a_restart_and_ages_the_lag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::small_queue_config(4096);
+    config.spill_mode = SpillMode::WriteThrough;
+    let before = now_us();
+    let pushed_at = {
+        let queue = SpillQueue::open(dir.path(), config.clone()).expect("open");
+        let mut consumer = queue.consumer("c").expect("consumer");
+        queue
+            .push_batch(
+                (1..=20)
+                    .map(|p| Event::new(p, vec![p as u8; 100]))
+                    .collect(),
+            )
+            .await
+            .expect("push");
+        let after = now_us();
+        let first = consumer.next_batch(5, 1 << 20).await.expect("read");
+        assert!(first
+            .iter()
+            .all(|d| (before..=after).contains(&d.pushed_at_us)));
+        let lagging = &queue.stats().consumers[0];
+        assert_eq!(lagging.lag_events, 15);
+        assert!(lagging.lag_ms <= (now_us() - before) / 1000 + 1);
+        first[0].pushed_at_us
+    };
+    let queue = SpillQueue::open(dir.path(), config).expect("reopen");
+    let mut consumer = queue.consumer("c").expect("consumer");
+    let again = consumer.next_batch(100, 1 << 20).await.expect("read");
+    assert_eq!(again.len(), 20, "nothing was acked");
+    assert_eq!(again[0].pushed_at_us, pushed_at, "the push time is on disk");
+    consumer.ack(again[19].seq).expect("ack");
+    assert_eq!(queue.stats().consumers[0].lag_ms, 0, "caught up");
+}
+
+#[test]
+fn a_log_in_another_envelope_layout_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::small_queue_config(4096);
+    {
+        // A log written without the envelope marker: the layout before push times.
+        let log = spillway_storage::open(dir.path(), config.log.clone()).expect("log");
+        log.append(&[&[0u8; 20]]).expect("append");
+        log.flush().expect("flush");
+    }
+    let error = SpillQueue::open(dir.path(), config).expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            QueueError::EnvelopeVersion {
+                found: 1,
+                supported: 2
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("envelope layout 1"), "{error}");
+}

@@ -43,6 +43,8 @@ pub(crate) struct CursorState {
     pub unacked: VecDeque<Stretch>,
     /// Whether a `Consumer` handle is live.
     pub attached: bool,
+    /// Push time of the newest event delivered since open, for the lag age.
+    pub newest_delivered_pushed_us: Option<u64>,
 }
 
 impl CursorState {
@@ -55,6 +57,7 @@ impl CursorState {
             acked_log_next: log,
             unacked: VecDeque::new(),
             attached: false,
+            newest_delivered_pushed_us: None,
         }
     }
 

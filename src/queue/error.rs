@@ -45,6 +45,14 @@ pub enum QueueError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The log holds events in another envelope layout than this build's.
+    #[error("the spill log holds events in envelope layout {found}; this build reads layout {supported} only: drain it with the build that wrote it, or move the directory aside")]
+    EnvelopeVersion {
+        /// The layout found.
+        found: u64,
+        /// The layout this build reads and writes.
+        supported: u64,
+    },
     /// The consumer name is attached already.
     #[error("consumer {0:?} is attached already")]
     ConsumerBusy(String),

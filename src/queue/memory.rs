@@ -16,6 +16,8 @@ pub(crate) struct MemoryEntry {
     /// The log's `next_seq` when the event was pushed: log records below it come before
     /// this event, records at or above it after. This orders memory against disk for any cursor.
     pub log_before: u64,
+    /// When it was pushed, µs since the Unix epoch.
+    pub pushed_at_us: u64,
     pub payload: Bytes,
 }
 
@@ -86,5 +88,17 @@ impl MemoryTier {
     /// Payload bytes of the entries.
     pub fn payload_bytes(&self) -> u64 {
         self.bytes - self.entries.len() as u64 * super::budget::EVENT_OVERHEAD_BYTES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MemoryEntry;
+    use crate::queue::budget::EVENT_OVERHEAD_BYTES;
+
+    #[test]
+    fn the_charged_overhead_covers_an_entry_and_a_shared_buffer_header() {
+        let shared_header = 32;
+        assert!(std::mem::size_of::<MemoryEntry>() as u64 + shared_header <= EVENT_OVERHEAD_BYTES);
     }
 }

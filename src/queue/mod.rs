@@ -88,6 +88,8 @@ pub struct Delivery {
     pub seq: u64,
     /// The source position it was pushed with.
     pub position: u64,
+    /// When the queue accepted it, µs since the Unix epoch (kept through a spill and a restart).
+    pub pushed_at_us: u64,
     /// The bytes.
     pub payload: Bytes,
 }
@@ -157,6 +159,9 @@ pub struct ConsumerStats {
     pub lag_events: u64,
     /// Events delivered but not acked.
     pub unacked_events: u64,
+    /// How long ago the newest event delivered to it was pushed, while it still lags
+    /// (0 when caught up): the age of the backlog it is reading, in milliseconds.
+    pub lag_ms: u64,
     /// Everything below this seq is acked.
     pub acked_seq_next: u64,
     /// Whether a handle is attached.
@@ -200,6 +205,8 @@ struct Core {
     data_ready: Notify,
     /// Wakes producers waiting for disk space.
     space_freed: Notify,
+    /// When this process opened the queue: the lag age of consumers that have not read since.
+    opened_at_us: u64,
 }
 
 /// The spilling queue. Cheap to clone: clones share one queue.
@@ -223,6 +230,25 @@ fn blocking<R>(work: impl FnOnce() -> R) -> R {
             tokio::task::block_in_place(work)
         }
         _ => work(),
+    }
+}
+
+/// Refuses a log written with another envelope layout; marks a new log with ours.
+fn check_envelope_version(
+    log: &dyn SpillLog,
+    stats: &spillway_storage::LogStats,
+) -> Result<(), QueueError> {
+    match log.position(envelope::ENVELOPE_VERSION_KEY)? {
+        Some(envelope::ENVELOPE_VERSION) => Ok(()),
+        // An empty log without the marker is new (or was written empty): take it.
+        None if stats.next_seq == 0 => {
+            log.save_position(envelope::ENVELOPE_VERSION_KEY, envelope::ENVELOPE_VERSION)?;
+            Ok(())
+        }
+        found => Err(QueueError::EnvelopeVersion {
+            found: found.unwrap_or(1),
+            supported: envelope::ENVELOPE_VERSION,
+        }),
     }
 }
 
@@ -259,15 +285,16 @@ impl SpillQueue {
                 saved.entry(consumer.to_string()).or_default().1 = Some(value);
             }
         }
+        check_envelope_version(log.as_ref(), &stats)?;
         let mut next_seq = 0;
         if stats.next_seq > stats.first_seq {
             let last = log.read(stats.next_seq - 1, 1, 0)?;
             let record = last.get(0).unwrap_or_default();
-            let (seq, _, _) = envelope::decode(record).ok_or(QueueError::BadEnvelope {
+            let last = envelope::decode(record).ok_or(QueueError::BadEnvelope {
                 log_seq: stats.next_seq - 1,
-                reason: "shorter than its 16-byte envelope",
+                reason: "shorter than its envelope",
             })?;
-            next_seq = seq + 1;
+            next_seq = last.seq + 1;
         }
         let mut cursors = BTreeMap::new();
         for (name, (seq, log_pos)) in saved {
@@ -313,6 +340,7 @@ impl SpillQueue {
                 state: Mutex::new(state),
                 data_ready: Notify::new(),
                 space_freed: Notify::new(),
+                opened_at_us: envelope::now_us(),
             }),
         })
     }
@@ -450,6 +478,7 @@ impl SpillQueue {
         let mut state = self.core.lock();
         let log = self.core.log.stats();
         let watermark = self.core.watermark(&mut state);
+        let now_us = envelope::now_us();
         let consumers: Vec<ConsumerStats> = state
             .cursors
             .iter()
@@ -457,6 +486,14 @@ impl SpillQueue {
                 name: name.clone(),
                 lag_events: state.next_seq.saturating_sub(c.seq_next),
                 unacked_events: c.seq_next.saturating_sub(c.acked_seq_next),
+                lag_ms: if state.next_seq > c.seq_next {
+                    now_us.saturating_sub(
+                        c.newest_delivered_pushed_us
+                            .unwrap_or(self.core.opened_at_us),
+                    ) / 1000
+                } else {
+                    0
+                },
                 acked_seq_next: c.acked_seq_next,
                 attached: c.attached,
             })
@@ -612,6 +649,7 @@ impl Core {
         if to_memory > 0 {
             let log_before = self.log.stats().next_seq;
             let last_position = events.last().map_or(0, |e| e.position);
+            let pushed_at_us = envelope::now_us();
             for event in events {
                 let seq = state.next_seq;
                 state.next_seq += 1;
@@ -619,6 +657,7 @@ impl Core {
                     seq,
                     position: event.position,
                     log_before,
+                    pushed_at_us,
                     payload: event.payload,
                 });
             }
@@ -650,11 +689,13 @@ impl Core {
         let mut scratch = std::mem::take(&mut state.scratch);
         scratch.clear();
         let mut ends = Vec::with_capacity(events.len());
+        let pushed_at_us = envelope::now_us();
         for (i, event) in events.iter().enumerate() {
             envelope::encode(
                 &mut scratch,
                 first_seq + i as u64,
                 event.position,
+                pushed_at_us,
                 &event.payload,
             );
             ends.push(scratch.len());
@@ -904,6 +945,7 @@ impl Core {
                 out.push(Delivery {
                     seq: entry.seq,
                     position: entry.position,
+                    pushed_at_us: entry.pushed_at_us,
                     payload: entry.payload.clone(),
                 });
                 index += 1;
@@ -925,11 +967,15 @@ impl Core {
                 let take = (max_records as u64).min(log_end - cursor.log_next) as usize;
                 let batch = self.log.read(cursor.log_next, take, max_bytes)?;
                 for (log_seq, record) in batch.iter() {
-                    let (seq, position, payload) =
-                        envelope::decode(record).ok_or(QueueError::BadEnvelope {
-                            log_seq,
-                            reason: "shorter than its 16-byte envelope",
-                        })?;
+                    let envelope::Envelope {
+                        seq,
+                        position,
+                        pushed_at_us,
+                        payload,
+                    } = envelope::decode(record).ok_or(QueueError::BadEnvelope {
+                        log_seq,
+                        reason: "shorter than its envelope",
+                    })?;
                     if replays.iter().any(|r| r.supersedes(log_seq, position)) {
                         counters.superseded += 1;
                         continue;
@@ -954,6 +1000,7 @@ impl Core {
                     out.push(Delivery {
                         seq,
                         position,
+                        pushed_at_us,
                         payload,
                     });
                 }
@@ -962,6 +1009,9 @@ impl Core {
             counters.read_back += out.len() as u64;
         }
         counters.delivered += out.len() as u64;
+        if let Some(last) = out.last() {
+            cursor.newest_delivered_pushed_us = Some(last.pushed_at_us);
+        }
         self.maybe_stop_spilling(&mut state);
         Ok(out)
     }

@@ -84,6 +84,8 @@ pub struct SourceStats {
     pub reconnects_total: AtomicU64,
     /// The last seq pushed.
     pub last_seq: AtomicU64,
+    /// The relay's `time` of the last event pushed that had one, ms since the Unix epoch (0: none yet).
+    pub last_event_time_ms: AtomicU64,
     /// 1 while connected.
     pub connected: AtomicU64,
 }
@@ -395,7 +397,9 @@ fn handle(
             tracing::warn!(host, name = ?info_name, "the relay sent #info (OutdatedCursor: it resumes from its oldest event)");
             Ok(Handled::Nothing)
         }
-        Ok(Frame::Message { kind, seq, .. }) => {
+        Ok(Frame::Message {
+            kind, seq, time, ..
+        }) => {
             let Some(seq) = seq else {
                 stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
                 return Ok(Handled::Drop(format!("a {kind} frame without seq")));
@@ -414,6 +418,9 @@ fn handle(
                 .bytes_total
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             stats.last_seq.store(seq, Ordering::Relaxed);
+            if let Some(time_ms) = time.as_deref().and_then(frame::parse_time_ms) {
+                stats.last_event_time_ms.store(time_ms, Ordering::Relaxed);
+            }
             Ok(Handled::Event(Event {
                 position: seq,
                 payload: bytes,

@@ -96,6 +96,68 @@ pub enum Frame {
     },
 }
 
+/// Milliseconds since the Unix epoch of an RFC 3339 time such as the body's `time`
+/// (`2024-09-09T19:46:02.102Z`, offsets allowed); `None` if it is not one.
+pub fn parse_time_ms(text: &str) -> Option<u64> {
+    let b = text.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = text.get(range)?;
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if b.get(at) == Some(&b'.') {
+        let start = at + 1;
+        at = start;
+        while b.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        if at == start {
+            return None;
+        }
+        let digits = (at - start).min(3);
+        millis = num(start..start + digits)? * 10_i64.pow(3 - digits as u32);
+    }
+    let offset_minutes = match b.get(at)? {
+        b'Z' | b'z' if at + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if at + 6 == b.len() && b[at + 3] == b':' => {
+            let minutes = num(at + 1..at + 3)? * 60 + num(at + 4..at + 6)?;
+            if *sign == b'+' {
+                minutes
+            } else {
+                -minutes
+            }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (H. Hinnant's algorithm), proleptic Gregorian.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    u64::try_from(seconds * 1000 + millis).ok()
+}
+
 impl Frame {
     /// The message's `seq`, if it has one.
     pub fn seq(&self) -> Option<u64> {
@@ -382,4 +444,37 @@ pub fn split_capture(bytes: &[u8], max_bytes: usize) -> Result<Vec<&[u8]>, Frame
         at += 4 + len;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_time_ms;
+
+    #[test]
+    fn relay_times_parse_to_unix_milliseconds() {
+        assert_eq!(parse_time_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_time_ms("2024-09-09T19:46:02.102Z"),
+            Some(1_725_911_162_102)
+        );
+        assert_eq!(
+            parse_time_ms("2024-09-09T19:46:02.1Z"),
+            Some(1_725_911_162_100)
+        );
+        assert_eq!(
+            parse_time_ms("2024-09-09T21:46:02.102123+02:00"),
+            Some(1_725_911_162_102)
+        );
+        assert_eq!(parse_time_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        for bad in [
+            "",
+            "2024-09-09",
+            "2024-13-09T19:46:02Z",
+            "2024-09-09T19:46:02",
+            "2024-09-09T19:46:02.Z",
+            "garbage and more text",
+        ] {
+            assert_eq!(parse_time_ms(bad), None, "{bad}");
+        }
+    }
 }
