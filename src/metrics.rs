@@ -32,9 +32,12 @@ pub const RATE_WINDOW_SAMPLES: usize = 11;
 /// Spill and read-back rates per lane, from counters sampled every [`RATE_SAMPLE_INTERVAL`].
 #[derive(Debug, Default)]
 pub struct Rates {
-    /// Oldest first; at most [`RATE_WINDOW_SAMPLES`]. Each: when, and per lane (spilled, read back).
-    samples: Mutex<VecDeque<(Instant, Vec<(u64, u64)>)>>,
+    /// Oldest first; at most [`RATE_WINDOW_SAMPLES`].
+    samples: Mutex<VecDeque<RateSample>>,
 }
+
+/// When, and per lane (spilled, read back) events since open.
+type RateSample = (Instant, Vec<(u64, u64)>);
 
 impl Rates {
     /// Records the lanes' counters now.
