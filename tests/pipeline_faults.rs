@@ -286,3 +286,32 @@ fn bad_configuration_values_are_refused_with_the_key_named() {
         "the environment overrides the file"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_with_status_3_on_a_future_cursor_so_supervisors_do_not_loop() {
+    let mut relay_config =
+        RelayConfig::from_capture(&common::fixture::frames_bin(), BASE_SEQ).expect("fixture");
+    relay_config.total_events = Some(10);
+    let relay = LoopbackRelay::start(relay_config).await.expect("relay");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .args(["run", "--progress-secs", "0"])
+        .env("SPILLWAY_DATA_DIR", dir.path().join("data"))
+        .env("SPILLWAY_RELAYS", format!("[\"{}\"]", relay.url()))
+        .env("SPILLWAY_START_CURSOR", (BASE_SEQ + 1_000).to_string())
+        .env("SPILLWAY_SINK", "\"jsonl\"")
+        .env(
+            "SPILLWAY_JSONL_PATH",
+            format!("{:?}", dir.path().join("out.jsonl")),
+        )
+        .env("SPILLWAY_METRICS_LISTEN", "\"127.0.0.1:0\"")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("it stops by itself")
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("FutureCursor"), "{stderr}");
+}

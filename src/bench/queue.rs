@@ -204,12 +204,14 @@ pub fn spill_write(
     })
 }
 
-/// Reopens the queue in `dir` and times the first delivered event, then drains (acking) and times that.
+/// Reopens the queue in `dir` and times the first delivered event, then, if `drain`,
+/// drains (acking) and times that; without `drain` nothing is acked, so it can run again.
 pub fn reopen_and_drain(
     dir: &Path,
     size: usize,
     budget_bytes: u64,
-) -> std::io::Result<(Figures, Figures)> {
+    drain: bool,
+) -> std::io::Result<(Figures, Option<Figures>)> {
     runtime()?.block_on(async {
         rss::reset_peak();
         let started = Instant::now();
@@ -229,6 +231,9 @@ pub fn reopen_and_drain(
             peak_rss_bytes: rss::peak_bytes(),
             disk_bytes: 0,
         };
+        if !drain {
+            return Ok((reopen, None));
+        }
         let backlog = queue.stats().disk_events + queue.stats().memory_events;
         let started = Instant::now();
         let mut received = first.len() as u64;
@@ -258,6 +263,6 @@ pub fn reopen_and_drain(
             return Err(io_err(format!("drained {received} of {backlog}")));
         }
         let drain = figures("queue read-back (drain)".into(), received, size, started);
-        Ok((reopen, drain))
+        Ok((reopen, Some(drain)))
     })
 }

@@ -198,7 +198,7 @@ fn run_child(args: &[String], what: &str) -> std::io::Result<Vec<(Figures, Strin
         .collect())
 }
 
-fn run_phase(
+pub(crate) fn run_phase(
     phase: &str,
     backend: &str,
     records: u64,
@@ -327,7 +327,7 @@ pub struct QueueBenchArgs {
 /// Arguments of the hidden per-phase child of `spillway bench queue`.
 #[derive(Debug, clap::Args)]
 pub struct QueuePhaseArgs {
-    /// memory, mpsc-event, mpsc-batch, spill, reopen-drain.
+    /// memory, mpsc-event, mpsc-batch, spill, reopen (no ack), reopen-drain.
     #[arg(long)]
     pub phase: String,
     /// Events.
@@ -359,8 +359,10 @@ pub fn run_queue_phase(args: &QueuePhaseArgs) -> std::io::Result<()> {
                 "",
             )
         }
-        "reopen-drain" => {
-            let (reopen, drain) = qbench::reopen_and_drain(&args.dir, size, args.budget_bytes)?;
+        "reopen-drain" | "reopen" => {
+            let drain = args.phase == "reopen-drain";
+            let (reopen, drained) =
+                qbench::reopen_and_drain(&args.dir, size, args.budget_bytes, drain)?;
             emit(
                 &reopen,
                 &format!(
@@ -368,14 +370,16 @@ pub fn run_queue_phase(args: &QueuePhaseArgs) -> std::io::Result<()> {
                     reopen.seconds * 1e3
                 ),
             );
-            emit(&drain, "");
+            if let Some(drained) = drained {
+                emit(&drained, "");
+            }
         }
         other => return Err(std::io::Error::other(format!("unknown phase {other:?}"))),
     }
     Ok(())
 }
 
-fn run_queue_phase_child(
+pub(crate) fn run_queue_phase_child(
     phase: &str,
     events: u64,
     size: usize,
@@ -669,8 +673,45 @@ fn redis_ceiling(
         .ok_or_else(|| std::io::Error::other(format!("unexpected redis-benchmark output: {text}")))
 }
 
+/// What `bench e2e` measured.
+pub(crate) struct E2eFigures {
+    /// redis-benchmark's XADD events/s.
+    pub ceiling: f64,
+    /// spillway's events/s relay -> Redis.
+    pub rate: f64,
+    /// Peak RSS of this process during the run.
+    pub peak_rss_bytes: u64,
+    /// Mean frame size.
+    pub mean_bytes: usize,
+}
+
 /// Relay -> spillway -> Redis on loopback against redis-benchmark's ceiling, measured in the same run.
 pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
+    let E2eFigures {
+        ceiling,
+        rate,
+        peak_rss_bytes: peak_rss,
+        mean_bytes,
+    } = measure_e2e(args)?;
+    println!("end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {mean_bytes} B), batches of 500 in MULTI/EXEC", args.events);
+    println!("{:<44} {:>12} {:>8}", "", "events/s", "ratio");
+    println!(
+        "{:<44} {:>12.0} {:>7.2}x",
+        "redis-benchmark -P 64 XADD (the ceiling)", ceiling, 1.0
+    );
+    println!(
+        "{:<44} {:>12.0} {:>7.2}x   peak RSS {:.1} MiB (budget {} MiB)",
+        "spillway relay -> queue -> Redis stream",
+        rate,
+        rate / ceiling,
+        mib(peak_rss),
+        args.budget_mib
+    );
+    Ok(())
+}
+
+/// Runs the end-to-end scenario and its ceiling.
+pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
     use spillway::config::Config;
     use spillway::pipeline::Pipeline;
     use spillway::source::relay::{LoopbackRelay, RelayConfig};
@@ -730,20 +771,10 @@ pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
         let _ = running.await;
         Ok::<_, std::io::Error>((seconds, peak))
     })?;
-    let rate = args.events as f64 / seconds;
-    println!("end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {mean_bytes} B), batches of 500 in MULTI/EXEC", args.events);
-    println!("{:<44} {:>12} {:>8}", "", "events/s", "ratio");
-    println!(
-        "{:<44} {:>12.0} {:>7.2}x",
-        "redis-benchmark -P 64 XADD (the ceiling)", ceiling, 1.0
-    );
-    println!(
-        "{:<44} {:>12.0} {:>7.2}x   peak RSS {:.1} MiB (budget {} MiB)",
-        "spillway relay -> queue -> Redis stream",
-        rate,
-        rate / ceiling,
-        mib(peak_rss),
-        args.budget_mib
-    );
-    Ok(())
+    Ok(E2eFigures {
+        ceiling,
+        rate: args.events as f64 / seconds,
+        peak_rss_bytes: peak_rss,
+        mean_bytes,
+    })
 }

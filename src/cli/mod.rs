@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one module per subcommand.
 
 pub mod bench;
+pub mod bench_all;
 pub mod inspect;
 pub mod run;
 

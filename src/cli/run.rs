@@ -5,7 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use spillway::config::Config;
-use spillway::pipeline::Pipeline;
+use spillway::pipeline::{Pipeline, PipelineError};
+use spillway::source::firehose::SourceError;
 use spillway::source::relay::{LoopbackRelay, RelayConfig};
 
 /// The real frames the demo replays (copied from shared/fixtures/firehose).
@@ -92,13 +93,48 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Exit status of `spillway run` when retrying cannot help and an operator must act
+/// (the relay answered `FutureCursor`); systemd: `RestartPreventExitStatus=3`.
+pub const EXIT_NEEDS_OPERATOR: u8 = 3;
+
+/// Why `run` or `demo` stopped with an error, and the exit status to report.
+#[derive(Debug)]
+pub struct RunError {
+    /// What went wrong, with context.
+    pub message: String,
+    /// 1, or [`EXIT_NEEDS_OPERATOR`].
+    pub exit_code: u8,
+}
+
+impl From<String> for RunError {
+    fn from(message: String) -> Self {
+        RunError {
+            message,
+            exit_code: 1,
+        }
+    }
+}
+
+impl From<PipelineError> for RunError {
+    fn from(error: PipelineError) -> Self {
+        let exit_code = match &error {
+            PipelineError::Source(SourceError::FutureCursor { .. }) => EXIT_NEEDS_OPERATOR,
+            _ => 1,
+        };
+        RunError {
+            message: error.to_string(),
+            exit_code,
+        }
+    }
+}
+
 /// Runs the pipeline until a signal, a fatal error or `deadline`, printing progress.
 async fn drive(
     pipeline: Pipeline,
     progress: Duration,
     deadline: Option<Duration>,
     relay: Option<&LoopbackRelay>,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let started = Instant::now();
     let mut tick = tokio::time::interval(if progress.is_zero() {
         Duration::from_secs(3600)
@@ -116,7 +152,7 @@ async fn drive(
     let mut stopping = false;
     loop {
         tokio::select! {
-            result = &mut join => return result.map_err(|e| e.to_string()),
+            result = &mut join => return result.map_err(RunError::from),
             _ = &mut signal, if !stopping => {
                 tracing::info!("signal received; stopping: sources stop reading, cursors are saved, queues flushed");
                 stopping = true;
@@ -163,7 +199,7 @@ async fn drive(
 }
 
 /// `spillway run`.
-pub fn run(args: &RunArgs) -> Result<(), String> {
+pub fn run(args: &RunArgs) -> Result<(), RunError> {
     let config = Config::load(args.config.as_deref(), std::env::vars())
         .map_err(|e| format!("configuration: {e}"))?;
     super::init_logs(config.log_format == "json");
@@ -172,7 +208,7 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     runtime.block_on(async {
-        let pipeline = Pipeline::start(&config, 0).map_err(|e| e.to_string())?;
+        let pipeline = Pipeline::start(&config, 0)?;
         drive(
             pipeline,
             Duration::from_secs(args.progress_secs),
@@ -184,7 +220,7 @@ pub fn run(args: &RunArgs) -> Result<(), String> {
 }
 
 /// `spillway demo`.
-pub fn demo(args: &DemoArgs) -> Result<(), String> {
+pub fn demo(args: &DemoArgs) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -198,7 +234,7 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
             Some(_) => None,
             None => Some(tempfile_dir()?),
         };
-        let data_dir = args.data_dir.clone().or_else(|| temp.as_ref().map(|t| t.0.clone())).ok_or("no data directory")?;
+        let data_dir = args.data_dir.clone().or_else(|| temp.as_ref().map(|t| t.0.clone())).ok_or_else(|| "no data directory".to_string())?;
         let config = Config {
             data_dir: data_dir.clone(),
             relays: vec![relay.url()],
@@ -213,7 +249,7 @@ pub fn demo(args: &DemoArgs) -> Result<(), String> {
             "spillway demo: a loopback relay sends real firehose frames at {}/s; a JSON-lines sink writes {}/s to {}; memory budget {} MiB; data in {}. Ctrl-C stops.",
             args.relay_events_per_sec, args.sink_events_per_sec, args.jsonl_path, args.memory_budget_mib, data_dir.display()
         );
-        let pipeline = Pipeline::start(&config, args.sink_events_per_sec).map_err(|e| e.to_string())?;
+        let pipeline = Pipeline::start(&config, args.sink_events_per_sec)?;
         let deadline = (args.seconds > 0).then(|| Duration::from_secs(args.seconds));
         let outcome = drive(pipeline, Duration::from_secs(1), deadline, Some(&relay)).await;
         println!(

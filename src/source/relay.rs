@@ -211,6 +211,7 @@ async fn serve(
         Some(c) => c + 1,
         None => head(config, started),
     };
+    const CLOSE_CHECK_FRAMES: u64 = 64;
     let slow = Duration::from_millis(config.slow_consumer_ms);
     loop {
         if *stopped.borrow() {
@@ -232,10 +233,15 @@ async fn serve(
             continue;
         }
         // A client that closed (or vanished) ends this connection: a stale sender must not
-        // run ahead, and must not use up the faults meant for the live connection.
-        match futures_util::FutureExt::now_or_never(socket.next()) {
-            Some(None) | Some(Some(Err(_))) | Some(Some(Ok(Message::Close(_)))) => return Ok(()),
-            _ => {}
+        // run ahead, and must not use up the faults meant for the live connection. Checked
+        // every CLOSE_CHECK_FRAMES frames: each poll of the reader zeroes its 128 KiB buffer.
+        if seq % CLOSE_CHECK_FRAMES == 0 {
+            match futures_util::FutureExt::now_or_never(socket.next()) {
+                Some(None) | Some(Some(Err(_))) | Some(Some(Ok(Message::Close(_)))) => {
+                    return Ok(())
+                }
+                _ => {}
+            }
         }
         let template =
             &config.frames[((seq - config.base_seq) % config.frames.len() as u64) as usize];
