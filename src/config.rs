@@ -7,8 +7,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::decode::format::RSKY_DEFAULT_COLLECTIONS;
+use crate::decode::{Filter, OutputFormat};
 use crate::queue::{FullPolicy, QueueConfig, SpillMode};
 use crate::sink::redis::RedisSinkConfig;
+use crate::sink::OutputOptions;
 use crate::source::firehose::FirehoseConfig;
 use crate::storage::{Backend, Durability};
 
@@ -36,6 +39,13 @@ pub struct Config {
     pub frame_bytes_max: u64,
     /// `redis` or `jsonl`.
     pub sink: String,
+    /// What the sink writes: `raw`, `jetstream` or `rsky`.
+    pub output_format: String,
+    /// Collections to keep (`app.bsky.feed.post`, `app.bsky.feed.*`); empty keeps all
+    /// (`rsky` then keeps `app.bsky.*` and `chat.bsky.*`, as the rsky ingester did).
+    pub wanted_collections: Vec<String>,
+    /// DIDs to keep; empty keeps all.
+    pub wanted_dids: Vec<String>,
     /// The Redis URL.
     pub redis_url: String,
     /// The Redis stream.
@@ -75,6 +85,9 @@ impl Default for Config {
             spill_mode: "memory-first".into(),
             frame_bytes_max: 4 * 1024 * 1024,
             sink: "redis".into(),
+            output_format: "raw".into(),
+            wanted_collections: Vec::new(),
+            wanted_dids: Vec::new(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_stream: "firehose_live".into(),
             redis_high_water_events: 100_000,
@@ -188,6 +201,12 @@ impl Config {
         if !matches!(self.sink.as_str(), "redis" | "jsonl") {
             return invalid("sink", format!("{:?}: expected redis or jsonl", self.sink));
         }
+        if let Err(reason) = OutputFormat::parse(&self.output_format) {
+            return invalid("output_format", reason);
+        }
+        if let Err(reason) = self.filter() {
+            return invalid("wanted_collections", reason);
+        }
         if self.redis_high_water_events > 0
             && self.redis_low_water_events >= self.redis_high_water_events
         {
@@ -256,9 +275,10 @@ impl Config {
         config.log.disk_budget_bytes = self.disk_budget_bytes / share;
         config.log.durability =
             Durability::parse(&self.durability).unwrap_or(Durability::EveryBatch);
-        config.log.record_bytes_max = u32::try_from(self.frame_bytes_max + 16)
-            .unwrap_or(u32::MAX)
-            .min(crate::storage::record::RECORD_BYTES_LIMIT);
+        config.log.record_bytes_max =
+            u32::try_from(self.frame_bytes_max + crate::queue::envelope::ENVELOPE_BYTES as u64)
+                .unwrap_or(u32::MAX)
+                .min(crate::storage::record::RECORD_BYTES_LIMIT);
         config.full_policy = FullPolicy::parse(&self.full_policy).unwrap_or(FullPolicy::Block);
         config.spill_mode = if self.spill_mode == "write-through" {
             SpillMode::WriteThrough
@@ -274,7 +294,35 @@ impl Config {
         let mut config = FirehoseConfig::new(self.relays[index].clone());
         config.start_cursor = self.start_cursor;
         config.frame_bytes_max = self.frame_bytes_max as usize;
+        config.filter = self.filter().unwrap_or_default();
         config
+    }
+
+    /// The filter applied before the queue and again at output: the wanted collections
+    /// and DIDs, with rsky's collections when that format is chosen without any.
+    ///
+    /// # Errors
+    /// A malformed pattern or DID.
+    pub fn filter(&self) -> Result<Filter, String> {
+        let rsky_defaults = self.output_format == "rsky" && self.wanted_collections.is_empty();
+        let collections: Vec<String> = if rsky_defaults {
+            RSKY_DEFAULT_COLLECTIONS
+                .iter()
+                .map(|c| c.to_string())
+                .collect()
+        } else {
+            self.wanted_collections.clone()
+        };
+        Filter::new(&collections, &self.wanted_dids)
+    }
+
+    /// What the sink writes.
+    pub fn output_options(&self) -> OutputOptions {
+        OutputOptions {
+            format: OutputFormat::parse(&self.output_format).unwrap_or(OutputFormat::Raw),
+            filter: self.filter().unwrap_or_default(),
+            frame_bytes_max: self.frame_bytes_max as usize,
+        }
     }
 
     /// When `/health` turns 503.
@@ -292,6 +340,7 @@ impl Config {
         config.cursor_key_prefix = format!("{}:cursor:", self.redis_stream);
         config.high_water_events = self.redis_high_water_events;
         config.low_water_events = self.redis_low_water_events;
+        config.output = self.output_options();
         config
     }
 }

@@ -3,6 +3,7 @@
 //! - [`queue`]: the spilling queue, its cursors, acks and watermark.
 //! - [`storage`]: the durable spill log (the `spillway-storage` crate).
 //! - [`source`]: the relay firehose source and its frame decoding.
+//! - [`decode`]: frames decoded in full to Jetstream or rsky JSON, with filters.
 //! - [`sink`]: the Redis stream and JSON-lines sinks.
 //! - [`pipeline`]: source -> queue -> sink wiring and shutdown; [`config`]: its settings;
 //!   [`metrics`]: `/metrics` and `/health`.
@@ -11,6 +12,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod decode;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;

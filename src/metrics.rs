@@ -347,7 +347,7 @@ pub fn health_reasons(lanes: &[Lane], rules: HealthRules) -> Vec<String> {
 fn health_json(reasons: &[String]) -> String {
     let items: Vec<String> = reasons
         .iter()
-        .map(|r| crate::sink::jsonl::json_string(r))
+        .map(|r| crate::decode::json::json_string(r))
         .collect();
     format!(
         "{{\"healthy\":{},\"reasons\":[{}]}}\n",

@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::queue::{QueueError, SpillQueue};
-use crate::sink::jsonl::{JsonlSink, JsonlTarget};
+use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};
 use crate::sink::redis::RedisSink;
 use crate::sink::SinkStats;
 use crate::source::cursor::CursorFile;
@@ -127,8 +127,14 @@ impl Pipeline {
                     JsonlTarget::File(config.jsonl_path.clone().into())
                 };
                 AnySink::Jsonl(
-                    JsonlSink::open(&target, sink_events_per_sec_max)
-                        .map_err(|e| PipelineError::Sink(format!("opening {target:?}: {e}")))?,
+                    JsonlSink::open(
+                        &target,
+                        JsonlOptions {
+                            output: config.output_options(),
+                            events_per_sec_max: sink_events_per_sec_max,
+                        },
+                    )
+                    .map_err(|e| PipelineError::Sink(format!("opening {target:?}: {e}")))?,
                 )
             };
             let span = tracing::info_span!("sink", relay = %host, kind = %config.sink);
@@ -245,7 +251,7 @@ impl AnySink {
         match self {
             AnySink::Redis(sink) => Ok(sink.write(batch, stats, stopped).await),
             AnySink::Jsonl(sink) => sink
-                .write(batch)
+                .write(batch, stats)
                 .await
                 .map(|()| true)
                 .map_err(|e| PipelineError::Sink(format!("writing JSON lines: {e}"))),

@@ -4,8 +4,9 @@
 pub mod jsonl;
 pub mod redis;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::decode::{render, Filter, OutputFormat};
 use crate::queue::Delivery;
 use crate::source::frame;
 
@@ -22,6 +23,51 @@ pub struct SinkStats {
     pub backpressure: AtomicU64,
     /// Milliseconds since the epoch of the first failure of the current outage (0: healthy).
     pub failing_since_ms: AtomicU64,
+    /// Frames that did not decode into the output format (logged and skipped).
+    pub decode_errors_total: AtomicU64,
+}
+
+/// What a sink writes: the format, and for decoded formats the filter and the bound on decoding.
+#[derive(Debug, Clone)]
+pub struct OutputOptions {
+    /// The output format.
+    pub format: OutputFormat,
+    /// Operations and DIDs to keep (decoded formats).
+    pub filter: Filter,
+    /// The frame size limit, which bounds decoding.
+    pub frame_bytes_max: usize,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        OutputOptions {
+            format: OutputFormat::Raw,
+            filter: Filter::default(),
+            frame_bytes_max: 4 << 20,
+        }
+    }
+}
+
+impl OutputOptions {
+    /// Renders a batch in a decoded format into `lines` (cleared first). A frame that does
+    /// not decode is logged and counted, and skipped: retrying cannot make it decode.
+    pub fn render_batch(&self, batch: &[Delivery], stats: &SinkStats, lines: &mut Vec<String>) {
+        lines.clear();
+        for delivery in batch {
+            let rendered = render(
+                &delivery.payload,
+                delivery.pushed_at_us,
+                self.format,
+                &self.filter,
+                self.frame_bytes_max,
+                lines,
+            );
+            if let Err(error) = rendered {
+                stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(seq = delivery.position, %error, "skipping a frame that does not decode into the output format");
+            }
+        }
+    }
 }
 
 /// The fields every sink writes for an event, read from its frame header.

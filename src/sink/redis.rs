@@ -1,5 +1,6 @@
 //! The Redis stream sink: one `MULTI`/`EXEC` round trip per batch (an `XADD` per event
-//! with fields `seq`, `type`, `did`, `frame`, plus the host's cursor key), then the ack.
+//! with fields `seq`, `type`, `did`, `frame`, or with the decoded JSON in field `event`,
+//! plus the host's cursor key), then the ack.
 //!
 //! Backpressure as the story's ingester meant it, done right: when `XLEN` reaches the
 //! high-water mark the sink stops writing and polls until it falls below the low-water
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use super::{now_ms, retry_delay, EventFields, SinkStats};
+use super::{now_ms, retry_delay, EventFields, OutputOptions, SinkStats};
+use crate::decode::OutputFormat;
 use crate::queue::Delivery;
 
 /// The Redis sink's settings.
@@ -38,6 +40,8 @@ pub struct RedisSinkConfig {
     pub command_timeout_ms: u64,
     /// Interval between repeated log lines about the same outage or pause.
     pub log_interval_ms: u64,
+    /// `raw` frames (fields `seq`, `type`, `did`, `frame`), or decoded JSON in field `event`.
+    pub output: OutputOptions,
 }
 
 impl RedisSinkConfig {
@@ -54,6 +58,7 @@ impl RedisSinkConfig {
             retry_delay_max_ms: 10_000,
             command_timeout_ms: 10_000,
             log_interval_ms: 10_000,
+            output: OutputOptions::default(),
         }
     }
 }
@@ -64,6 +69,8 @@ pub struct RedisSink {
     client: redis::Client,
     connection: Option<MultiplexedConnection>,
     host: String,
+    /// The batch in hand rendered in a decoded format, once, before its first attempt.
+    lines: Vec<String>,
 }
 
 /// A Redis failure, with what was being done.
@@ -91,6 +98,7 @@ impl RedisSink {
             client,
             connection: None,
             host: host.to_string(),
+            lines: Vec::new(),
         })
     }
 
@@ -139,22 +147,33 @@ impl RedisSink {
         let mut c = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut last_seq = 0;
-        for delivery in batch {
-            let fields = EventFields::of(delivery);
-            last_seq = fields.seq;
-            pipe.cmd("XADD")
-                .arg(&self.config.stream)
-                .arg("*")
-                .arg("seq")
-                .arg(fields.seq)
-                .arg("type")
-                .arg(&fields.kind)
-                .arg("did")
-                .arg(&fields.did)
-                .arg("frame")
-                .arg(&delivery.payload[..])
-                .ignore();
+        let mut last_seq = batch.last().map_or(0, |d| d.position);
+        if self.config.output.format == OutputFormat::Raw {
+            for delivery in batch {
+                let fields = EventFields::of(delivery);
+                last_seq = fields.seq;
+                pipe.cmd("XADD")
+                    .arg(&self.config.stream)
+                    .arg("*")
+                    .arg("seq")
+                    .arg(fields.seq)
+                    .arg("type")
+                    .arg(&fields.kind)
+                    .arg("did")
+                    .arg(&fields.did)
+                    .arg("frame")
+                    .arg(&delivery.payload[..])
+                    .ignore();
+            }
+        } else {
+            for line in &self.lines {
+                pipe.cmd("XADD")
+                    .arg(&self.config.stream)
+                    .arg("*")
+                    .arg("event")
+                    .arg(line)
+                    .ignore();
+            }
         }
         pipe.cmd("SET")
             .arg(format!("{}{}", self.config.cursor_key_prefix, self.host))
@@ -179,6 +198,11 @@ impl RedisSink {
         let mut attempt = 0u32;
         let mut last_log: Option<Instant> = None;
         let log_every = Duration::from_millis(self.config.log_interval_ms);
+        if self.config.output.format != OutputFormat::Raw {
+            let mut lines = std::mem::take(&mut self.lines);
+            self.config.output.render_batch(batch, stats, &mut lines);
+            self.lines = lines;
+        }
         loop {
             if *stop.borrow() {
                 return false;

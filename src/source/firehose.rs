@@ -40,6 +40,8 @@ pub struct FirehoseConfig {
     pub idle_timeout_ms: u64,
     /// Interval between saves of the durable cursor.
     pub cursor_save_interval_ms: u64,
+    /// Frames this filter does not want are counted and never enter the queue.
+    pub filter: crate::decode::Filter,
 }
 
 impl FirehoseConfig {
@@ -49,6 +51,7 @@ impl FirehoseConfig {
             url: url.into(),
             start_cursor: None,
             frame_bytes_max: 4 * 1024 * 1024,
+            filter: crate::decode::Filter::default(),
             push_batch_frames_max: 256,
             reconnect_delay_min_ms: 250,
             reconnect_delay_max_ms: 30_000,
@@ -84,6 +87,8 @@ pub struct SourceStats {
     pub reconnects_total: AtomicU64,
     /// The last seq pushed.
     pub last_seq: AtomicU64,
+    /// Frames the filter did not want (not pushed).
+    pub filtered_total: AtomicU64,
     /// The relay's `time` of the last event pushed that had one, ms since the Unix epoch (0: none yet).
     pub last_event_time_ms: AtomicU64,
     /// 1 while connected.
@@ -413,6 +418,19 @@ fn handle(
                 return Ok(Handled::Nothing);
             }
             *cursor = Some(seq);
+            // The filter reads the body's ops, not the CAR blocks: cheap enough for the read loop.
+            match config.filter.wants_frame(&bytes, config.frame_bytes_max) {
+                Ok(true) => {}
+                Ok(false) => {
+                    stats.filtered_total.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Handled::Nothing);
+                }
+                Err(e) => {
+                    stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(host, error = %e, seq, "invalid frame body from the relay; dropping the connection");
+                    return Ok(Handled::Drop(format!("invalid frame: {e}")));
+                }
+            }
             stats.frames_total.fetch_add(1, Ordering::Relaxed);
             stats
                 .bytes_total

@@ -7,8 +7,8 @@
 //! bounded by [`CBOR_DEPTH_MAX`], and indefinite lengths (forbidden in DAG-CBOR)
 //! are refused, so no input can make this panic, loop or allocate.
 
-/// Deepest nesting accepted while skipping a value.
-pub const CBOR_DEPTH_MAX: usize = 64;
+use crate::decode::cbor::Reader;
+pub use crate::decode::cbor::CBOR_DEPTH_MAX;
 
 /// Why a frame could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +65,17 @@ pub enum FrameError {
         len: usize,
         /// The limit.
         max: usize,
+    },
+    /// A value holds more nested values than the decode's bound.
+    #[error("more values than the decode's bound (a frame of this size cannot hold a real record with so many)")]
+    TooManyValues,
+    /// A CBOR tag other than 42 (CID), which DAG-CBOR forbids.
+    #[error("CBOR tag {tag} at byte {at} (DAG-CBOR allows only tag 42)")]
+    UnsupportedTag {
+        /// The tag.
+        tag: u64,
+        /// Its offset.
+        at: usize,
     },
     /// `seq` is not encoded as an 8-byte unsigned integer, so it cannot be rewritten in place.
     #[error("seq is not an 8-byte unsigned integer")]
@@ -168,113 +179,6 @@ impl Frame {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-#[derive(Clone, Copy)]
-struct Head {
-    major: u8,
-    arg: u64,
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: u64) -> Result<&'a [u8], FrameError> {
-        let left = (self.bytes.len() - self.at) as u64;
-        if n > left {
-            return Err(FrameError::Truncated {
-                at: self.bytes.len(),
-            });
-        }
-        let out = &self.bytes[self.at..self.at + n as usize];
-        self.at += n as usize;
-        Ok(out)
-    }
-
-    fn head(&mut self) -> Result<Head, FrameError> {
-        let at = self.at;
-        let first = self.take(1)?[0];
-        let (major, info) = (first >> 5, first & 0x1f);
-        let arg = match info {
-            0..=23 => u64::from(info),
-            24 => u64::from(self.take(1)?[0]),
-            25 => u64::from(u16::from_be_bytes([self.take(1)?[0], self.take(1)?[0]])),
-            26 => {
-                let b = self.take(4)?;
-                u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            27 => {
-                let b = self.take(8)?;
-                u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-            }
-            31 => return Err(FrameError::Indefinite { at }),
-            _ => return Err(FrameError::Malformed { at }),
-        };
-        Ok(Head { major, arg, at })
-    }
-
-    fn text(&mut self, what: &'static str) -> Result<&'a str, FrameError> {
-        let head = self.head()?;
-        if head.major != 3 {
-            return Err(FrameError::WrongType { what, at: head.at });
-        }
-        let bytes = self.take(head.arg)?;
-        std::str::from_utf8(bytes).map_err(|_| FrameError::NotUtf8 { at: head.at })
-    }
-
-    fn int(&mut self, what: &'static str) -> Result<i64, FrameError> {
-        let head = self.head()?;
-        match head.major {
-            0 => i64::try_from(head.arg).map_err(|_| FrameError::WrongType { what, at: head.at }),
-            1 => i64::try_from(head.arg)
-                .map(|n| -1 - n)
-                .map_err(|_| FrameError::WrongType { what, at: head.at }),
-            _ => Err(FrameError::WrongType { what, at: head.at }),
-        }
-    }
-
-    /// Skips one value, bounded in depth; lengths are checked before use.
-    fn skip(&mut self, depth: usize) -> Result<(), FrameError> {
-        if depth > CBOR_DEPTH_MAX {
-            return Err(FrameError::TooDeep);
-        }
-        let head = self.head()?;
-        match head.major {
-            0 | 1 | 7 => Ok(()),
-            2 | 3 => self.take(head.arg).map(|_| ()),
-            4 | 5 => {
-                let items = if head.major == 5 {
-                    head.arg.saturating_mul(2)
-                } else {
-                    head.arg
-                };
-                // Each item takes at least one byte: a count beyond what is left is truncated input.
-                if items > (self.bytes.len() - self.at) as u64 {
-                    return Err(FrameError::Truncated {
-                        at: self.bytes.len(),
-                    });
-                }
-                for _ in 0..items {
-                    self.skip(depth + 1)?;
-                }
-                Ok(())
-            }
-            6 => self.skip(depth + 1),
-            _ => Err(FrameError::Malformed { at: head.at }),
-        }
-    }
-
-    fn map_len(&mut self, what: &'static str) -> Result<u64, FrameError> {
-        let head = self.head()?;
-        if head.major != 5 {
-            return Err(FrameError::WrongType { what, at: head.at });
-        }
-        Ok(head.arg)
-    }
-}
-
 /// Where the body's `seq` value starts (its CBOR head), with the decoded frame.
 fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame, Option<usize>), FrameError> {
     if frame.len() > max_bytes {
@@ -283,10 +187,7 @@ fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame, Option<usize>), F
             max: max_bytes,
         });
     }
-    let mut r = Reader {
-        bytes: frame,
-        at: 0,
-    };
+    let mut r = Reader::new(frame);
     let (mut op, mut kind) = (None, None);
     for _ in 0..r.map_len("header")? {
         match r.text("header key")? {

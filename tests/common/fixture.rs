@@ -1,11 +1,14 @@
 //! The real relay frames.
 
 pub fn frames_bin() -> Vec<u8> {
-    std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/frames.bin"
-    ))
-    .expect("tests/fixtures/frames.bin")
+    std::fs::read(path("frames.bin")).expect("tests/fixtures/frames.bin")
+}
+
+/// A file in `tests/fixtures/`.
+pub fn path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// A loopback relay replaying the real frames from `base_seq`, `total` of them.
