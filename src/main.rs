@@ -19,6 +19,10 @@ enum Command {
     /// The embedded default: a loopback relay replaying real frames into a slow sink under a
     /// small memory budget, showing the spill at work. Needs nothing installed.
     Demo(cli::run::DemoArgs),
+    /// A capture file decoded to JSON lines (jetstream, rsky or raw) on stdout, for debugging.
+    Decode(cli::decode::DecodeArgs),
+    /// Records a relay's live stream to a capture file (`[u32 LE length][frame]`...).
+    Capture(cli::decode::CaptureArgs),
     /// Offline and read-only: a data directory's queues, consumers, segments and relay
     /// cursors; `--verify` checks every checksum and names each damaged range.
     Inspect(cli::inspect::InspectArgs),
@@ -77,6 +81,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => return run_outcome(cli::run::run(args)),
         Command::Demo(args) => return run_outcome(cli::run::demo(args)),
         Command::Inspect(args) => cli::inspect::run_inspect(args),
+        Command::Decode(args) => cli::decode::run_decode(args),
+        Command::Capture(args) => cli::decode::run_capture(args),
         Command::Bench(bench) => match &bench.scenario {
             None => cli::bench_all::run_all(&bench.all),
             Some(BenchCommand::Log(args)) => cli::bench::run_log(args),

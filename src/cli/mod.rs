@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_all;
+pub mod decode;
 pub mod inspect;
 pub mod run;
 

@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
-use super::cbor::Reader;
+use super::cbor::{Budget, Reader};
 use super::cid::{cid_len, varint};
 use crate::source::frame::FrameError;
 
-/// Values the CAR header may hold (`{version: 1, roots: [cid, ...]}`).
-const HEADER_VALUES_MAX: usize = 64;
+/// Heap the CAR header's value may take (`{version: 1, roots: [cid, ...]}`).
+const HEADER_BYTES_MAX: usize = 4096;
 
 /// The blocks of a CAR file, borrowed from it, by binary CID (hashed: a frame may carry many).
 #[derive(Debug)]
@@ -16,26 +16,43 @@ pub struct Car<'a> {
 }
 
 impl<'a> Car<'a> {
-    /// Reads the header and indexes every section; reads no block's content.
+    /// Reads the header and indexes every section (charging the index to `budget`); reads no block's content.
     ///
     /// # Errors
-    /// A truncated or malformed section, a header that is not CAR v1, or a bad CID.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, FrameError> {
+    /// A truncated or malformed section, a header that is not CAR v1, a bad CID, or an
+    /// index over the budget.
+    pub fn parse(bytes: &'a [u8], budget: &mut Budget) -> Result<Self, FrameError> {
         let (header_len, at) = varint(bytes).ok_or(FrameError::Malformed { at: 0 })?;
         let header = bytes
             .get(at..)
             .and_then(|rest| rest.get(..usize::try_from(header_len).ok()?))
             .ok_or(FrameError::Truncated { at: bytes.len() })?;
-        let mut values_left = HEADER_VALUES_MAX;
-        let parsed = Reader::new(header).value(0, &mut values_left)?;
+        let parsed = Reader::new(header).value(0, &mut Budget::new(HEADER_BYTES_MAX))?;
         if !matches!(parsed.get("version"), Some(super::cbor::Value::Int(1))) {
             return Err(FrameError::WrongType {
                 what: "CAR header version (only v1 is read)",
                 at,
             });
         }
-        let mut offset = at + header.len();
-        let mut blocks = HashMap::new();
+        let sections_start = at + header.len();
+        // Count first, so the index is charged and allocated once at its size.
+        let mut count = 0u64;
+        Self::walk(bytes, sections_start, |_, _| count += 1)?;
+        // A hash table slot per block, plus its control byte and the load factor's slack.
+        budget.charge::<(&[u8], &[u8], u64)>(count * 2)?;
+        let mut blocks = HashMap::with_capacity(count as usize);
+        Self::walk(bytes, sections_start, |cid, block| {
+            blocks.entry(cid).or_insert(block);
+        })?;
+        Ok(Car { blocks })
+    }
+
+    /// Calls `each(cid, block)` for every section from `offset`.
+    fn walk(
+        bytes: &'a [u8],
+        mut offset: usize,
+        mut each: impl FnMut(&'a [u8], &'a [u8]),
+    ) -> Result<(), FrameError> {
         while offset < bytes.len() {
             let (section_len, len_bytes) =
                 varint(&bytes[offset..]).ok_or(FrameError::Malformed { at: offset })?;
@@ -45,12 +62,10 @@ impl<'a> Car<'a> {
                 .and_then(|len| bytes.get(start..start.checked_add(len)?))
                 .ok_or(FrameError::Truncated { at: bytes.len() })?;
             let cid_bytes = cid_len(section, start)?;
-            blocks
-                .entry(&section[..cid_bytes])
-                .or_insert(&section[cid_bytes..]);
+            each(&section[..cid_bytes], &section[cid_bytes..]);
             offset = start + section.len();
         }
-        Ok(Car { blocks })
+        Ok(())
     }
 
     /// The block whose binary CID is `cid`.

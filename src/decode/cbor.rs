@@ -3,8 +3,8 @@
 //!
 //! Every length is checked against the bytes left before it is used, nesting is
 //! bounded by [`CBOR_DEPTH_MAX`], indefinite lengths (forbidden in DAG-CBOR) are
-//! refused, and a value tree holds at most a caller-given number of values, so the
-//! memory a decode takes is bounded by the input's size limit.
+//! refused, and every array and map is charged to a [`Budget`] in bytes before it is
+//! allocated, so the memory a decode takes is bounded by the caller, whatever the input.
 
 use crate::source::frame::FrameError;
 
@@ -169,19 +169,39 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Heap bytes a decode may still allocate; each allocation is charged before it is made.
+#[derive(Debug)]
+pub struct Budget {
+    bytes_left: usize,
+}
+
+impl Budget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Budget { bytes_left: bytes }
+    }
+
+    /// Charges `count` items of `T`, or refuses with [`FrameError::TooManyValues`].
+    pub fn charge<T>(&mut self, count: u64) -> Result<(), FrameError> {
+        let bytes = usize::try_from(count)
+            .ok()
+            .and_then(|n| n.checked_mul(std::mem::size_of::<T>()))
+            .ok_or(FrameError::TooManyValues)?;
+        self.bytes_left = self
+            .bytes_left
+            .checked_sub(bytes)
+            .ok_or(FrameError::TooManyValues)?;
+        Ok(())
+    }
+}
+
 impl<'a> Reader<'a> {
-    /// Reads one whole value; `values_left` bounds how many values (at any depth) it may hold.
-    pub fn value(
-        &mut self,
-        depth: usize,
-        values_left: &mut usize,
-    ) -> Result<Value<'a>, FrameError> {
+    /// Reads one whole value. Its arrays and maps are allocated at their exact size after
+    /// being charged to `budget`, so the tree's heap never exceeds what the budget had.
+    pub fn value(&mut self, depth: usize, budget: &mut Budget) -> Result<Value<'a>, FrameError> {
         if depth > CBOR_DEPTH_MAX {
             return Err(FrameError::TooDeep);
         }
-        *values_left = values_left
-            .checked_sub(1)
-            .ok_or(FrameError::TooManyValues)?;
         let head = self.head()?;
         let left = (self.bytes.len() - self.at) as u64;
         Ok(match head.major {
@@ -201,9 +221,10 @@ impl<'a> Reader<'a> {
                         at: self.bytes.len(),
                     });
                 }
-                let mut items = Vec::with_capacity((head.arg as usize).min(*values_left));
+                budget.charge::<Value>(head.arg)?;
+                let mut items = Vec::with_capacity(head.arg as usize);
                 for _ in 0..head.arg {
-                    items.push(self.value(depth + 1, values_left)?);
+                    items.push(self.value(depth + 1, budget)?);
                 }
                 Value::Array(items)
             }
@@ -213,10 +234,11 @@ impl<'a> Reader<'a> {
                         at: self.bytes.len(),
                     });
                 }
-                let mut pairs = Vec::with_capacity((head.arg as usize).min(*values_left));
+                budget.charge::<(&str, Value)>(head.arg)?;
+                let mut pairs = Vec::with_capacity(head.arg as usize);
                 for _ in 0..head.arg {
                     let key = self.text("map key")?;
-                    pairs.push((key, self.value(depth + 1, values_left)?));
+                    pairs.push((key, self.value(depth + 1, budget)?));
                 }
                 Value::Map(pairs)
             }

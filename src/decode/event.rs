@@ -2,7 +2,7 @@
 //! CAR blocks, `#identity` and `#account`.
 
 use super::car::Car;
-use super::cbor::{Reader, Value};
+use super::cbor::{Budget, Reader, Value};
 use crate::source::frame::FrameError;
 
 /// One record operation of a `#commit`.
@@ -72,8 +72,9 @@ pub enum Decoded<'a> {
 
 /// Decodes a whole frame of at most `frame_bytes_max` bytes.
 ///
-/// The value trees (body and records) hold at most `frame_bytes_max / size_of::<Value>()`
-/// values together, so their memory stays within the frame size limit whatever the input.
+/// Everything it allocates (value trees of the body and the records, the block index,
+/// the operations) is charged to one budget of `frame_bytes_max` bytes, so a decode's
+/// memory stays within the frame size limit whatever the input.
 ///
 /// # Errors
 /// A [`FrameError`] for anything malformed: the frame, the CAR file, a record block.
@@ -84,10 +85,10 @@ pub fn decode_frame(frame: &[u8], frame_bytes_max: usize) -> Result<Decoded<'_>,
             max: frame_bytes_max,
         });
     }
-    let mut values_left = (frame_bytes_max / std::mem::size_of::<Value>()).max(64);
+    let mut budget = Budget::new(frame_bytes_max);
     let mut reader = Reader::new(frame);
-    let header = reader.value(0, &mut values_left)?;
-    let body = reader.value(0, &mut values_left)?;
+    let header = reader.value(0, &mut budget)?;
+    let body = reader.value(0, &mut budget)?;
     if reader.at != frame.len() {
         return Err(FrameError::TrailingBytes(frame.len() - reader.at));
     }
@@ -106,9 +107,11 @@ pub fn decode_frame(frame: &[u8], frame_bytes_max: usize) -> Result<Decoded<'_>,
                 Some(Value::Bytes(b)) => *b,
                 _ => return Err(FrameError::Missing("blocks")),
             };
-            let car = Car::parse(blocks)?;
+            let car = Car::parse(blocks, &mut budget)?;
             let mut ops = Vec::new();
             if let Some(Value::Array(items)) = body.get("ops") {
+                budget.charge::<Op>(items.len() as u64)?;
+                ops.reserve_exact(items.len());
                 for item in items {
                     let path = item
                         .get("path")
@@ -126,7 +129,7 @@ pub fn decode_frame(frame: &[u8], frame_bytes_max: usize) -> Result<Decoded<'_>,
                         _ => None,
                     };
                     let record = match cid.and_then(|c| car.block(c)) {
-                        Some(block) => Some(Reader::new(block).value(0, &mut values_left)?),
+                        Some(block) => Some(Reader::new(block).value(0, &mut budget)?),
                         None => None,
                     };
                     ops.push(Op {

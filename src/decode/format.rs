@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::cbor::{Reader, Value};
+use super::cbor::{Budget, Reader, Value};
 use super::cid::cid_string;
 use super::event::{decode_frame, Decoded};
 use super::json::{push_str, push_value, rfc3339_utc, Dialect};
@@ -126,10 +126,10 @@ impl Filter {
         if self.is_empty() {
             return Ok(true);
         }
-        let mut values_left = (frame_bytes_max / std::mem::size_of::<Value>()).max(64);
+        let mut budget = Budget::new(frame_bytes_max);
         let mut reader = Reader::new(frame);
-        let header = reader.value(0, &mut values_left)?;
-        let body = reader.value(0, &mut values_left)?;
+        let header = reader.value(0, &mut budget)?;
+        let body = reader.value(0, &mut budget)?;
         let did = body
             .get("repo")
             .or_else(|| body.get("did"))

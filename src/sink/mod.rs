@@ -84,14 +84,19 @@ pub struct EventFields {
 impl EventFields {
     /// Reads the fields of a delivered frame; a frame that no longer decodes keeps its seq.
     pub fn of(delivery: &Delivery) -> Self {
-        match frame::decode(&delivery.payload, usize::MAX) {
+        Self::of_frame(&delivery.payload, delivery.position)
+    }
+
+    /// Reads the fields of a frame; one that does not decode gets `fallback_seq` and type `unknown`.
+    pub fn of_frame(payload: &[u8], fallback_seq: u64) -> Self {
+        match frame::decode(payload, usize::MAX) {
             Ok(frame::Frame::Message { kind, did, seq, .. }) => EventFields {
-                seq: seq.unwrap_or(delivery.position),
+                seq: seq.unwrap_or(fallback_seq),
                 kind,
                 did: did.unwrap_or_default(),
             },
             Ok(frame::Frame::Error { .. }) | Err(_) => EventFields {
-                seq: delivery.position,
+                seq: fallback_seq,
                 kind: "unknown".into(),
                 did: String::new(),
             },

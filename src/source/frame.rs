@@ -66,8 +66,8 @@ pub enum FrameError {
         /// The limit.
         max: usize,
     },
-    /// A value holds more nested values than the decode's bound.
-    #[error("more values than the decode's bound (a frame of this size cannot hold a real record with so many)")]
+    /// Decoding would allocate more than its budget (the frame size limit).
+    #[error("decoding needs more memory than the frame size limit allows")]
     TooManyValues,
     /// A CBOR tag other than 42 (CID), which DAG-CBOR forbids.
     #[error("CBOR tag {tag} at byte {at} (DAG-CBOR allows only tag 42)")]
@@ -320,6 +320,82 @@ fn push_text(out: &mut Vec<u8>, text: &str) {
         }
     }
     out.extend_from_slice(text.as_bytes());
+}
+
+/// Reads a capture (`[u32 LE length][frame]...`) one frame at a time through one reused buffer.
+pub struct CaptureReader<R> {
+    inner: R,
+    frame: Vec<u8>,
+    frame_bytes_max: usize,
+    /// Byte offset of the next length prefix, for error messages.
+    offset: u64,
+}
+
+impl<R: std::io::Read> CaptureReader<R> {
+    /// A reader refusing frames over `frame_bytes_max`.
+    pub fn new(inner: R, frame_bytes_max: usize) -> Self {
+        CaptureReader {
+            inner,
+            frame: Vec::new(),
+            frame_bytes_max,
+            offset: 0,
+        }
+    }
+
+    /// The next frame, or `None` at a clean end of the file.
+    ///
+    /// # Errors
+    /// An I/O error, a length over the limit, or a file that ends inside a frame
+    /// (`InvalidData`, naming the offset).
+    pub fn next_frame(&mut self) -> std::io::Result<Option<&[u8]>> {
+        let invalid =
+            |message: String| std::io::Error::new(std::io::ErrorKind::InvalidData, message);
+        let mut len_bytes = [0u8; 4];
+        let mut filled = 0;
+        while filled < 4 {
+            match self.inner.read(&mut len_bytes[filled..])? {
+                0 if filled == 0 => return Ok(None),
+                0 => {
+                    return Err(invalid(format!(
+                        "capture ends inside the length prefix at byte {}",
+                        self.offset
+                    )))
+                }
+                n => filled += n,
+            }
+        }
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        if len > self.frame_bytes_max {
+            return Err(invalid(format!(
+                "frame at byte {} is {len} bytes, over the limit of {}",
+                self.offset, self.frame_bytes_max
+            )));
+        }
+        self.frame.resize(len, 0);
+        self.inner.read_exact(&mut self.frame).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                invalid(format!(
+                    "capture ends inside the frame at byte {}",
+                    self.offset
+                ))
+            } else {
+                e
+            }
+        })?;
+        self.offset += 4 + len as u64;
+        Ok(Some(&self.frame))
+    }
+}
+
+/// Appends one frame to a capture: its length (u32 LE), then its bytes.
+///
+/// # Errors
+/// A frame over `u32::MAX` bytes, or the writer's error.
+pub fn write_capture_frame(out: &mut impl std::io::Write, frame: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(frame.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(frame)
 }
 
 /// Splits a capture file (`[u32 LE length][frame]...`) into frames, refusing lengths over `max_bytes`.
