@@ -106,7 +106,7 @@ fn crafted() -> Vec<Vec<u8>> {
         out.push(commit_with(maps));
         // A tag-42 chain and a CID link nested in a record block.
         out.push(commit_with(
-            [vec![0xd8, 0x2a].repeat(depth), vec![0x40]].concat(),
+            [[0xd8, 0x2a].repeat(depth), vec![0x40]].concat(),
         ));
     }
     // Many small arrays, each within the input, together far past the limit in values.
