@@ -204,8 +204,11 @@ impl Config {
         if let Err(reason) = OutputFormat::parse(&self.output_format) {
             return invalid("output_format", reason);
         }
-        if let Err(reason) = self.filter() {
+        if let Err(reason) = Filter::new(&self.wanted_collections, &[]) {
             return invalid("wanted_collections", reason);
+        }
+        if let Err(reason) = Filter::new(&[], &self.wanted_dids) {
+            return invalid("wanted_dids", reason);
         }
         if self.redis_high_water_events > 0
             && self.redis_low_water_events >= self.redis_high_water_events

@@ -145,6 +145,18 @@ pub fn render(lanes: &[Lane], rates: &Rates) -> String {
         &mut per_lane(&|l, _| counter(&l.source.decode_errors_total)).into_iter(),
     );
     metric(
+        "spillway_source_filtered_events_total",
+        "counter",
+        "Frames the collection/DID filter did not want (never queued).",
+        &mut per_lane(&|l, _| counter(&l.source.filtered_total)).into_iter(),
+    );
+    metric(
+        "spillway_sink_decode_errors_total",
+        "counter",
+        "Frames that did not decode into the sink's output format (logged, skipped).",
+        &mut per_lane(&|l, _| counter(&l.sink.decode_errors_total)).into_iter(),
+    );
+    metric(
         "spillway_source_connected",
         "gauge",
         "1 while connected to the relay.",

@@ -253,6 +253,13 @@ fn bad_configuration_values_are_refused_with_the_key_named() {
             "memory_budget_bytes",
         ),
         ("SPILLWAY_NO_SUCH_KEY", "1", "no_such_key"),
+        ("SPILLWAY_OUTPUT_FORMAT", "xml", "output_format"),
+        (
+            "SPILLWAY_WANTED_COLLECTIONS",
+            "[\"app.*.post\"]",
+            "wanted_collections",
+        ),
+        ("SPILLWAY_WANTED_DIDS", "[\"alice\"]", "wanted_dids"),
     ];
     for (name, value, key) in cases {
         let error = Config::load(None, [(name.to_string(), value.to_string())])
