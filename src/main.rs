@@ -55,6 +55,8 @@ enum BenchCommand {
     QueuePhase(cli::bench::QueuePhaseArgs),
     /// End to end: loopback relay -> spillway -> redis-server against redis-benchmark's ceiling.
     E2e(cli::bench::E2eBenchArgs),
+    /// Decode throughput on one core (Jetstream, rsky, the filter) beside the raw pass-through.
+    Decode(cli::bench::DecodeBenchArgs),
 }
 
 /// glibc malloc arenas: its default (8 per core) let freed event buffers linger in
@@ -90,6 +92,7 @@ fn main() -> std::process::ExitCode {
             Some(BenchCommand::Queue(args)) => cli::bench::run_queue(args),
             Some(BenchCommand::QueuePhase(args)) => cli::bench::run_queue_phase(args),
             Some(BenchCommand::E2e(args)) => cli::bench::run_e2e(args),
+            Some(BenchCommand::Decode(args)) => cli::bench::run_decode_bench(args),
         },
     };
     match result {

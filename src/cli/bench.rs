@@ -717,9 +717,7 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
     use spillway::source::relay::{LoopbackRelay, RelayConfig};
     use std::sync::atomic::Ordering;
 
-    const FRAMES: &[u8] = include_bytes!("../../tests/fixtures/frames.bin");
-    let frames = spillway::source::frame::split_capture(FRAMES, usize::MAX)
-        .map_err(std::io::Error::other)?;
+    let frames = fixture_frames()?;
     let mean_bytes = frames.iter().map(|f| f.len()).sum::<usize>() / frames.len();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -738,8 +736,8 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
     let _data = tempfile_like::Dir(data.clone());
     let (seconds, peak_rss) = runtime.block_on(async {
         let base = 1_000_000_000;
-        let mut relay_config =
-            RelayConfig::from_capture(FRAMES, base).map_err(std::io::Error::other)?;
+        let mut relay_config = RelayConfig::from_capture(super::FIXTURE_CAPTURE, base)
+            .map_err(std::io::Error::other)?;
         relay_config.total_events = Some(args.events);
         let relay = LoopbackRelay::start(relay_config).await?;
         let config = Config {
@@ -777,4 +775,44 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
         peak_rss_bytes: peak_rss,
         mean_bytes,
     })
+}
+
+/// Arguments of `spillway bench decode`.
+#[derive(Debug, clap::Args)]
+pub struct DecodeBenchArgs {
+    /// Passes over the 150 fixture frames.
+    #[arg(long, default_value_t = 200)]
+    pub rounds: u64,
+}
+
+/// The fixture frames compiled into the binary.
+pub(crate) fn fixture_frames() -> std::io::Result<Vec<&'static [u8]>> {
+    spillway::source::frame::split_capture(super::FIXTURE_CAPTURE, usize::MAX)
+        .map_err(std::io::Error::other)
+}
+
+/// Decode throughput on one core, each way beside the raw pass-through.
+pub fn run_decode_bench(args: &DecodeBenchArgs) -> std::io::Result<()> {
+    let frames = fixture_frames()?;
+    let results = spillway::bench::decode::decode_throughput(&frames, args.rounds)?;
+    let raw = results.first().map_or(1.0, |f| f.records_per_s());
+    println!(
+        "decode, one core, the 150 fixture frames x {} rounds (mean {} B)",
+        args.rounds,
+        frames.iter().map(|f| f.len()).sum::<usize>() / frames.len()
+    );
+    println!(
+        "{:<48} {:>12} {:>10} {:>8}",
+        "", "frames/s", "MB/s", "ratio"
+    );
+    for f in &results {
+        println!(
+            "{:<48} {:>12.0} {:>10.1} {:>7.2}x",
+            f.name,
+            f.records_per_s(),
+            f.mb_per_s(),
+            f.records_per_s() / raw
+        );
+    }
+    Ok(())
 }

@@ -7,6 +7,9 @@ use spillway::bench::log::{Figures, Scratch};
 
 use super::bench::{measure_e2e, run_phase, run_queue_phase_child, E2eBenchArgs};
 
+/// Passes over the fixture frames in the decode scenario.
+const DECODE_ROUNDS: u64 = 200;
+
 /// Reopens timed per backlog size in the restart scenario (the median is shown).
 const REOPEN_RUNS: usize = 3;
 
@@ -256,6 +259,23 @@ pub fn run_all(args: &AllBenchArgs) -> std::io::Result<()> {
         .note(format!("drained at {:.0} MB/s", drain.mb_per_s()));
         row.higher_is_better = false;
         rows.push(row);
+    }
+
+    step("decode");
+    let frames = super::bench::fixture_frames()?;
+    let decoded = spillway::bench::decode::decode_throughput(&frames, DECODE_ROUNDS)?;
+    if let Some((raw, rest)) = decoded.split_first() {
+        for f in rest {
+            rows.push(
+                Row::new(
+                    format!("{}, one core", f.name),
+                    f.records_per_s(),
+                    "frames/s",
+                )
+                .against(raw.name.clone(), raw.records_per_s())
+                .note(format!("{:.0} MB/s of frames", f.mb_per_s())),
+            );
+        }
     }
 
     if !args.no_e2e {

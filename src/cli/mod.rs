@@ -1,5 +1,9 @@
 //! The command line: argument definitions and one module per subcommand.
 
+/// The real relay frames of `tests/fixtures/frames.bin`, compiled in: the demo's relay
+/// and the benchmarks replay them.
+pub const FIXTURE_CAPTURE: &[u8] = include_bytes!("../../tests/fixtures/frames.bin");
+
 pub mod bench;
 pub mod bench_all;
 pub mod decode;

@@ -9,9 +9,6 @@ use spillway::pipeline::{Pipeline, PipelineError};
 use spillway::source::firehose::SourceError;
 use spillway::source::relay::{LoopbackRelay, RelayConfig};
 
-/// The real frames the demo replays (copied from shared/fixtures/firehose).
-const DEMO_FRAMES: &[u8] = include_bytes!("../../tests/fixtures/frames.bin");
-
 /// Arguments of `spillway run`.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = CONFIG_HELP)]
@@ -227,7 +224,7 @@ pub fn demo(args: &DemoArgs) -> Result<(), RunError> {
         .map_err(|e| format!("starting the runtime: {e}"))?;
     runtime.block_on(async {
         let base_seq = 1_000_000;
-        let mut relay_config = RelayConfig::from_capture(DEMO_FRAMES, base_seq).map_err(|e| format!("demo frames: {e}"))?;
+        let mut relay_config = RelayConfig::from_capture(super::FIXTURE_CAPTURE, base_seq).map_err(|e| format!("demo frames: {e}"))?;
         relay_config.events_per_sec = Some(args.relay_events_per_sec);
         let relay = LoopbackRelay::start(relay_config).await.map_err(|e| format!("starting the loopback relay: {e}"))?;
         let temp = match &args.data_dir {
