@@ -64,6 +64,8 @@ pub struct Config {
     pub backlog_alert_events: u64,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
+    /// Log levels as `RUST_LOG` takes them (`info`, `spillway=debug,warn`); `RUST_LOG` wins when set.
+    pub log_level: String,
     /// Address of `/metrics` and `/health` (empty: off).
     pub metrics_listen: String,
     /// `/health` turns 503 when a sink has failed for longer than this, in seconds.
@@ -97,6 +99,7 @@ impl Default for Config {
             sink_batch_bytes_max: 4 * 1024 * 1024,
             backlog_alert_events: 0,
             log_format: "text".into(),
+            log_level: "info".into(),
             metrics_listen: "127.0.0.1:9464".into(),
             health_sink_failure_secs: 60,
             health_disk_full_ratio: 0.9,
@@ -226,6 +229,9 @@ impl Config {
                 "sink_batch_events_max",
                 "batch limits must be greater than zero".into(),
             );
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return invalid("log_level", format!("{:?}: {e}", self.log_level));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return invalid(

@@ -77,7 +77,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `run` sets up logs itself, once its configuration (which may ask for JSON) is read.
     if !matches!(cli.command, Command::Run(_)) {
-        cli::init_logs(std::env::var("SPILLWAY_LOG_FORMAT").is_ok_and(|v| v == "json"));
+        cli::init_logs(
+            std::env::var("SPILLWAY_LOG_FORMAT").is_ok_and(|v| v == "json"),
+            &std::env::var("SPILLWAY_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+        );
     }
     let result = match &cli.command {
         Command::Run(args) => return run_outcome(cli::run::run(args)),

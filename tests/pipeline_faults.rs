@@ -254,6 +254,7 @@ fn bad_configuration_values_are_refused_with_the_key_named() {
         ),
         ("SPILLWAY_NO_SUCH_KEY", "1", "no_such_key"),
         ("SPILLWAY_OUTPUT_FORMAT", "xml", "output_format"),
+        ("SPILLWAY_LOG_LEVEL", "spillway=loud", "log_level"),
         (
             "SPILLWAY_WANTED_COLLECTIONS",
             "[\"app.*.post\"]",

@@ -10,10 +10,11 @@ pub mod decode;
 pub mod inspect;
 pub mod run;
 
-/// Logs to stderr through `tracing`, levels from `RUST_LOG` (default `info`), as text or JSON.
-pub fn init_logs(json: bool) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+/// Logs to stderr through `tracing`, levels from `RUST_LOG`, else `level`, as text or JSON.
+pub fn init_logs(json: bool, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| "info".into());
     // Colours only on a terminal: logs redirected to files and journals stay plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -43,7 +43,8 @@ const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in th
   sink_batch_events_max = 500           events per sink batch
   sink_batch_bytes_max = 4194304        bytes per sink batch, about
   backlog_alert_events = 0              lag that flips the backlog alert (0: off)
-  log_format = \"text\"                   text | json (RUST_LOG sets levels)
+  log_format = \"text\"                   text | json
+  log_level = \"info\"                    levels as RUST_LOG takes them (spillway=debug,warn); RUST_LOG wins
   metrics_listen = \"127.0.0.1:9464\"     /metrics (Prometheus text) and /health (200, or 503 + JSON reasons); empty: off
   health_sink_failure_secs = 60         /health fails when a sink has failed this long
   health_disk_full_ratio = 0.9          /health fails when the disk budget is this full";
@@ -202,7 +203,7 @@ async fn drive(
 pub fn run(args: &RunArgs) -> Result<(), RunError> {
     let config = Config::load(args.config.as_deref(), std::env::vars())
         .map_err(|e| format!("configuration: {e}"))?;
-    super::init_logs(config.log_format == "json");
+    super::init_logs(config.log_format == "json", &config.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
