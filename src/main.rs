@@ -57,6 +57,9 @@ enum BenchCommand {
     E2e(cli::bench::E2eBenchArgs),
     /// Decode throughput on one core (Jetstream, rsky, the filter) beside the raw pass-through.
     Decode(cli::bench::DecodeBenchArgs),
+    /// The loopback relay of `bench e2e` in its own process (used by `bench e2e` itself).
+    #[command(hide = true)]
+    RelayPhase(cli::bench::RelayPhaseArgs),
 }
 
 /// glibc malloc arenas: its default (8 per core) let freed event buffers linger in
@@ -96,6 +99,7 @@ fn main() -> std::process::ExitCode {
             Some(BenchCommand::QueuePhase(args)) => cli::bench::run_queue_phase(args),
             Some(BenchCommand::E2e(args)) => cli::bench::run_e2e(args),
             Some(BenchCommand::Decode(args)) => cli::bench::run_decode_bench(args),
+            Some(BenchCommand::RelayPhase(args)) => cli::bench::run_relay_phase(args),
         },
     };
     match result {

@@ -576,6 +576,77 @@ pub struct E2eBenchArgs {
     /// The queue's memory budget in MiB.
     #[arg(long, default_value_t = 64)]
     pub budget_mib: u64,
+    /// Run the loopback relay in this process instead of its own (a real relay is remote).
+    #[arg(long)]
+    pub relay_in_process: bool,
+}
+
+/// Arguments of the hidden relay child of `spillway bench e2e`.
+#[derive(Debug, clap::Args)]
+pub struct RelayPhaseArgs {
+    /// Events the relay sends.
+    #[arg(long)]
+    pub events: u64,
+    /// The first seq.
+    #[arg(long)]
+    pub base_seq: u64,
+}
+
+/// Serves the loopback relay, printing its URL, until stdin closes.
+pub fn run_relay_phase(args: &RelayPhaseArgs) -> std::io::Result<()> {
+    use spillway::source::relay::{LoopbackRelay, RelayConfig};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut config = RelayConfig::from_capture(super::FIXTURE_CAPTURE, args.base_seq)
+            .map_err(std::io::Error::other)?;
+        config.total_events = Some(args.events);
+        let relay = LoopbackRelay::start(config).await?;
+        println!("{}", relay.url());
+        // The parent closes our stdin (or dies) when it is done.
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await
+            .map_err(std::io::Error::other)??;
+        Ok(())
+    })
+}
+
+/// The relay child process: killed with the bench.
+struct RelayChild(std::process::Child);
+
+impl Drop for RelayChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_relay_child(events: u64, base_seq: u64) -> std::io::Result<(RelayChild, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "bench",
+            "relay-phase",
+            "--events",
+            &events.to_string(),
+            "--base-seq",
+            &base_seq.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("relay child without stdout"))?;
+    let child = RelayChild(child);
+    let mut url = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut url)?;
+    if url.trim().is_empty() {
+        return Err(std::io::Error::other("the relay child printed no URL"));
+    }
+    Ok((child, url.trim().to_string()))
 }
 
 /// A redis-server child and its scratch directory (kept alive with it, removed after it).
@@ -736,13 +807,20 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
     let _data = tempfile_like::Dir(data.clone());
     let (seconds, peak_rss) = runtime.block_on(async {
         let base = 1_000_000_000;
-        let mut relay_config = RelayConfig::from_capture(super::FIXTURE_CAPTURE, base)
-            .map_err(std::io::Error::other)?;
-        relay_config.total_events = Some(args.events);
-        let relay = LoopbackRelay::start(relay_config).await?;
+        let (_relay, _relay_child, url) = if args.relay_in_process {
+            let mut relay_config = RelayConfig::from_capture(super::FIXTURE_CAPTURE, base)
+                .map_err(std::io::Error::other)?;
+            relay_config.total_events = Some(args.events);
+            let relay = LoopbackRelay::start(relay_config).await?;
+            let url = relay.url();
+            (Some(relay), None, url)
+        } else {
+            let (child, url) = start_relay_child(args.events, base)?;
+            (None, Some(child), url)
+        };
         let config = Config {
             data_dir: data.clone(),
-            relays: vec![relay.url()],
+            relays: vec![url],
             start_cursor: Some(base - 1),
             memory_budget_bytes: args.budget_mib << 20,
             redis_url: format!("redis://127.0.0.1:{port}"),

@@ -285,6 +285,7 @@ pub fn run_all(args: &AllBenchArgs) -> std::io::Result<()> {
             redis_server: args.redis_server.clone(),
             redis_benchmark: args.redis_benchmark.clone(),
             budget_mib: args.budget_mib,
+            relay_in_process: false,
         };
         match measure_e2e(&e2e) {
             Ok(f) => rows.push(Row {
