@@ -292,7 +292,7 @@ pub fn run_all(args: &AllBenchArgs) -> std::io::Result<()> {
                 peak_rss_bytes: Some(f.peak_rss_bytes),
                 budget_bytes: Some(budget),
                 note: format!(
-                    "{} real frames looped, mean {} B; the relay runs in the same process",
+                    "{} real frames looped, mean {} B; the relay runs in its own process",
                     args.e2e_events, f.mean_bytes
                 ),
                 ..Row::new(
