@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::decode::format::RSKY_DEFAULT_COLLECTIONS;
 use crate::decode::{Filter, OutputFormat};
 use crate::queue::{FullPolicy, QueueConfig, SpillMode};
 use crate::sink::redis::RedisSinkConfig;
@@ -313,16 +312,8 @@ impl Config {
     /// # Errors
     /// A malformed pattern or DID.
     pub fn filter(&self) -> Result<Filter, String> {
-        let rsky_defaults = self.output_format == "rsky" && self.wanted_collections.is_empty();
-        let collections: Vec<String> = if rsky_defaults {
-            RSKY_DEFAULT_COLLECTIONS
-                .iter()
-                .map(|c| c.to_string())
-                .collect()
-        } else {
-            self.wanted_collections.clone()
-        };
-        Filter::new(&collections, &self.wanted_dids)
+        let format = OutputFormat::parse(&self.output_format)?;
+        Filter::for_format(format, &self.wanted_collections, &self.wanted_dids)
     }
 
     /// What the sink writes.

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::redis_server::RedisServer;
 use spillway::config::Config;
-use spillway::decode::format::RSKY_DEFAULT_COLLECTIONS;
 use spillway::decode::{render, Filter, OutputFormat};
 use spillway::pipeline::Pipeline;
 use spillway::source::frame::split_capture;
@@ -71,8 +70,7 @@ async fn rsky_entries_in_redis_are_what_the_rsky_ingester_wrote() {
         metrics_listen: "127.0.0.1:0".into(),
         ..Config::default()
     };
-    let rsky_filter =
-        Filter::new(&RSKY_DEFAULT_COLLECTIONS.map(String::from), &[]).expect("filter");
+    let rsky_filter = Filter::for_format(OutputFormat::Rsky, &[], &[]).expect("filter");
     let want = expected(OutputFormat::Rsky, &rsky_filter);
     let pipeline = Pipeline::start(&config, 0).expect("pipeline");
     let (stop, lane) = (pipeline.stopper(), pipeline.lanes[0].clone());

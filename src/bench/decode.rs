@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use super::log::Figures;
-use crate::decode::format::RSKY_DEFAULT_COLLECTIONS;
 use crate::decode::{render, Filter, OutputFormat};
 use crate::source::frame;
 
@@ -19,8 +18,7 @@ const FRAME_BYTES_MAX: usize = 4 << 20;
 pub fn decode_throughput(frames: &[&[u8]], rounds: u64) -> std::io::Result<Vec<Figures>> {
     let io = |e: frame::FrameError| std::io::Error::other(e.to_string());
     let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
-    let rsky = Filter::new(&RSKY_DEFAULT_COLLECTIONS.map(String::from), &[])
-        .map_err(std::io::Error::other)?;
+    let rsky = Filter::for_format(OutputFormat::Rsky, &[], &[]).map_err(std::io::Error::other)?;
     let feed = Filter::new(&["app.bsky.feed.*".into()], &[]).map_err(std::io::Error::other)?;
     let none = Filter::default();
     let mut results = Vec::new();

@@ -16,8 +16,13 @@ pub fn current_bytes() -> u64 {
 }
 
 fn status_field(name: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
+    proc_kib_field("/proc/self/status", name).map_or(0, |kib| kib * 1024)
+}
+
+/// A `Name:   123 kB` field of a `/proc` file, in KiB.
+pub fn proc_kib_field(path: &str, name: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
         .find_map(|line| line.strip_prefix(name))
         .and_then(|rest| {
@@ -27,7 +32,6 @@ fn status_field(name: &str) -> u64 {
                 .parse::<u64>()
                 .ok()
         })
-        .map_or(0, |kib| kib * 1024)
 }
 
 /// Bytes a directory tree takes on disk (allocated blocks, not apparent length).

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use spillway::decode::format::RSKY_DEFAULT_COLLECTIONS;
 use spillway::decode::{render, Filter, OutputFormat};
 use spillway::queue::envelope::now_us;
 use spillway::sink::jsonl::raw_line;
@@ -46,15 +45,8 @@ pub fn run_decode(args: &DecodeArgs) -> std::io::Result<()> {
 
 fn decode_to_stdout(args: &DecodeArgs) -> std::io::Result<()> {
     let format = OutputFormat::parse(&args.format).map_err(std::io::Error::other)?;
-    let collections = if format == OutputFormat::Rsky && args.collections.is_empty() {
-        RSKY_DEFAULT_COLLECTIONS
-            .iter()
-            .map(|c| c.to_string())
-            .collect()
-    } else {
-        args.collections.clone()
-    };
-    let filter = Filter::new(&collections, &args.dids).map_err(std::io::Error::other)?;
+    let filter =
+        Filter::for_format(format, &args.collections, &args.dids).map_err(std::io::Error::other)?;
     let file = std::fs::File::open(&args.file)
         .map_err(|e| std::io::Error::other(format!("{}: {e}", args.file.display())))?;
     let mut frames = CaptureReader::new(std::io::BufReader::new(file), args.frame_bytes_max);

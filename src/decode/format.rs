@@ -89,6 +89,23 @@ impl Filter {
         Ok(filter)
     }
 
+    /// The filter a sink of `format` applies: `collections` and `dids`, with rsky's
+    /// collections ([`RSKY_DEFAULT_COLLECTIONS`]) when that format gets none.
+    ///
+    /// # Errors
+    /// As [`Filter::new`].
+    pub fn for_format(
+        format: OutputFormat,
+        collections: &[String],
+        dids: &[String],
+    ) -> Result<Self, String> {
+        if format == OutputFormat::Rsky && collections.is_empty() {
+            let defaults = RSKY_DEFAULT_COLLECTIONS.map(String::from);
+            return Filter::new(&defaults, dids);
+        }
+        Filter::new(collections, dids)
+    }
+
     /// Whether it wants everything.
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.prefixes.is_empty() && self.dids.is_empty()

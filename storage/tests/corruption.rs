@@ -12,25 +12,10 @@ use spillway_storage::{open, Backend, OpenError, ReadError, SpillLog, StorageErr
 /// Writes `count` records (payload(seq)) with a clean close, and returns the segment files, oldest first.
 fn write_log(dir: &Path, count: u64) -> Vec<PathBuf> {
     let log = open(dir, common::small_config(Backend::Segment)).expect("open");
-    for start in (0..count).step_by(10) {
-        let records: Vec<Vec<u8>> = (start..(start + 10).min(count))
-            .map(common::payload)
-            .collect();
-        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
-        log.append(&refs).expect("append");
-    }
+    common::append_records(log.as_ref(), 0, count);
     log.flush().expect("flush");
     drop(log);
-    segment_files(dir)
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("segments"))
-        .expect("segments dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    files
+    common::segment_files(dir)
 }
 
 /// Offsets and headers of every chunk in a segment file.
@@ -197,7 +182,7 @@ fn recovery_scans_only_what_was_written_since_the_last_sync() {
         log.append(&refs).expect("append");
     }
     drop(log);
-    let segment = segment_files(dir.path()).pop().expect("segment");
+    let segment = common::segment_files(dir.path()).pop().expect("segment");
     let size = fs::metadata(&segment).expect("meta").len();
     let log = open(dir.path(), config).expect("reopen");
     let scanned = log.recovery_report().scanned_bytes;
@@ -262,7 +247,7 @@ fn a_missing_segment_is_a_typed_error_naming_it() {
         other => panic!("expected MissingSegment, got {other:?}"),
     }
     // Nothing else was touched.
-    assert_eq!(segment_files(dir.path()).len(), files.len() - 1);
+    assert_eq!(common::segment_files(dir.path()).len(), files.len() - 1);
 }
 
 #[test]
@@ -343,5 +328,5 @@ fn a_new_segment_whose_header_never_reached_the_disk_is_removed() {
     assert_eq!(log.recovery_report().removed_files, 1);
     assert!(!torn.exists());
     assert_records(log.as_ref(), 200);
-    assert_eq!(segment_files(dir.path()), files);
+    assert_eq!(common::segment_files(dir.path()), files);
 }

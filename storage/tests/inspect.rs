@@ -9,24 +9,7 @@ use std::path::{Path, PathBuf};
 
 use spillway_storage::inspect::{inspect, InspectOptions, VerifyReport};
 use spillway_storage::record::{ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use spillway_storage::{open, Backend, InspectError, SpillLog};
-
-fn append_records(log: &dyn SpillLog, from: u64, to: u64) {
-    for start in (from..to).step_by(10) {
-        let records: Vec<Vec<u8>> = (start..(start + 10).min(to)).map(common::payload).collect();
-        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
-        log.append(&refs).expect("append");
-    }
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(dir.join("segments"))
-        .expect("segments dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    files
-}
+use spillway_storage::{open, Backend, InspectError};
 
 /// Every file under `dir` with its bytes: to show that inspecting wrote nothing.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -65,7 +48,7 @@ fn verify(dir: &Path) -> VerifyReport {
 fn a_sound_log_is_described_and_verified_without_being_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
-    append_records(log.as_ref(), 0, 500);
+    common::append_records(log.as_ref(), 0, 500);
     log.save_position("seq.sink", 120).expect("position");
     log.consume_until(100).expect("consume");
     log.flush().expect("flush");
@@ -101,10 +84,10 @@ fn a_sound_log_is_described_and_verified_without_being_written() {
 fn verify_names_each_damaged_range_and_keeps_checking_past_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
-    append_records(log.as_ref(), 0, 600);
+    common::append_records(log.as_ref(), 0, 600);
     log.flush().expect("flush");
     drop(log);
-    let files = segment_files(dir.path());
+    let files = common::segment_files(dir.path());
     assert!(files.len() >= 3);
     // Damage the second chunk of the first segment, and the third of the second.
     let mut expected = Vec::new();
@@ -153,10 +136,10 @@ fn verify_names_each_damaged_range_and_keeps_checking_past_it() {
 fn a_missing_segment_and_a_torn_tail_are_told_apart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
-    append_records(log.as_ref(), 0, 600);
+    common::append_records(log.as_ref(), 0, 600);
     log.flush().expect("flush");
     drop(log);
-    let files = segment_files(dir.path());
+    let files = common::segment_files(dir.path());
     let last = files.last().expect("segment");
     let len = fs::metadata(last).expect("meta").len();
     OpenOptions::new()
@@ -179,7 +162,7 @@ fn a_missing_segment_and_a_torn_tail_are_told_apart() {
 fn a_live_directory_is_inspected_from_a_copy_while_its_owner_keeps_writing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
-    append_records(log.as_ref(), 0, 300);
+    common::append_records(log.as_ref(), 0, 300);
     log.flush().expect("flush");
 
     let inspection = inspect(dir.path(), InspectOptions::default()).expect("inspect live");
@@ -190,7 +173,7 @@ fn a_live_directory_is_inspected_from_a_copy_while_its_owner_keeps_writing() {
     drop(inspection);
 
     // The owner is undisturbed.
-    append_records(log.as_ref(), 300, 400);
+    common::append_records(log.as_ref(), 300, 400);
     log.flush().expect("flush");
     assert_eq!(common::read_all(log.as_ref(), 0).len(), 400);
 }
@@ -199,7 +182,7 @@ fn a_live_directory_is_inspected_from_a_copy_while_its_owner_keeps_writing() {
 fn the_sled_backend_is_verified_chunk_by_chunk() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = open(dir.path(), common::small_config(Backend::Sled)).expect("open");
-    append_records(log.as_ref(), 0, 300);
+    common::append_records(log.as_ref(), 0, 300);
     log.flush().expect("flush");
     drop(log);
     let inspection = inspect(dir.path(), InspectOptions::default()).expect("inspect");
@@ -218,7 +201,7 @@ fn refusals_are_clear() {
     assert!(error.to_string().contains("not a spill log directory"));
 
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
-    append_records(log.as_ref(), 0, 10);
+    common::append_records(log.as_ref(), 0, 10);
     drop(log);
     let error = inspect(dir.path(), InspectOptions { copy_bytes_max: 10 }).expect_err("bound");
     assert!(

@@ -24,6 +24,25 @@ pub fn payload(seq: u64) -> Vec<u8> {
     out
 }
 
+/// Appends the records `from..to` (payload(seq)) in batches of 10.
+pub fn append_records(log: &dyn spillway_storage::SpillLog, from: u64, to: u64) {
+    for start in (from..to).step_by(10) {
+        let records: Vec<Vec<u8>> = (start..(start + 10).min(to)).map(payload).collect();
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+        log.append(&refs).expect("append");
+    }
+}
+
+/// The segment files of a segment log in `dir`, oldest first.
+pub fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("segments"))
+        .expect("segments dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+}
+
 /// Reads every record from `from` to the end through bounded reads.
 pub fn read_all(log: &dyn spillway_storage::SpillLog, from: u64) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
