@@ -314,7 +314,7 @@ fn a_log_in_another_envelope_layout_is_refused() {
         log.append(&[&[0u8; 20]]).expect("append");
         log.flush().expect("flush");
     }
-    let error = SpillQueue::open(dir.path(), config).expect_err("refused");
+    let error = SpillQueue::open(dir.path(), config.clone()).expect_err("refused");
     assert!(
         matches!(
             error,
@@ -326,4 +326,13 @@ fn a_log_in_another_envelope_layout_is_refused() {
         "{error}"
     );
     assert!(error.to_string().contains("envelope layout 1"), "{error}");
+
+    // Drained, the old log holds nothing in the old layout: it is taken and marked.
+    {
+        let log = spillway_storage::open(dir.path(), config.log.clone()).expect("log");
+        log.consume_until(1).expect("consume");
+        log.flush().expect("flush");
+    }
+    let queue = SpillQueue::open(dir.path(), config).expect("a drained log is taken");
+    drop(queue);
 }

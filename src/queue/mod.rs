@@ -240,9 +240,11 @@ fn check_envelope_version(
 ) -> Result<(), QueueError> {
     match log.position(envelope::ENVELOPE_VERSION_KEY)? {
         Some(envelope::ENVELOPE_VERSION) => Ok(()),
-        // An empty log without the marker is new (or was written empty): take it.
-        None if stats.next_seq == 0 => {
+        // A log without the marker and without records is new (or drained): take it. The
+        // marker is made durable now, before any record of ours can be.
+        None if stats.records() == 0 => {
             log.save_position(envelope::ENVELOPE_VERSION_KEY, envelope::ENVELOPE_VERSION)?;
+            log.flush()?;
             Ok(())
         }
         found => Err(QueueError::EnvelopeVersion {
