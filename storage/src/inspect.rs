@@ -84,7 +84,7 @@ pub struct Inspection {
     pub tail_note: Option<String>,
     // Field order matters: the sled handles close before the copy is removed.
     chunks: Option<sled::Tree>,
-    _manifest: Manifest,
+    manifest: Manifest,
     _copy: TempCopy,
 }
 
@@ -163,14 +163,14 @@ pub fn inspect(dir: &Path, options: InspectOptions) -> Result<Inspection, Inspec
         disk_bytes: copy.bytes,
         tail_note: None,
         chunks: None,
-        _manifest: manifest,
+        manifest: manifest,
         _copy: copy,
     };
     match backend {
         Backend::Segment => inspection.read_segments()?,
         Backend::Sled => {
             let chunks = inspection
-                ._manifest
+                .manifest
                 .db()
                 .open_tree("chunks")
                 .map_err(StorageError::sled(&store))?;
@@ -215,8 +215,8 @@ impl Inspection {
                 }
             }
         }
-        let entries = self._manifest.segments()?;
-        let checkpoint = self._manifest.tail_checkpoint()?;
+        let entries = self.manifest.segments()?;
+        let checkpoint = self.manifest.tail_checkpoint()?;
         self.disk_bytes = 0;
         for entry in &entries {
             let path = dir.join(segment::file_name(entry.first_seq));
