@@ -163,7 +163,7 @@ pub fn inspect(dir: &Path, options: InspectOptions) -> Result<Inspection, Inspec
         disk_bytes: copy.bytes,
         tail_note: None,
         chunks: None,
-        manifest: manifest,
+        manifest,
         _copy: copy,
     };
     match backend {
