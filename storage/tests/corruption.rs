@@ -4,19 +4,10 @@ mod common;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use spillway_storage::record::{ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use spillway_storage::{open, Backend, OpenError, ReadError, SpillLog, StorageError};
-
-/// Writes `count` records (payload(seq)) with a clean close, and returns the segment files, oldest first.
-fn write_log(dir: &Path, count: u64) -> Vec<PathBuf> {
-    let log = open(dir, common::small_config(Backend::Segment)).expect("open");
-    common::append_records(log.as_ref(), 0, count);
-    log.flush().expect("flush");
-    drop(log);
-    common::segment_files(dir)
-}
 
 /// Offsets and headers of every chunk in a segment file.
 fn chunks(path: &Path) -> Vec<(u64, ChunkHeader)> {
@@ -54,16 +45,11 @@ fn assert_records(log: &dyn SpillLog, upto: u64) {
 #[test]
 fn truncated_last_record_is_cut_and_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_log(dir.path(), 200);
+    let files = common::write_closed_log(dir.path(), 200);
     let last = files.last().expect("a segment");
     let (offset, header) = *chunks(last).last().expect("a chunk");
     let len = fs::metadata(last).expect("meta").len();
-    OpenOptions::new()
-        .write(true)
-        .open(last)
-        .expect("open")
-        .set_len(len - 5)
-        .expect("truncate");
+    common::truncate_by(last, 5);
 
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
     let report = log.recovery_report().clone();
@@ -80,7 +66,7 @@ fn truncated_last_record_is_cut_and_reported() {
 #[test]
 fn flipped_bytes_in_the_tail_chunk_are_cut_and_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_log(dir.path(), 200);
+    let files = common::write_closed_log(dir.path(), 200);
     let last = files.last().expect("a segment");
     let (offset, header) = *chunks(last).last().expect("a chunk");
     flip_byte(last, offset + CHUNK_HEADER_BYTES as u64 + 3);
@@ -108,7 +94,7 @@ fn forget_tail_checkpoint(dir: &Path) {
 #[test]
 fn without_a_checkpoint_damage_before_intact_chunks_refuses_to_open_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_log(dir.path(), 200);
+    let files = common::write_closed_log(dir.path(), 200);
     let last = files.last().expect("a segment");
     let all = chunks(last);
     assert!(
@@ -137,7 +123,7 @@ fn without_a_checkpoint_damage_before_intact_chunks_refuses_to_open_and_changes_
 #[test]
 fn damage_in_synced_data_of_the_tail_segment_fails_the_read_with_file_and_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_log(dir.path(), 200);
+    let files = common::write_closed_log(dir.path(), 200);
     let last = files.last().expect("a segment");
     let all = chunks(last);
     let (offset, header) = all[1];
@@ -202,7 +188,7 @@ fn recovery_scans_only_what_was_written_since_the_last_sync() {
 #[test]
 fn flipped_bytes_in_a_sealed_segment_fail_the_read_with_file_and_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_log(dir.path(), 400);
+    let files = common::write_closed_log(dir.path(), 400);
     assert!(files.len() >= 3, "the test needs sealed segments");
     let victim = &files[1];
     let (offset, header) = chunks(victim)[2];
@@ -240,7 +226,7 @@ fn flipped_bytes_in_a_sealed_segment_fail_the_read_with_file_and_offset() {
 #[test]
 fn a_missing_segment_is_a_typed_error_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_log(dir.path(), 400);
+    let files = common::write_closed_log(dir.path(), 400);
     fs::remove_file(&files[1]).expect("remove");
     match open(dir.path(), common::small_config(Backend::Segment)) {
         Err(OpenError::MissingSegment { path, .. }) => assert_eq!(path, files[1]),
@@ -253,7 +239,7 @@ fn a_missing_segment_is_a_typed_error_naming_it() {
 #[test]
 fn a_segment_of_another_format_version_is_refused_with_its_path() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_log(dir.path(), 50);
+    let files = common::write_closed_log(dir.path(), 50);
     let path = &files[0];
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     let file = OpenOptions::new()
@@ -316,7 +302,7 @@ fn opening_a_directory_of_the_other_backend_is_refused() {
 #[test]
 fn a_new_segment_whose_header_never_reached_the_disk_is_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let files = write_log(dir.path(), 200);
+    let files = common::write_closed_log(dir.path(), 200);
     // As if killed inside segment creation: the next segment exists, empty, unlisted.
     let next_seq = 200;
     let torn = dir

@@ -83,11 +83,7 @@ fn a_sound_log_is_described_and_verified_without_being_written() {
 #[test]
 fn verify_names_each_damaged_range_and_keeps_checking_past_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
-    common::append_records(log.as_ref(), 0, 600);
-    log.flush().expect("flush");
-    drop(log);
-    let files = common::segment_files(dir.path());
+    let files = common::write_closed_log(dir.path(), 600);
     assert!(files.len() >= 3);
     // Damage the second chunk of the first segment, and the third of the second.
     let mut expected = Vec::new();
@@ -135,19 +131,9 @@ fn verify_names_each_damaged_range_and_keeps_checking_past_it() {
 #[test]
 fn a_missing_segment_and_a_torn_tail_are_told_apart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
-    common::append_records(log.as_ref(), 0, 600);
-    log.flush().expect("flush");
-    drop(log);
-    let files = common::segment_files(dir.path());
+    let files = common::write_closed_log(dir.path(), 600);
     let last = files.last().expect("segment");
-    let len = fs::metadata(last).expect("meta").len();
-    OpenOptions::new()
-        .write(true)
-        .open(last)
-        .expect("open")
-        .set_len(len - 5)
-        .expect("truncate");
+    common::truncate_by(last, 5);
     fs::remove_file(&files[1]).expect("remove");
 
     let report = verify(dir.path());

@@ -33,6 +33,26 @@ pub fn append_records(log: &dyn spillway_storage::SpillLog, from: u64, to: u64) 
     }
 }
 
+/// Writes `count` records into a new segment log in `dir`, flushes and closes it; returns its segment files.
+pub fn write_closed_log(dir: &std::path::Path, count: u64) -> Vec<std::path::PathBuf> {
+    let log = spillway_storage::open(dir, small_config(Backend::Segment)).expect("open");
+    append_records(log.as_ref(), 0, count);
+    log.flush().expect("flush");
+    drop(log);
+    segment_files(dir)
+}
+
+/// Cuts the last `bytes` bytes off a file.
+pub fn truncate_by(path: &std::path::Path, bytes: u64) {
+    let len = std::fs::metadata(path).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open")
+        .set_len(len - bytes)
+        .expect("truncate");
+}
+
 /// The segment files of a segment log in `dir`, oldest first.
 pub fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("segments"))
