@@ -283,39 +283,27 @@ pub fn render(lanes: &[Lane], rates: &Rates) -> String {
         "Events dropped, by reason.",
         &mut drops.into_iter(),
     );
-    let lag: Vec<(String, f64)> = stats
-        .iter()
-        .flat_map(|(l, s)| {
-            s.consumers.iter().map(move |c| {
-                (
-                    format!("{},consumer=\"{}\"", host(l), label(&c.name)),
-                    c.lag_events as f64,
-                )
+    let per_consumer = |f: &dyn Fn(&crate::queue::ConsumerStats) -> f64| -> Vec<(String, f64)> {
+        stats
+            .iter()
+            .flat_map(|(l, s)| {
+                s.consumers
+                    .iter()
+                    .map(move |c| (format!("{},consumer=\"{}\"", host(l), label(&c.name)), f(c)))
             })
-        })
-        .collect();
+            .collect()
+    };
     metric(
         "spillway_consumer_lag_events",
         "gauge",
         "Events pushed but not yet delivered to the consumer.",
-        &mut lag.into_iter(),
+        &mut per_consumer(&|c| c.lag_events as f64).into_iter(),
     );
-    let lag_seconds: Vec<(String, f64)> = stats
-        .iter()
-        .flat_map(|(l, s)| {
-            s.consumers.iter().map(move |c| {
-                (
-                    format!("{},consumer=\"{}\"", host(l), label(&c.name)),
-                    c.lag_ms as f64 / 1000.0,
-                )
-            })
-        })
-        .collect();
     metric(
         "spillway_consumer_lag_seconds",
         "gauge",
         "Age of the newest event delivered to the consumer while it lags; 0 when caught up.",
-        &mut lag_seconds.into_iter(),
+        &mut per_consumer(&|c| c.lag_ms as f64 / 1000.0).into_iter(),
     );
     metric(
         "spillway_backlog_alert",
