@@ -147,11 +147,11 @@ impl RedisSink {
         let mut c = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut last_seq = batch.last().map_or(0, |d| d.position);
+        // The source pushes each frame with its relay seq as the position.
+        let last_seq = batch.last().map_or(0, |d| d.position);
         if self.config.output.format == OutputFormat::Raw {
             for delivery in batch {
                 let fields = EventFields::of(delivery);
-                last_seq = fields.seq;
                 pipe.cmd("XADD")
                     .arg(&self.config.stream)
                     .arg("*")
