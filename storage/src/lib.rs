@@ -11,6 +11,7 @@ mod batch;
 pub mod config;
 pub mod error;
 mod flusher;
+pub mod fs;
 pub mod inspect;
 mod manifest;
 pub mod record;
@@ -18,6 +19,7 @@ mod recovery;
 mod segment;
 mod segment_log;
 mod sled_log;
+mod space;
 
 pub use batch::{LogStats, ReadBatch, RecoveryReport, SeqRange};
 pub use config::{Backend, Durability, LogConfig};

@@ -3,9 +3,11 @@
 //! Keys of numeric trees are big-endian so they sort; values are fixed-layout little-endian.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::Backend;
 use crate::error::{OpenError, StorageError};
+use crate::fs::Filesystem;
 use crate::record::FORMAT_VERSION;
 
 const KEY_VERSION: &[u8] = b"format_version";
@@ -102,6 +104,8 @@ pub(crate) struct Manifest {
     segments: sled::Tree,
     positions: sled::Tree,
     positions_max: u32,
+    /// The file layer's hooks around flushes (sled does its own I/O).
+    fs: Option<Arc<dyn Filesystem>>,
 }
 
 impl Manifest {
@@ -112,6 +116,17 @@ impl Manifest {
         backend: Backend,
         positions_max: u32,
     ) -> Result<Self, OpenError> {
+        Self::open_with(path, cache_bytes, backend, positions_max, None)
+    }
+
+    /// [`Manifest::open`], calling `fs`'s manifest hooks around every flush.
+    pub(crate) fn open_with(
+        path: &Path,
+        cache_bytes: u64,
+        backend: Backend,
+        positions_max: u32,
+        fs: Option<Arc<dyn Filesystem>>,
+    ) -> Result<Self, OpenError> {
         let db = open_sled(path, cache_bytes)?;
         let tree = |name: &str| db.open_tree(name).map_err(StorageError::sled(path));
         let manifest = Manifest {
@@ -121,6 +136,7 @@ impl Manifest {
             positions: tree("positions")?,
             db,
             positions_max,
+            fs,
         };
         manifest.check_or_init(backend)?;
         Ok(manifest)
@@ -179,7 +195,14 @@ impl Manifest {
 
     /// Makes every change so far durable.
     pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        if let Some(fs) = &self.fs {
+            fs.manifest_flushing(&self.path)
+                .map_err(|e| StorageError::sled(&self.path)(sled::Error::Io(e)))?;
+        }
         self.db.flush().map_err(StorageError::sled(&self.path))?;
+        if let Some(fs) = &self.fs {
+            fs.manifest_flushed(&self.path);
+        }
         Ok(())
     }
 

@@ -14,9 +14,10 @@
 //! log's size. Damage in synced data before that chunk is reported by the read
 //! that meets it, like damage in sealed segments.
 
-use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
+
+use crate::fs::{Cursor, ReadAt};
 
 use crate::error::{Corruption, StorageError};
 use crate::record::{
@@ -55,8 +56,8 @@ pub(crate) struct TornTail {
 }
 
 /// Scans a segment's chunks from its header to `file_len`.
-pub(crate) fn scan_tail(
-    file: &File,
+pub(crate) fn scan_tail<F: ReadAt + ?Sized>(
+    file: &F,
     path: &Path,
     first_seq: u64,
     file_len: u64,
@@ -68,7 +69,7 @@ pub(crate) fn scan_tail(
         seq: first_seq,
         payload_before: 0,
     });
-    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, Cursor::new(file));
     reader
         .seek(std::io::SeekFrom::Start(start.offset))
         .map_err(StorageError::io(path))?;
@@ -127,7 +128,7 @@ pub(crate) fn scan_tail(
 
 /// Reads one chunk; the outer error is an I/O failure, the inner one a format fault.
 pub(crate) fn next_chunk(
-    reader: &mut BufReader<&File>,
+    reader: &mut impl Read,
     path: &Path,
     remaining: u64,
     expected_seq: u64,
@@ -163,14 +164,14 @@ pub(crate) fn next_chunk(
 }
 
 /// Looks past a damaged chunk for any valid chunk header numbered at or after `seq`.
-pub(crate) fn valid_chunk_after(
-    file: &File,
+pub(crate) fn valid_chunk_after<F: ReadAt + ?Sized>(
+    file: &F,
     path: &Path,
     bad_offset: u64,
     file_len: u64,
     seq: u64,
 ) -> Result<Option<u64>, StorageError> {
-    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, Cursor::new(file));
     let mut start = bad_offset + CHUNK_ALIGN_BYTES as u64;
     let mut window = vec![0u8; SCAN_BUFFER_BYTES + CHUNK_HEADER_BYTES];
     use std::io::Seek;

@@ -10,14 +10,21 @@
 //!   manifest lists it; open adopts a newest file the manifest does not list yet;
 //! - a segment is synced before the manifest calls it sealed;
 //! - the consumed position is flushed to the manifest, after syncing the data,
-//!   before any file it frees is removed; open removes files left behind.
+//!   before any file it frees is removed; open removes files left behind;
+//! - a failed append is undone before it returns (the batch's bytes cut from the
+//!   file and the buffer, segments it created forgotten by the manifest before
+//!   their files go), so an append that returned an error leaves no record visible;
+//!   where the undo itself fails the log refuses writes until reopened.
+//!
+//! Every segment-file and directory operation goes through a [`Filesystem`]
+//! ([`RealFs`] unless [`SegmentLog::open_with`] is given another), so tests can
+//! fail any of them or drop unsynced bytes. A full disk is handled in `space.rs`.
 //!
 //! Memory: the write buffer (`write_buffer_bytes` plus one chunk), one cached
 //! read window of at most `read_window_bytes` mapped (plus windows still held by
 //! live `ReadBatch`es), sled's `cache_capacity`, and one small entry per segment.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,10 +33,12 @@ use crate::batch::{Backing, LogStats, ReadBatch, RecoveryReport, SeqRange};
 use crate::config::{Backend, Durability, LogConfig};
 use crate::error::{AppendError, Corruption, OpenError, ReadError, StorageError};
 use crate::flusher::{self, Flushable, Flusher};
+use crate::fs::{FileHandle, Filesystem, RealFs};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
 use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::recovery;
-use crate::segment::{self, ActiveSegment};
+use crate::segment::{self, ActiveSegment, AppendMark};
+use crate::space::{Reserve, SpaceGauge};
 use crate::SpillLog;
 
 /// Read positions remembered so sequential readers skip the header walk.
@@ -49,7 +58,7 @@ struct SealedSegment {
     first_seq: u64,
     info: SealedInfo,
     path: PathBuf,
-    reader: Option<Arc<File>>,
+    reader: Option<Arc<dyn FileHandle>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +77,7 @@ struct CachedWindow {
 
 #[derive(Debug)]
 struct Inner {
+    fs: Arc<dyn Filesystem>,
     segments_dir: PathBuf,
     config: LogConfig,
     manifest: Manifest,
@@ -82,6 +92,11 @@ struct Inner {
     hints: VecDeque<ReadHint>,
     window: Option<CachedWindow>,
     durable_next_seq: Arc<AtomicU64>,
+    /// Free space and the effective disk budget.
+    space: SpaceGauge,
+    reserve: Reserve,
+    /// Set when an undo failed: the active segment's end is unknown, writes are refused.
+    poisoned: Option<String>,
 }
 
 impl SegmentLog {
@@ -90,6 +105,21 @@ impl SegmentLog {
     /// # Errors
     /// See [`crate::open`].
     pub fn open(dir: &Path, config: LogConfig) -> Result<Self, OpenError> {
+        Self::open_with(dir, config, Arc::new(RealFs))
+    }
+
+    /// [`SegmentLog::open`] with every segment-file and directory operation going through `fs`.
+    ///
+    /// When opening meets a full disk (ENOSPC or EDQUOT), the reserve file
+    /// (`reserve_bytes`) is removed and the open retried once.
+    ///
+    /// # Errors
+    /// See [`crate::open`].
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        fs: Arc<dyn Filesystem>,
+    ) -> Result<Self, OpenError> {
         config.validate()?;
         if config.backend != Backend::Segment {
             return Err(crate::ConfigError::Invalid {
@@ -98,15 +128,20 @@ impl SegmentLog {
             }
             .into());
         }
-        let segments_dir = dir.join("segments");
-        std::fs::create_dir_all(&segments_dir).map_err(StorageError::io(&segments_dir))?;
-        let manifest = Manifest::open(
-            &dir.join("manifest"),
-            config.sled_cache_bytes,
-            Backend::Segment,
-            config.positions_max,
-        )?;
-        let (inner, recovery) = Inner::recover(segments_dir, config, manifest)?;
+        let reserve = Reserve::new(dir, config.reserve_bytes);
+        let (mut inner, recovery) = match Self::open_once(dir, &config, &fs, &reserve) {
+            Err(OpenError::Storage(error)) if error.is_disk_full() && reserve.release(&*fs)? => {
+                tracing::warn!(dir = %dir.display(), %error, "opening the spill log met a full disk; retrying without the reserve");
+                Self::open_once(dir, &config, &fs, &reserve)?
+            }
+            other => other?,
+        };
+        // Best effort: a log on a full disk opens without its reserve and makes it once space frees.
+        if let Err(error) = reserve.ensure(&*fs, config.disk_free_margin_bytes) {
+            tracing::warn!(dir = %dir.display(), %error, "could not make the reserve file");
+        }
+        let disk_bytes = inner.disk_bytes();
+        inner.space.measure(&*fs, disk_bytes);
         let durability = inner.config.durability;
         let inner = Arc::new(Mutex::new(inner));
         let flusher = flusher::for_durability(durability, &inner, dir)?;
@@ -115,6 +150,36 @@ impl SegmentLog {
             recovery,
             flusher,
         })
+    }
+
+    fn open_once(
+        dir: &Path,
+        config: &LogConfig,
+        fs: &Arc<dyn Filesystem>,
+        reserve: &Reserve,
+    ) -> Result<(Inner, RecoveryReport), OpenError> {
+        let segments_dir = dir.join("segments");
+        let created = fs
+            .create_dir_all(&segments_dir)
+            .map_err(StorageError::io(&segments_dir))?;
+        if created {
+            // The directory entry of segments/ must outlive a power loss like the files in it.
+            segment::sync_dir(&**fs, dir)?;
+        }
+        let manifest = Manifest::open_with(
+            &dir.join("manifest"),
+            config.sled_cache_bytes,
+            Backend::Segment,
+            config.positions_max,
+            Some(Arc::clone(fs)),
+        )?;
+        Inner::recover(
+            Arc::clone(fs),
+            segments_dir,
+            config.clone(),
+            manifest,
+            reserve.clone(),
+        )
     }
 
     /// Syncs everything and closes the log, reporting a failure that `Drop` could only log.
@@ -144,9 +209,11 @@ impl Drop for SegmentLog {
 
 impl Inner {
     fn recover(
+        fs: Arc<dyn Filesystem>,
         segments_dir: PathBuf,
         config: LogConfig,
         manifest: Manifest,
+        reserve: Reserve,
     ) -> Result<(Self, RecoveryReport), OpenError> {
         let mut report = RecoveryReport::default();
         let consumed_seq = manifest.consumed_seq()?;
@@ -155,7 +222,7 @@ impl Inner {
             .into_iter()
             .map(|e| (e.first_seq, e))
             .collect();
-        let mut files = list_segment_files(&segments_dir)?;
+        let mut files = list_segment_files(&*fs, &segments_dir)?;
 
         // A listed segment without its file: fine if it was fully consumed (a reclaim
         // that removed the file before the manifest), fatal otherwise.
@@ -184,7 +251,7 @@ impl Inner {
                 continue;
             }
             let newest = newest_listed.is_none_or(|newest| first_seq > newest);
-            if newest && has_intact_header(path, first_seq)? {
+            if newest && has_intact_header(&*fs, path, first_seq)? {
                 let entry = SegmentEntry {
                     first_seq,
                     sealed: None,
@@ -195,7 +262,7 @@ impl Inner {
                 // Newest: killed inside its creation, before the header reached the disk (no record
                 // in it). Older: left behind by a reclaim. Neither holds anything to keep.
                 tracing::warn!(path = %path.display(), "removing a segment file the manifest does not list");
-                std::fs::remove_file(path).map_err(StorageError::io(path))?;
+                fs.remove_file(path).map_err(StorageError::io(path))?;
                 files.remove(&first_seq);
                 report.removed_files += 1;
             }
@@ -207,9 +274,9 @@ impl Inner {
         let count = entries.len();
         for (index, entry) in entries.into_values().enumerate() {
             let path = files[&entry.first_seq].clone();
-            let file = File::open(&path).map_err(StorageError::io(&path))?;
-            let file_len = file.metadata().map_err(StorageError::io(&path))?.len();
-            check_segment_header(&file, &path, entry.first_seq)?;
+            let file = fs.open(&path, false).map_err(StorageError::io(&path))?;
+            let file_len = file.len().map_err(StorageError::io(&path))?;
+            check_segment_header(&*file, &path, entry.first_seq)?;
             let is_last = index + 1 == count;
             match (entry.sealed, is_last) {
                 (Some(info), _) => {
@@ -228,7 +295,7 @@ impl Inner {
                         first_seq: entry.first_seq,
                         info,
                         path,
-                        reader: Some(Arc::new(file)),
+                        reader: Some(file),
                     });
                 }
                 (None, _) => {
@@ -243,21 +310,26 @@ impl Inner {
                             seq: c.chunk_first_seq,
                             payload_before: c.payload_before,
                         });
-                    let scan =
-                        match recovery::scan_tail(&file, &path, entry.first_seq, file_len, start) {
-                            // The checkpointed chunk itself is damaged: scan the whole segment, trusting nothing.
-                            Ok(scan)
-                                if start.is_some()
-                                    && scan.torn.is_some()
-                                    && scan.valid_end == start.map_or(0, |s| s.offset) =>
-                            {
-                                recovery::scan_tail(&file, &path, entry.first_seq, file_len, None)?
-                            }
-                            Err(_) if start.is_some() => {
-                                recovery::scan_tail(&file, &path, entry.first_seq, file_len, None)?
-                            }
-                            other => other?,
-                        };
+                    let scan = match recovery::scan_tail(
+                        &*file,
+                        &path,
+                        entry.first_seq,
+                        file_len,
+                        start,
+                    ) {
+                        // The checkpointed chunk itself is damaged: scan the whole segment, trusting nothing.
+                        Ok(scan)
+                            if start.is_some()
+                                && scan.torn.is_some()
+                                && scan.valid_end == start.map_or(0, |s| s.offset) =>
+                        {
+                            recovery::scan_tail(&*file, &path, entry.first_seq, file_len, None)?
+                        }
+                        Err(_) if start.is_some() => {
+                            recovery::scan_tail(&*file, &path, entry.first_seq, file_len, None)?
+                        }
+                        other => other?,
+                    };
                     report.scanned_bytes += file_len - start.map_or(0, |s| s.offset);
                     if let Some(torn) = &scan.torn {
                         let cut = file_len - scan.valid_end;
@@ -269,10 +341,7 @@ impl Inner {
                             fault = %torn.fault,
                             "cutting a torn tail from the spill log"
                         );
-                        let writable = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(StorageError::io(&path))?;
+                        let writable = fs.open(&path, true).map_err(StorageError::io(&path))?;
                         writable
                             .set_len(scan.valid_end)
                             .and_then(|()| writable.sync_all())
@@ -283,6 +352,7 @@ impl Inner {
                     }
                     if is_last {
                         active = Some(ActiveSegment::reopen(
+                            &*fs,
                             path,
                             entry.first_seq,
                             scan.next_seq,
@@ -315,7 +385,7 @@ impl Inner {
             None => {
                 // No segment yet, or the newest one is sealed: start one where the log ends.
                 let next = sealed.back().map_or(consumed_seq, |s| s.info.next_seq);
-                let active = segment::create(&segments_dir, next)?;
+                let active = segment::create(&*fs, &segments_dir, next)?;
                 manifest.put_segment(SegmentEntry {
                     first_seq: next,
                     sealed: None,
@@ -338,8 +408,17 @@ impl Inner {
         let sealed_bytes = sealed.iter().map(|s| s.info.file_bytes).sum();
         let sealed_payload_bytes = sealed.iter().map(|s| s.info.payload_bytes).sum();
         let durable = Arc::new(AtomicU64::new(active.next_seq));
+        let space = SpaceGauge::new(
+            &segments_dir,
+            config.disk_budget_bytes,
+            config.disk_free_margin_bytes,
+        );
         let mut inner = Inner {
+            fs,
             segments_dir,
+            space,
+            reserve,
+            poisoned: None,
             config,
             manifest,
             sealed,
@@ -364,6 +443,7 @@ impl Inner {
 
     fn append(&mut self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
         self.config.check_record_sizes(records)?;
+        self.check_writable()?;
         let first = self.active.next_seq;
         if records.is_empty() {
             return Ok(SeqRange { first, next: first });
@@ -378,6 +458,32 @@ impl Inner {
                 budget_bytes: budget,
             });
         }
+        if let Err(free_bytes) = self.space.check_fits(&*self.fs, used, needed) {
+            return Err(AppendError::NoSpace {
+                path: self.segments_dir.clone(),
+                needed_bytes: needed + self.space.margin_bytes(),
+                free_bytes,
+            });
+        }
+        let mark = self.active.mark();
+        let written = self.append_chunks(records).and_then(|()| {
+            self.dirty = true;
+            if self.config.durability == Durability::EveryBatch {
+                self.flush()?;
+            }
+            Ok(())
+        });
+        if let Err(error) = written {
+            return Err(self.undo_batch(mark, needed, error));
+        }
+        Ok(SeqRange {
+            first,
+            next: self.active.next_seq,
+        })
+    }
+
+    /// Writes a batch's chunks, rolling to new segments as they fill.
+    fn append_chunks(&mut self, records: &[&[u8]]) -> Result<(), StorageError> {
         let mut rest = records;
         while !rest.is_empty() {
             let take = record::records_for_chunk(rest, self.config.chunk_bytes_target);
@@ -393,14 +499,117 @@ impl Inner {
                 .append_chunk(chunk, self.config.write_buffer_bytes)?;
             rest = tail;
         }
-        self.dirty = true;
-        if self.config.durability == Durability::EveryBatch {
-            self.flush()?;
+        Ok(())
+    }
+
+    /// Refuses writes once an undo failed: the active segment's end is unknown.
+    fn check_writable(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Poisoned {
+                path: self.active.path.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
         }
-        Ok(SeqRange {
-            first,
-            next: self.active.next_seq,
-        })
+    }
+
+    /// Undoes a failed batch and says why it failed: `NoSpace` for a full disk.
+    fn undo_batch(&mut self, mark: AppendMark, needed: u64, error: StorageError) -> AppendError {
+        if self.poisoned.is_some() {
+            // A roll left the manifest's view unknown: cutting now could contradict it.
+            return error.into();
+        }
+        if let Err(undo) = self.rollback_to(mark) {
+            tracing::error!(
+                path = %self.active.path.display(),
+                %error,
+                %undo,
+                "undoing a failed append failed; the log refuses writes until reopened"
+            );
+            self.poisoned = Some(format!("undoing a failed append ({error}) failed: {undo}"));
+            return error.into();
+        }
+        if !error.is_disk_full() {
+            return error.into();
+        }
+        let disk_bytes = self.disk_bytes();
+        self.space.measure(&*self.fs, disk_bytes);
+        let free_bytes = match self.space.last_free_bytes() {
+            u64::MAX => 0,
+            free => free,
+        };
+        tracing::warn!(
+            path = %self.segments_dir.display(),
+            %error,
+            needed_bytes = needed,
+            free_bytes,
+            "the disk is full: the batch was refused and undone"
+        );
+        AppendError::NoSpace {
+            path: self.segments_dir.clone(),
+            needed_bytes: needed + self.space.margin_bytes(),
+            free_bytes,
+        }
+    }
+
+    /// Brings the log back to `mark`: segments created since are forgotten (the manifest
+    /// first, then their files), and the mark's segment is cut back to its length then.
+    fn rollback_to(&mut self, mark: AppendMark) -> Result<(), StorageError> {
+        self.window = None;
+        self.hints.clear();
+        if self.active.first_seq != mark.first_seq {
+            let mut created = vec![(self.active.first_seq, self.active.path.clone())];
+            while self
+                .sealed
+                .back()
+                .is_some_and(|s| s.first_seq > mark.first_seq)
+            {
+                if let Some(segment) = self.sealed.pop_back() {
+                    self.sealed_bytes -= segment.info.file_bytes;
+                    self.sealed_payload_bytes -= segment.info.payload_bytes;
+                    created.push((segment.first_seq, segment.path));
+                }
+            }
+            let base = match self.sealed.pop_back() {
+                Some(base) if base.first_seq == mark.first_seq => base,
+                _ => {
+                    return Err(StorageError::Poisoned {
+                        path: self.segments_dir.join(segment::file_name(mark.first_seq)),
+                        reason: "the batch's first segment is gone".into(),
+                    })
+                }
+            };
+            self.sealed_bytes -= base.info.file_bytes;
+            self.sealed_payload_bytes -= base.info.payload_bytes;
+            for (first_seq, _) in &created {
+                self.manifest.remove_segment(*first_seq)?;
+            }
+            self.manifest.put_segment(SegmentEntry {
+                first_seq: base.first_seq,
+                sealed: None,
+            })?;
+            self.manifest.flush()?;
+            self.active = ActiveSegment::reopen(
+                &*self.fs,
+                base.path,
+                base.first_seq,
+                base.info.next_seq,
+                base.info.file_bytes,
+                base.info.payload_bytes,
+            )?;
+            for (_, path) in created {
+                self.fs
+                    .remove_file(&path)
+                    .map_err(StorageError::io(&path))?;
+            }
+            segment::sync_dir(&*self.fs, &self.segments_dir)?;
+        }
+        self.active.rollback(mark)?;
+        // The cut is durable with the next sync.
+        self.dirty = true;
+        self.durable_next_seq
+            .fetch_min(mark.next_seq, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Upper bound of the bytes `records` will take on disk, new segment headers included.
@@ -425,16 +634,29 @@ impl Inner {
             payload_bytes: self.active.payload_bytes,
             file_bytes: self.active.file_bytes,
         };
-        let next = segment::create(&self.segments_dir, info.next_seq)?;
-        self.manifest.put_segment(SegmentEntry {
-            first_seq: self.active.first_seq,
-            sealed: Some(info),
-        })?;
-        self.manifest.put_segment(SegmentEntry {
-            first_seq: next.first_seq,
-            sealed: None,
-        })?;
-        self.manifest.flush()?;
+        let next = segment::create(&*self.fs, &self.segments_dir, info.next_seq)?;
+        let listed = self
+            .manifest
+            .put_segment(SegmentEntry {
+                first_seq: self.active.first_seq,
+                sealed: Some(info),
+            })
+            .and_then(|()| {
+                self.manifest.put_segment(SegmentEntry {
+                    first_seq: next.first_seq,
+                    sealed: None,
+                })
+            })
+            .and_then(|()| self.manifest.flush());
+        if let Err(error) = listed {
+            // The manifest on disk may hold either state: keep the new (empty) file so open
+            // finds a consistent one, and take no more writes, which would diverge from it.
+            self.poisoned = Some(format!(
+                "listing the new segment {} in the manifest failed: {error}",
+                next.path.display()
+            ));
+            return Err(error);
+        }
         let old = std::mem::replace(&mut self.active, next);
         self.sealed_bytes += info.file_bytes;
         self.sealed_payload_bytes += info.payload_bytes;
@@ -468,6 +690,8 @@ impl Inner {
         Ok(next)
     }
 
+    /// Consuming frees space, so it must work on a full disk: a step that meets
+    /// ENOSPC is retried once after removing the reserve file.
     fn consume_until(&mut self, seq: u64) -> Result<(), StorageError> {
         let seq = seq.min(self.active.next_seq);
         if seq <= self.consumed_seq {
@@ -476,8 +700,24 @@ impl Inner {
         self.consumed_seq = seq;
         self.manifest.set_consumed_seq(seq)?;
         self.dirty = true;
+        match self.persist_consumed() {
+            Err(error) if error.is_disk_full() && self.reserve.release(&*self.fs)? => {
+                tracing::warn!(%error, "consuming met a full disk; retrying without the reserve");
+                self.persist_consumed()?;
+            }
+            other => other?,
+        }
+        Ok(())
+    }
+
+    /// Rolls a fully consumed active segment, reclaims consumed files, and syncs under `EveryBatch`.
+    fn persist_consumed(&mut self) -> Result<(), StorageError> {
+        let seq = self.consumed_seq;
         // A fully consumed active segment of some size is rolled so its space can go.
-        if seq == self.active.next_seq && self.active.len() >= self.config.segment_bytes_max / 8 {
+        if self.poisoned.is_none()
+            && seq == self.active.next_seq
+            && self.active.len() >= self.config.segment_bytes_max / 8
+        {
             self.roll()?;
         }
         self.reclaim()?;
@@ -502,11 +742,22 @@ impl Inner {
         }
         self.flush()?;
         for segment in self.sealed.drain(..freed) {
-            std::fs::remove_file(&segment.path).map_err(StorageError::io(&segment.path))?;
+            self.fs
+                .remove_file(&segment.path)
+                .map_err(StorageError::io(&segment.path))?;
             self.sealed_bytes -= segment.info.file_bytes;
             self.sealed_payload_bytes -= segment.info.payload_bytes;
             tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
         }
+        // Space just freed: make the reserve again if a full disk took it (best effort).
+        if let Err(error) = self
+            .reserve
+            .ensure(&*self.fs, self.config.disk_free_margin_bytes)
+        {
+            tracing::warn!(%error, "could not make the reserve file again");
+        }
+        let disk_bytes = self.disk_bytes();
+        self.space.measure(&*self.fs, disk_bytes);
         // Hints and the cached window into removed segments are the only stale state;
         // a hint below the consumed position in a live segment still leads reads to their chunk.
         let oldest_live = self
@@ -521,7 +772,7 @@ impl Inner {
         {
             self.window = None;
         }
-        segment::sync_dir(&self.segments_dir)
+        segment::sync_dir(&*self.fs, &self.segments_dir)
     }
 
     fn read(
@@ -558,8 +809,10 @@ impl Inner {
             let reader = match &seg.reader {
                 Some(reader) => Arc::clone(reader),
                 None => {
-                    let file =
-                        Arc::new(File::open(&seg.path).map_err(StorageError::io(&seg.path))?);
+                    let file = self
+                        .fs
+                        .open(&seg.path, false)
+                        .map_err(StorageError::io(&seg.path))?;
                     seg.reader = Some(Arc::clone(&file));
                     file
                 }
@@ -575,9 +828,9 @@ impl Inner {
                 (h.chunk_offset, h.chunk_first_seq)
             });
         let (chunk_offset, _) =
-            segment::find_chunk(&reader, &path, start_offset, start_seq, from, seg_end)?;
+            segment::find_chunk(&*reader, &path, start_offset, start_seq, from, seg_end)?;
 
-        let map = self.window_for(seg_first, &reader, &path, chunk_offset, seg_end)?;
+        let map = self.window_for(seg_first, &*reader, &path, chunk_offset, seg_end)?;
         let backing = batch.add_backing(Backing::Mapped(Arc::clone(&map.0)));
         let window_start = map.1;
         let mut offset = chunk_offset;
@@ -655,7 +908,7 @@ impl Inner {
     fn window_for(
         &mut self,
         seg_first: u64,
-        reader: &File,
+        reader: &dyn FileHandle,
         path: &Path,
         chunk_offset: u64,
         seg_end: u64,
@@ -698,8 +951,11 @@ impl Inner {
         self.hints.push_back(hint);
     }
 
-    fn stats(&self) -> LogStats {
+    fn stats(&mut self) -> LogStats {
+        let disk_bytes = self.disk_bytes();
+        self.space.refresh(&*self.fs, disk_bytes);
         LogStats {
+            disk_budget_bytes_effective: self.space.effective_budget_bytes(),
             first_seq: self.consumed_seq,
             next_seq: self.active.next_seq,
             durable_next_seq: self.durable_next_seq.load(Ordering::Acquire),
@@ -728,26 +984,31 @@ impl Flushable for Inner {
     }
 }
 
-fn list_segment_files(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, StorageError> {
+fn list_segment_files(
+    fs: &dyn Filesystem,
+    dir: &Path,
+) -> Result<BTreeMap<u64, PathBuf>, StorageError> {
     let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).map_err(StorageError::io(dir))? {
-        let entry = entry.map_err(StorageError::io(dir))?;
-        let name = entry.file_name();
-        if let Some(first_seq) = name.to_str().and_then(segment::parse_file_name) {
-            files.insert(first_seq, entry.path());
+    for path in fs.read_dir(dir).map_err(StorageError::io(dir))? {
+        let first_seq = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(segment::parse_file_name);
+        if let Some(first_seq) = first_seq {
+            files.insert(first_seq, path);
         }
     }
     Ok(files)
 }
 
 /// Whether a segment file's header is complete and names `first_seq` (a version mismatch is an error).
-fn has_intact_header(path: &Path, first_seq: u64) -> Result<bool, OpenError> {
-    let file = File::open(path).map_err(StorageError::io(path))?;
-    let len = file.metadata().map_err(StorageError::io(path))?.len();
+fn has_intact_header(fs: &dyn Filesystem, path: &Path, first_seq: u64) -> Result<bool, OpenError> {
+    let file = fs.open(path, false).map_err(StorageError::io(path))?;
+    let len = file.len().map_err(StorageError::io(path))?;
     if len < SEGMENT_HEADER_BYTES as u64 {
         return Ok(false);
     }
-    match check_segment_header(&file, path, first_seq) {
+    match check_segment_header(&*file, path, first_seq) {
         Ok(()) => Ok(true),
         Err(OpenError::Storage(StorageError::Corrupt(_))) => Ok(false),
         Err(other) => Err(other),
@@ -755,11 +1016,11 @@ fn has_intact_header(path: &Path, first_seq: u64) -> Result<bool, OpenError> {
 }
 
 fn check_segment_header(
-    file: &File,
+    file: &dyn FileHandle,
     path: &Path,
     expected_first_seq: u64,
 ) -> Result<(), OpenError> {
-    use std::os::unix::fs::FileExt;
+    use crate::fs::ReadAt;
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     file.read_exact_at(&mut header, 0)
         .map_err(StorageError::io(path))?;
