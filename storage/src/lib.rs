@@ -20,12 +20,15 @@ mod segment;
 mod segment_log;
 mod sled_log;
 mod space;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use batch::{LogStats, ReadBatch, RecoveryReport, SeqRange};
 pub use config::{Backend, Durability, LogConfig};
 pub use error::{
     AppendError, ConfigError, Corruption, Error, InspectError, OpenError, ReadError, StorageError,
 };
+pub use fs::{FileHandle, Filesystem, RealFs};
 pub use segment_log::SegmentLog;
 pub use sled_log::SledLog;
 

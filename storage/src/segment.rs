@@ -135,8 +135,7 @@ impl ActiveSegment {
     /// Undoes every append after `mark` (taken in this segment): buffered bytes past it are
     /// dropped and the file is cut back to what it held, so earlier records are kept.
     ///
-    /// The cut is durable with the next sync; until then a power loss may bring back
-    /// chunks of the undone batch, never anything else.
+    /// The cut is synced before this returns.
     pub(crate) fn rollback(&mut self, mark: AppendMark) -> Result<(), StorageError> {
         debug_assert_eq!(mark.first_seq, self.first_seq, "a mark of another segment");
         let keep_file_bytes = self.file_bytes.min(mark.len);
@@ -144,8 +143,10 @@ impl ActiveSegment {
         self.buffer
             .truncate(mark.len.saturating_sub(keep_file_bytes) as usize);
         // A failed write may have left part of the buffer in the file past file_bytes.
+        // Synced at once: a batch refused as unwritten must not come back after a power loss.
         self.reader
             .set_len(keep_file_bytes)
+            .and_then(|()| self.reader.sync_data())
             .map_err(StorageError::io(&self.path))?;
         self.file_bytes = keep_file_bytes;
         self.next_seq = mark.next_seq;
