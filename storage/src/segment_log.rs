@@ -519,6 +519,12 @@ impl Inner {
             // A roll left the manifest's view unknown: cutting now could contradict it.
             return error.into();
         }
+        if error.is_disk_full() && self.active.first_seq != mark.first_seq {
+            // Undoing a roll writes the manifest: make room for it.
+            if let Err(release) = self.reserve.release(&*self.fs) {
+                tracing::warn!(%release, "could not remove the reserve file");
+            }
+        }
         if let Err(undo) = self.rollback_to(mark) {
             tracing::error!(
                 path = %self.active.path.display(),
@@ -558,37 +564,68 @@ impl Inner {
         self.window = None;
         self.hints.clear();
         if self.active.first_seq != mark.first_seq {
-            let mut created = vec![(self.active.first_seq, self.active.path.clone())];
-            while self
-                .sealed
-                .back()
-                .is_some_and(|s| s.first_seq > mark.first_seq)
-            {
-                if let Some(segment) = self.sealed.pop_back() {
-                    self.sealed_bytes -= segment.info.file_bytes;
-                    self.sealed_payload_bytes -= segment.info.payload_bytes;
-                    created.push((segment.first_seq, segment.path));
-                }
+            // The manifest first, memory after: a failure here changes nothing but the manifest's cache.
+            let created: Vec<u64> = std::iter::once(self.active.first_seq)
+                .chain(
+                    self.sealed
+                        .iter()
+                        .map(|s| s.first_seq)
+                        .filter(|&first| first > mark.first_seq),
+                )
+                .collect();
+            if !self.sealed.iter().any(|s| s.first_seq == mark.first_seq) {
+                return Err(StorageError::Poisoned {
+                    path: self.segments_dir.join(segment::file_name(mark.first_seq)),
+                    reason: "the batch's first segment is gone".into(),
+                });
             }
-            let base = match self.sealed.pop_back() {
-                Some(base) if base.first_seq == mark.first_seq => base,
-                _ => {
-                    return Err(StorageError::Poisoned {
-                        path: self.segments_dir.join(segment::file_name(mark.first_seq)),
-                        reason: "the batch's first segment is gone".into(),
-                    })
-                }
-            };
-            self.sealed_bytes -= base.info.file_bytes;
-            self.sealed_payload_bytes -= base.info.payload_bytes;
-            for (first_seq, _) in &created {
+            for first_seq in &created {
                 self.manifest.remove_segment(*first_seq)?;
             }
-            self.manifest.put_segment(SegmentEntry {
-                first_seq: base.first_seq,
-                sealed: None,
+            let forgotten = self
+                .manifest
+                .put_segment(SegmentEntry {
+                    first_seq: mark.first_seq,
+                    sealed: None,
+                })
+                .and_then(|()| self.manifest.flush());
+            if let Err(error) = forgotten {
+                // Put the manifest's cache back as memory has it, so a later flush cannot
+                // persist a view the files do not match.
+                let listed = self
+                    .sealed
+                    .iter()
+                    .filter(|s| s.first_seq >= mark.first_seq)
+                    .map(|s| SegmentEntry {
+                        first_seq: s.first_seq,
+                        sealed: Some(s.info),
+                    })
+                    .chain(std::iter::once(SegmentEntry {
+                        first_seq: self.active.first_seq,
+                        sealed: None,
+                    }));
+                for entry in listed {
+                    if let Err(restore) = self.manifest.put_segment(entry) {
+                        tracing::error!(%restore, "restoring a manifest entry failed");
+                    }
+                }
+                return Err(error);
+            }
+            let mut paths = vec![self.active.path.clone()];
+            let mut base = None;
+            while let Some(segment) = self.sealed.pop_back() {
+                self.sealed_bytes -= segment.info.file_bytes;
+                self.sealed_payload_bytes -= segment.info.payload_bytes;
+                if segment.first_seq == mark.first_seq {
+                    base = Some(segment);
+                    break;
+                }
+                paths.push(segment.path);
+            }
+            let base = base.ok_or_else(|| StorageError::Poisoned {
+                path: self.segments_dir.join(segment::file_name(mark.first_seq)),
+                reason: "the batch's first segment is gone".into(),
             })?;
-            self.manifest.flush()?;
             self.active = ActiveSegment::reopen(
                 &*self.fs,
                 base.path,
@@ -597,7 +634,7 @@ impl Inner {
                 base.info.file_bytes,
                 base.info.payload_bytes,
             )?;
-            for (_, path) in created {
+            for path in paths {
                 self.fs
                     .remove_file(&path)
                     .map_err(StorageError::io(&path))?;
@@ -648,15 +685,9 @@ impl Inner {
                 })
             })
             .and_then(|()| self.manifest.flush());
-        if let Err(error) = listed {
-            // The manifest on disk may hold either state: keep the new (empty) file so open
-            // finds a consistent one, and take no more writes, which would diverge from it.
-            self.poisoned = Some(format!(
-                "listing the new segment {} in the manifest failed: {error}",
-                next.path.display()
-            ));
-            return Err(error);
-        }
+        // The files are consistent whatever the manifest holds (the old segment is synced, the
+        // new one created and synced, and open adopts an unlisted newest file), so memory moves
+        // on even when listing failed; an append undoes the roll, a consume retries the flush.
         let old = std::mem::replace(&mut self.active, next);
         self.sealed_bytes += info.file_bytes;
         self.sealed_payload_bytes += info.payload_bytes;
@@ -668,7 +699,7 @@ impl Inner {
         });
         self.durable_next_seq
             .fetch_max(info.next_seq, Ordering::AcqRel);
-        Ok(())
+        listed
     }
 
     fn flush(&mut self) -> Result<u64, StorageError> {
