@@ -170,6 +170,8 @@ impl Filesystem for RealFs {
 }
 
 /// `statvfs(2)` of the filesystem holding `path`.
+// The field types are u64 on 64-bit Linux but narrower elsewhere: `u64::from` widens portably.
+#[allow(clippy::useless_conversion)]
 pub(crate) fn statvfs(path: &Path) -> io::Result<Space> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
@@ -182,10 +184,10 @@ pub(crate) fn statvfs(path: &Path) -> io::Result<Space> {
     }
     // SAFETY: statvfs returned 0, so it filled `stat`.
     let stat = unsafe { stat.assume_init() };
-    let block = stat.f_frsize as u64;
+    let block = u64::from(stat.f_frsize);
     Ok(Space {
-        free_bytes: (stat.f_bavail as u64).saturating_mul(block),
-        total_bytes: (stat.f_blocks as u64).saturating_mul(block),
+        free_bytes: u64::from(stat.f_bavail).saturating_mul(block),
+        total_bytes: u64::from(stat.f_blocks).saturating_mul(block),
     })
 }
 

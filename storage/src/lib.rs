@@ -48,8 +48,11 @@ pub trait SpillLog: Send + Sync + std::fmt::Debug {
     /// otherwise it is durable after the next periodic or explicit [`SpillLog::flush`].
     ///
     /// # Errors
-    /// [`AppendError::Full`] past `disk_budget_bytes`, [`AppendError::RecordTooLarge`],
-    /// or a storage failure. On any error nothing of the batch was acknowledged.
+    /// [`AppendError::Full`] past `disk_budget_bytes`, [`AppendError::NoSpace`] when the
+    /// filesystem is full (segment backend: the log is left as before the batch and an
+    /// append succeeds again once space frees), [`AppendError::RecordTooLarge`], or a
+    /// storage failure. On any error nothing of the batch was acknowledged, and the
+    /// segment backend undoes whatever of it was written.
     fn append(&self, records: &[&[u8]]) -> Result<SeqRange, AppendError>;
 
     /// Reads up to `max_records` records and about `max_bytes` payload bytes from `from_seq`.

@@ -42,6 +42,9 @@ pub enum Op {
 
 const OPS: [Op; 5] = [Op::Write, Op::Sync, Op::SetLen, Op::Read, Op::ManifestFlush];
 
+/// A directory's files and their bytes.
+type TreeCopy = Vec<(PathBuf, Vec<u8>)>;
+
 #[derive(Debug, Default)]
 struct State {
     /// Calls per kind since the layer was made.
@@ -67,7 +70,7 @@ struct State {
     /// Directories made through the layer whose entry is not yet durable.
     new_dirs: BTreeSet<PathBuf>,
     /// The manifest's directory and its files after the last successful flush.
-    manifest_copy: Option<(PathBuf, Vec<(PathBuf, Vec<u8>)>)>,
+    manifest_copy: Option<(PathBuf, TreeCopy)>,
     manifest_dir: Option<PathBuf>,
 }
 
@@ -231,7 +234,7 @@ impl FailingFs {
     }
 }
 
-fn copy_tree(dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> io::Result<()> {
+fn copy_tree(dir: &Path, out: &mut TreeCopy) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();

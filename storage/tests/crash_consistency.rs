@@ -134,9 +134,7 @@ impl Model {
 /// Runs the workload until an error other than NoSpace, or the end; returns the model.
 fn run(log: &SegmentLog, actions: &[Action], durability: Durability, fs: &FailingFs) -> Model {
     let mut model = Model::default();
-    let mut attempt = 0u64;
-    for action in actions {
-        attempt += 1;
+    for (attempt, action) in (1u64..).zip(actions) {
         let next = model.acked.len() as u64;
         match action {
             Action::Append(sizes) => {
