@@ -148,6 +148,19 @@ impl FailingFs {
         lock(&self.state).power_loss_at = Some(nth);
     }
 
+    /// Takes the sled manifest in `dir`, written and closed before this layer, as durable as it is.
+    ///
+    /// # Errors
+    /// An I/O failure while copying it.
+    pub fn adopt_manifest(&self, dir: &Path) -> io::Result<()> {
+        let mut files = Vec::new();
+        copy_tree(dir, &mut files)?;
+        let mut state = lock(&self.state);
+        state.manifest_dir = Some(dir.to_path_buf());
+        state.manifest_copy = Some((dir.to_path_buf(), files));
+        Ok(())
+    }
+
     /// Makes `space` report `free_bytes` free (None: the truth).
     pub fn set_free_bytes(&self, free_bytes: Option<u64>) {
         lock(&self.state).free_bytes = free_bytes;

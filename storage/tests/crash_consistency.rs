@@ -135,8 +135,13 @@ impl Model {
 }
 
 /// Runs the workload until an error other than NoSpace, or the end; returns the model.
-fn run(log: &SegmentLog, actions: &[Action], durability: Durability, fs: &FailingFs) -> Model {
-    let mut model = Model::default();
+fn run(
+    log: &SegmentLog,
+    actions: &[Action],
+    durability: Durability,
+    fs: &FailingFs,
+    mut model: Model,
+) -> Model {
     for (attempt, action) in (1u64..).zip(actions) {
         let next = model.acked.len() as u64;
         match action {
@@ -286,17 +291,49 @@ fn check_reopened(dir: &Path, model: &Model, durability: Durability, power_loss:
     assert_eq!(read.get(0), Some(extra.as_slice()));
 }
 
-fn case(actions: &[Action], durability: Durability, fault: Fault) {
+/// Writes `count` records (sizes from their seq) with the real layer and closes the log,
+/// so the faulted open runs recovery on an existing log; returns the model of them.
+fn seed(dir: &Path, durability: Durability, count: u64) -> Model {
+    let mut model = Model::default();
+    if count == 0 {
+        return model;
+    }
+    let log = SegmentLog::open(dir, config(durability)).expect("seed open");
+    for start in (0..count).step_by(16) {
+        let records: Vec<Vec<u8>> = (start..(start + 16).min(count))
+            .map(|seq| record(seq, 0, (seq * 97 % 900) as u16))
+            .collect();
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+        log.append(&refs).expect("seed append");
+        model.acked.extend(records);
+    }
+    log.close().expect("seed close");
+    model.flushed();
+    model
+}
+
+/// A layer over a seeded directory: the files and the manifest written before it are durable.
+fn layer_for(dir: &Path, seeded: bool) -> FailingFs {
+    let fs = FailingFs::new();
+    if seeded {
+        fs.adopt_manifest(&dir.join("manifest"))
+            .expect("adopt the manifest");
+    }
+    fs
+}
+
+fn case(actions: &[Action], durability: Durability, fault: Fault, seed_records: u64) {
     // A clean run counts the calls the workload makes, to place the fault among them.
     let clean_dir = tempfile::tempdir().expect("tempdir");
-    let clean_fs = FailingFs::new();
+    let seeded = seed(clean_dir.path(), durability, seed_records);
+    let clean_fs = layer_for(clean_dir.path(), seed_records > 0);
     let log = SegmentLog::open_with(
         clean_dir.path(),
         config(durability),
         Arc::new(clean_fs.clone()),
     )
     .expect("clean open");
-    let clean = run(&log, actions, durability, &clean_fs);
+    let clean = run(&log, actions, durability, &clean_fs, seeded);
     assert!(clean.failed.is_empty(), "the clean run failed");
     let (count, op) = match fault {
         Fault::Fail { op, .. } => (clean_fs.count(op), Some(op)),
@@ -305,7 +342,8 @@ fn case(actions: &[Action], durability: Durability, fault: Fault) {
     drop(log);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let fs = FailingFs::new();
+    let seeded = seed(dir.path(), durability, seed_records);
+    let fs = layer_for(dir.path(), seed_records > 0);
     let at_per_mille = match fault {
         Fault::Fail { at_per_mille, .. } | Fault::PowerLoss { at_per_mille } => at_per_mille,
     };
@@ -326,12 +364,12 @@ fn case(actions: &[Action], durability: Durability, fault: Fault) {
     };
     let model = match SegmentLog::open_with(dir.path(), config(durability), Arc::new(fs.clone())) {
         Ok(log) => {
-            let model = run(&log, actions, durability, &fs);
+            let model = run(&log, actions, durability, &fs, seeded);
             drop(log);
             model
         }
-        // The fault hit the open itself: nothing was acknowledged.
-        Err(_) => Model::default(),
+        // The fault hit the open itself: nothing more was acknowledged.
+        Err(_) => seeded,
     };
     assert!(
         count == 0 || fs.fired() > 0,
@@ -356,9 +394,10 @@ proptest! {
         actions in prop::collection::vec(action(), 1..40),
         every_batch in any::<bool>(),
         fault in fault(),
+        seed_records in prop_oneof![Just(0u64), 1u64..120],
     ) {
         let durability = if every_batch { Durability::EveryBatch } else { Durability::Manual };
-        case(&actions, durability, fault);
+        case(&actions, durability, fault, seed_records);
     }
 }
 
@@ -387,7 +426,13 @@ fn a_power_loss_at_every_call_of_a_short_run_loses_nothing_synced() {
         Arc::new(clean_fs.clone()),
     )
     .expect("clean open");
-    run(&log, &actions, Durability::Manual, &clean_fs);
+    run(
+        &log,
+        &actions,
+        Durability::Manual,
+        &clean_fs,
+        Model::default(),
+    );
     let mutations = clean_fs.mutations();
     drop(log);
     assert!(
@@ -404,7 +449,7 @@ fn a_power_loss_at_every_call_of_a_short_run_loses_nothing_synced() {
             Arc::new(fs.clone()),
         ) {
             Ok(log) => {
-                let model = run(&log, &actions, Durability::Manual, &fs);
+                let model = run(&log, &actions, Durability::Manual, &fs, Model::default());
                 drop(log);
                 model
             }
