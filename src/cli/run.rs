@@ -98,12 +98,16 @@ async fn shutdown_signal() {
 /// (the relay answered `FutureCursor`); systemd: `RestartPreventExitStatus=3`.
 pub const EXIT_NEEDS_OPERATOR: u8 = 3;
 
+/// Exit status of `spillway run` when another process holds the data directory (its
+/// `DATA_DIR/lock`); the one running is left alone.
+pub const EXIT_DATA_DIR_HELD: u8 = 4;
+
 /// Why `run` or `demo` stopped with an error, and the exit status to report.
 #[derive(Debug)]
 pub struct RunError {
     /// What went wrong, with context.
     pub message: String,
-    /// 1, or [`EXIT_NEEDS_OPERATOR`].
+    /// 1, [`EXIT_NEEDS_OPERATOR`] or [`EXIT_DATA_DIR_HELD`].
     pub exit_code: u8,
 }
 
@@ -120,6 +124,7 @@ impl From<PipelineError> for RunError {
     fn from(error: PipelineError) -> Self {
         let exit_code = match &error {
             PipelineError::Source(SourceError::FutureCursor { .. }) => EXIT_NEEDS_OPERATOR,
+            PipelineError::Locked(_) => EXIT_DATA_DIR_HELD,
             _ => 1,
         };
         RunError {
