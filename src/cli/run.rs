@@ -22,7 +22,7 @@ pub struct RunArgs {
 }
 
 const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in the environment; units in the names):
-  data_dir = \"spillway-data\"          queues and relay cursors
+  data_dir = \"spillway-data\"          queues, relay cursors and the lock (one run per directory)
   relays = [\"wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos\"]   one source + queue each
   start_cursor = <seq>                  resume here instead of the saved cursor (default: saved, else live)
   memory_budget_bytes = 268435456       all event bytes in RAM, split between relays
@@ -35,7 +35,7 @@ const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in th
   output_format = \"raw\"                raw (fields seq, type, did, frame) | jetstream | rsky (decoded JSON; Redis field `event`)
   wanted_collections = []               keep only these (app.bsky.feed.post, app.bsky.feed.*); rsky defaults to app.bsky.*, chat.bsky.*
   wanted_dids = []                      keep only these DIDs
-  redis_url = \"redis://127.0.0.1:6379\"
+  redis_url = \"redis://127.0.0.1:6379\"  redis://:PASSWORD@host:port/db; printed as redis://:***@...
   redis_stream = \"firehose_live\"       cursor key: <stream>:cursor:<host>
   redis_high_water_events = 100000      pause writing at this XLEN (0: never)
   redis_low_water_events = 50000        resume below it

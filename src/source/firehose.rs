@@ -105,7 +105,7 @@ pub struct SourceStats {
 #[non_exhaustive]
 pub enum SourceError {
     /// The relay says our cursor is in its future: retrying would loop. An operator must act.
-    #[error("relay {host} answered FutureCursor for cursor {cursor:?}: {message}. Not retrying; check the relay, or remove {cursor_file} to start live")]
+    #[error("relay {host} answered FutureCursor for cursor {cursor:?}: {message}. Not retrying; check the relay, or start once with start_cursor (SPILLWAY_START_CURSOR) set to a seq the relay holds: {cursor_file} and the queue's own record both hold this cursor")]
     FutureCursor {
         /// The relay.
         host: String,
@@ -162,7 +162,7 @@ pub fn resume_point(
                 host = %host,
                 missing = %cursor_file.path().display(),
                 position = kept,
-                "the relay cursor file is missing but the queue recorded the source position; resuming from it"
+                "the relay cursor file is missing but the queue recorded the source position; resuming from it (start_cursor overrides)"
             );
             Some(kept)
         }
