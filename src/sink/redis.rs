@@ -105,17 +105,20 @@ pub fn redact_url(url: &str) -> String {
 
 /// A Redis error in words, with authentication refusals named as such for `address`.
 fn describe(error: &redis::RedisError, address: &str) -> String {
-    if error.kind() == redis::ErrorKind::AuthenticationFailed || error.code() == Some("WRONGPASS") {
+    // A refusal inside a MULTI/EXEC reply carries no top-level code: its text still does.
+    let text = error.to_string();
+    let code_is = |code: &str| error.code() == Some(code) || text.contains(code);
+    if error.kind() == redis::ErrorKind::AuthenticationFailed || code_is("WRONGPASS") {
         return format!(
             "authentication failed for {address}: the server refused the user name or password in redis_url"
         );
     }
-    if error.code() == Some("NOAUTH") {
+    if code_is("NOAUTH") {
         return format!(
             "authentication required by {address}: the server has a password and redis_url gives none (redis://:PASSWORD@host:port)"
         );
     }
-    error.to_string()
+    text
 }
 
 /// The sink.
