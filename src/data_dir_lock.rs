@@ -11,6 +11,12 @@ use std::path::{Path, PathBuf};
 /// The lock file's name inside the data directory.
 pub const LOCK_FILE_NAME: &str = "lock";
 
+/// Attempts before a held lock is reported: [`DataDirLock::holder`] holds a shared lock
+/// for an instant, and a start that meets it must not take it for another process.
+const ACQUIRE_ATTEMPTS: u32 = 5;
+/// Pause between attempts.
+const ACQUIRE_RETRY_MS: u64 = 20;
+
 /// Why the lock could not be taken.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -59,11 +65,16 @@ impl DataDirLock {
             .truncate(false)
             .open(&path)
             .map_err(io("opening"))?;
-        if !try_flock(&file, libc::LOCK_EX).map_err(io("locking"))? {
-            return Err(LockError::Held {
-                dir: dir.to_path_buf(),
-                pid: read_pid(&mut file),
-            });
+        let mut attempt = 1;
+        while !try_flock(&file, libc::LOCK_EX).map_err(io("locking"))? {
+            if attempt == ACQUIRE_ATTEMPTS {
+                return Err(LockError::Held {
+                    dir: dir.to_path_buf(),
+                    pid: read_pid(&mut file),
+                });
+            }
+            attempt += 1;
+            std::thread::sleep(std::time::Duration::from_millis(ACQUIRE_RETRY_MS));
         }
         file.set_len(0).map_err(io("truncating"))?;
         file.rewind().map_err(io("rewinding"))?;
@@ -71,7 +82,8 @@ impl DataDirLock {
         Ok(DataDirLock { _file: file })
     }
 
-    /// The pid of the process holding `dir`'s lock, if one does (read-only: for `inspect`).
+    /// The pid of the process holding `dir`'s lock, if one does (for `inspect`: it writes
+    /// nothing, and holds a shared lock only for the instant of the test).
     pub fn holder(dir: &Path) -> Option<u32> {
         let mut file = std::fs::File::open(dir.join(LOCK_FILE_NAME)).ok()?;
         match try_flock(&file, libc::LOCK_SH) {

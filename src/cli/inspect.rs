@@ -79,7 +79,8 @@ pub fn run_inspect(args: &InspectArgs) -> std::io::Result<()> {
                 Err(error) => serde_json::json!({"file": name, "cursor": null, "error": error}),
             })
             .collect();
-        let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors});
+        let holder = spillway::data_dir_lock::DataDirLock::holder(&args.data_dir);
+        let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors, "held_by_pid": holder});
         println!("{out:#}");
     } else if !cursors.is_empty() {
         println!("relay cursors (the durable watermark a restart resumes from):");
