@@ -173,3 +173,54 @@ async fn start_relay_on(addr: SocketAddr) -> LoopbackRelay {
         .await
         .expect("the relay on its port")
 }
+
+#[test]
+fn the_resume_point_is_start_cursor_then_the_file_then_the_queues_record() {
+    use spillway::source::firehose::{resume_point, FirehoseConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let queue = SpillQueue::open(&dir.path().join("queue"), config.queue_config(0)).expect("open");
+    let file = CursorFile::at(dir.path().join("cursor-x"));
+    let mut firehose = FirehoseConfig::new(config.relays[0].clone());
+    assert_eq!(
+        resume_point(&firehose, &queue, &file).expect("fresh"),
+        None,
+        "live"
+    );
+
+    queue.save_source_position(700).expect("record");
+    assert_eq!(
+        resume_point(&firehose, &queue, &file).expect("record"),
+        Some(700)
+    );
+    assert_eq!(
+        file.load().expect("load"),
+        Some(700),
+        "the file is written again"
+    );
+
+    file.save(800).expect("save");
+    assert_eq!(
+        resume_point(&firehose, &queue, &file).expect("file"),
+        Some(800),
+        "the file wins over the record"
+    );
+
+    firehose.start_cursor = Some(900);
+    assert_eq!(
+        resume_point(&firehose, &queue, &file).expect("start"),
+        Some(900)
+    );
+    assert_eq!(file.load().expect("load"), Some(900));
+    drop(queue);
+    let reopened =
+        SpillQueue::open(&dir.path().join("queue"), config.queue_config(0)).expect("reopen");
+    assert_eq!(
+        reopened.source_position().expect("read"),
+        Some(700),
+        "the record is durable in the log"
+    );
+}
