@@ -137,8 +137,16 @@ impl SegmentLog {
             other => other?,
         };
         // Best effort: a log on a full disk opens without its reserve and makes it once space frees.
-        if let Err(error) = reserve.ensure(&*fs, config.disk_free_margin_bytes) {
-            tracing::warn!(dir = %dir.display(), %error, "could not make the reserve file");
+        match reserve.ensure(&*fs, config.disk_free_margin_bytes) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                dir = %dir.display(),
+                reserve_bytes = config.reserve_bytes,
+                "not enough free space for the reserve file; it is made once space frees"
+            ),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "could not make the reserve file")
+            }
         }
         let disk_bytes = inner.disk_bytes();
         inner.space.measure(&*fs, disk_bytes);

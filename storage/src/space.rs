@@ -72,11 +72,12 @@ impl Reserve {
             .map_err(StorageError::io(&self.dir))?
             .free_bytes;
         if free < missing.saturating_add(margin_bytes) {
-            tracing::warn!(
+            // Debug: reclaims try again after every freed segment; open warns once.
+            tracing::debug!(
                 path = %self.path.display(),
                 reserve_bytes = self.bytes,
                 free_bytes = free,
-                "not enough free space for the reserve file; a full disk may keep the log from opening"
+                "not enough free space for the reserve file yet"
             );
             return Ok(false);
         }

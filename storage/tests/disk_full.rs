@@ -332,3 +332,22 @@ fn a_real_full_tmpfs_refuses_appends_drains_and_reopens() {
     log.consume_until(next).expect("drain after reopen");
     drop(log);
 }
+
+#[test]
+fn a_reserve_over_its_limit_is_refused_naming_the_field() {
+    let mut config = config(Durability::Manual);
+    config.reserve_bytes = spillway_storage::config::RESERVE_BYTES_MAX + 1;
+    let error = config.validate().expect_err("refused");
+    assert!(error.to_string().contains("reserve_bytes"), "{error}");
+}
+
+#[test]
+fn a_zero_reserve_makes_no_reserve_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(Durability::Manual);
+    config.reserve_bytes = 0;
+    let log = SegmentLog::open(dir.path(), config).expect("open");
+    common::append_records(&log, 0, 10);
+    drop(log);
+    assert!(!dir.path().join("reserve").exists());
+}
