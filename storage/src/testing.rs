@@ -161,6 +161,12 @@ impl FailingFs {
         Ok(())
     }
 
+    /// Turns the power off now: every later call fails with EIO (call before dropping the log,
+    /// so its closing flush cannot make anything durable).
+    pub fn power_off(&self) {
+        lock(&self.state).dead = true;
+    }
+
     /// Makes `space` report `free_bytes` free (None: the truth).
     pub fn set_free_bytes(&self, free_bytes: Option<u64>) {
         lock(&self.state).free_bytes = free_bytes;

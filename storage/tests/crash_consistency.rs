@@ -3,8 +3,9 @@
 //!
 //! proptest picks a workload (appends of random sizes, flushes, consumes, saved
 //! positions), a durability, and a fault: the Nth write, fsync, set_len, read or
-//! manifest flush fails once with EIO or ENOSPC (optionally followed by a power
-//! loss), or the power goes off at the Nth mutating call. N is drawn from the
+//! manifest flush fails once with EIO or ENOSPC (optionally followed, at the end
+//! of the workload, by a power loss before the log's closing flush), or the power
+//! goes off at the Nth mutating call. N is drawn from the
 //! calls a fault-free run of the same workload makes, so the fault always fires.
 //! After the fault the log is dropped, the power loss (if any) drops every byte
 //! not synced, and the log is reopened on the real filesystem.
@@ -365,6 +366,10 @@ fn case(actions: &[Action], durability: Durability, fault: Fault, seed_records: 
     let model = match SegmentLog::open_with(dir.path(), config(durability), Arc::new(fs.clone())) {
         Ok(log) => {
             let model = run(&log, actions, durability, &fs, seeded);
+            if power_loss {
+                // The power goes before the closing flush could sync anything.
+                fs.power_off();
+            }
             drop(log);
             model
         }
