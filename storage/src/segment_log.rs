@@ -167,13 +167,8 @@ impl SegmentLog {
         reserve: &Reserve,
     ) -> Result<(Inner, RecoveryReport), OpenError> {
         let segments_dir = dir.join("segments");
-        let created = fs
-            .create_dir_all(&segments_dir)
+        fs.create_dir_all(&segments_dir)
             .map_err(StorageError::io(&segments_dir))?;
-        if created {
-            // The directory entry of segments/ must outlive a power loss like the files in it.
-            segment::sync_dir(&**fs, dir)?;
-        }
         let manifest = Manifest::open_with(
             &dir.join("manifest"),
             config.sled_cache_bytes,
@@ -181,6 +176,10 @@ impl SegmentLog {
             config.positions_max,
             Some(Arc::clone(fs)),
         )?;
+        // The entries of segments/ and manifest/ must outlive a power loss like the files
+        // in them (without this a power loss after the first open could keep the manifest
+        // listing a segment and lose the directory holding it).
+        segment::sync_dir(&**fs, dir)?;
         Inner::recover(
             Arc::clone(fs),
             segments_dir,
