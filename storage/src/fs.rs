@@ -42,6 +42,18 @@ pub trait FileHandle: Send + Sync + Debug {
     }
     /// Maps `len` bytes from `offset` read-only.
     fn map(&self, offset: u64, len: usize) -> io::Result<Mmap>;
+    /// Allocates disk blocks for bytes `from..to` (zeros), so the space is held, not sparse.
+    fn allocate(&self, from: u64, to: u64) -> io::Result<()> {
+        const PIECE_BYTES: u64 = 256 * 1024;
+        let zeros = vec![0u8; PIECE_BYTES.min(to.saturating_sub(from)) as usize];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(PIECE_BYTES) as usize;
+            self.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Space on the filesystem holding a path.
@@ -115,6 +127,34 @@ impl FileHandle for RealFile {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+
+    fn allocate(&self, from: u64, to: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let len = to.saturating_sub(from);
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(len))
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
+        };
+        // SAFETY: the descriptor is open for writing for as long as `self` lives.
+        match unsafe { libc::posix_fallocate(self.0.as_raw_fd(), offset, len) } {
+            0 => Ok(()),
+            // Filesystems without fallocate: write the zeros.
+            libc::EOPNOTSUPP | libc::EINVAL => {
+                let zeros = vec![0u8; 256 * 1024];
+                let mut at = from;
+                while at < to {
+                    let n = (to - at).min(zeros.len() as u64) as usize;
+                    self.0.write_all_at(&zeros[..n], at)?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
     }
 
     fn map(&self, offset: u64, len: usize) -> io::Result<Mmap> {

@@ -19,9 +19,6 @@ use crate::fs::Filesystem;
 /// The reserve file's name inside the log directory.
 pub(crate) const RESERVE_FILE_NAME: &str = "reserve";
 
-/// Zeros written to the reserve file per write call.
-const RESERVE_WRITE_BYTES: usize = 256 * 1024;
-
 /// How long a `statvfs` result is trusted before it is taken again.
 const SPACE_REFRESH: Duration = Duration::from_secs(1);
 
@@ -45,7 +42,7 @@ impl Reserve {
     /// Makes the reserve file hold `reserve_bytes` when the filesystem has room for
     /// it plus `margin_bytes`; returns whether the reserve is in place.
     ///
-    /// Allocated by writing zeros (a sparse `set_len` would reserve nothing), then synced.
+    /// Allocated with `posix_fallocate` (a sparse `set_len` would reserve nothing), then synced.
     pub(crate) fn ensure(
         &self,
         fs: &dyn Filesystem,
@@ -88,18 +85,9 @@ impl Reserve {
                 .create_new(&self.path)
                 .map_err(StorageError::io(&self.path))?,
         };
-        let zeros = vec![0u8; RESERVE_WRITE_BYTES];
-        let mut at = len;
-        let written = loop {
-            if at >= self.bytes {
-                break file.sync_all();
-            }
-            let n = (self.bytes - at).min(RESERVE_WRITE_BYTES as u64) as usize;
-            if let Err(e) = file.write_all_at(&zeros[..n], at) {
-                break Err(e);
-            }
-            at += n as u64;
-        };
+        let written = file
+            .allocate(len, self.bytes)
+            .and_then(|()| file.sync_all());
         if let Err(error) = written {
             // Half a reserve is still space held back from the log; give it back.
             drop(file);

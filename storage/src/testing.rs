@@ -325,6 +325,11 @@ impl FileHandle for FailingFile {
         self.real.len()
     }
 
+    fn allocate(&self, from: u64, to: u64) -> io::Result<()> {
+        self.check(Op::Write)?;
+        self.real.allocate(from, to)
+    }
+
     fn map(&self, offset: u64, len: usize) -> io::Result<Mmap> {
         self.check(Op::Read)?;
         self.real.map(offset, len)
