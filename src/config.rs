@@ -330,6 +330,7 @@ impl Config {
         crate::metrics::HealthRules {
             disk_full_ratio: self.health_disk_full_ratio,
             sink_failure_secs: self.health_sink_failure_secs,
+            ..crate::metrics::HealthRules::default()
         }
     }
 
