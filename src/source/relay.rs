@@ -91,7 +91,12 @@ pub struct LoopbackRelay {
 impl LoopbackRelay {
     /// Starts the relay on a free loopback port.
     pub async fn start(config: RelayConfig) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(config, "127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+    }
+
+    /// Starts the relay on `addr` (a relay restarted where its clients know it).
+    pub async fn start_on(config: RelayConfig, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(RelayStats::default());
         let (stop, stopped) = watch::channel(false);
@@ -139,6 +144,11 @@ impl LoopbackRelay {
     /// The `ws://` URL of its `subscribeRepos` endpoint.
     pub fn url(&self) -> String {
         format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Its counters.
