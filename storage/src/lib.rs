@@ -19,7 +19,7 @@ mod segment;
 mod segment_log;
 mod sled_log;
 
-pub use batch::{LogStats, ReadBatch, RecoveryReport, SeqRange};
+pub use batch::{LogStats, LostRange, ReadBatch, RecoveryReport, SeqRange};
 pub use config::{Backend, Durability, LogConfig};
 pub use error::{
     AppendError, ConfigError, Corruption, Error, InspectError, OpenError, ReadError, StorageError,
