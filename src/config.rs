@@ -14,6 +14,9 @@ use crate::sink::OutputOptions;
 use crate::source::firehose::FirehoseConfig;
 use crate::storage::{Backend, Durability};
 
+/// Smallest `segment_bytes_max` accepted: smaller segments would mostly be headers and file churn.
+pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+
 /// The whole configuration (see `spillway run --help` and the README for each key).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -252,6 +255,15 @@ impl Config {
                 format!(
                     "{} is not in 1..={frame_limit_bytes} (the spill log's record limit less the queue's envelope)",
                     self.frame_bytes_max
+                ),
+            );
+        }
+        if self.segment_bytes_max < SEGMENT_BYTES_MIN {
+            return invalid(
+                "segment_bytes_max",
+                format!(
+                    "{} is below the minimum of {SEGMENT_BYTES_MIN} bytes",
+                    self.segment_bytes_max
                 ),
             );
         }
