@@ -62,6 +62,9 @@ use cursor::{CursorState, Origin, Stretch};
 use memory::{MemoryEntry, MemoryTier};
 use watermark::Watermark;
 
+/// Named log positions the queue keeps for itself: the envelope layout and the source position.
+pub const QUEUE_OWN_POSITIONS: u32 = 2;
+
 /// How often a producer blocked on a full disk tries again without a wake-up.
 const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
