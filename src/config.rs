@@ -14,6 +14,9 @@ use crate::sink::OutputOptions;
 use crate::source::firehose::FirehoseConfig;
 use crate::storage::{Backend, Durability};
 
+/// Smallest `segment_bytes_max` accepted: smaller segments would mostly be headers and file churn.
+pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+
 /// The whole configuration (see `spillway run --help` and the README for each key).
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +74,10 @@ pub struct Config {
     pub health_sink_failure_secs: u64,
     /// `/health` turns 503 when the disk budget is used to this fraction (0 to 1].
     pub health_disk_full_ratio: f64,
+    /// `/health` stays 503 this long after events were lost for good, in seconds.
+    pub health_lost_events_secs: u64,
+    /// Size at which a spill log segment file is sealed and a new one begun, in bytes.
+    pub segment_bytes_max: u64,
 }
 
 impl Default for Config {
@@ -102,6 +109,8 @@ impl Default for Config {
             metrics_listen: "127.0.0.1:9464".into(),
             health_sink_failure_secs: 60,
             health_disk_full_ratio: 0.9,
+            health_lost_events_secs: 3600,
+            segment_bytes_max: 64 * 1024 * 1024,
         }
     }
 }
@@ -249,6 +258,15 @@ impl Config {
                 ),
             );
         }
+        if self.segment_bytes_max < SEGMENT_BYTES_MIN {
+            return invalid(
+                "segment_bytes_max",
+                format!(
+                    "{} is below the minimum of {SEGMENT_BYTES_MIN} bytes",
+                    self.segment_bytes_max
+                ),
+            );
+        }
         if self.redis_stream.is_empty() {
             return invalid("redis_stream", "must not be empty".into());
         }
@@ -319,6 +337,7 @@ impl Config {
         config.memory_budget_bytes = self.memory_budget_bytes / share;
         config.log.backend = Backend::Segment;
         config.log.disk_budget_bytes = self.disk_budget_bytes / share;
+        config.log.segment_bytes_max = self.segment_bytes_max;
         config.log.durability =
             Durability::parse(&self.durability).unwrap_or(Durability::EveryBatch);
         config.log.record_bytes_max =
@@ -368,6 +387,7 @@ impl Config {
         crate::metrics::HealthRules {
             disk_full_ratio: self.health_disk_full_ratio,
             sink_failure_secs: self.health_sink_failure_secs,
+            lost_events_secs: self.health_lost_events_secs,
         }
     }
 

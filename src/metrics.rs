@@ -80,6 +80,8 @@ pub struct HealthRules {
     pub disk_full_ratio: f64,
     /// A sink failing for longer than this is unhealthy, in seconds.
     pub sink_failure_secs: u64,
+    /// Events lost for good keep the health unhealthy this long after the loss, in seconds.
+    pub lost_events_secs: u64,
 }
 
 impl Default for HealthRules {
@@ -87,6 +89,7 @@ impl Default for HealthRules {
         HealthRules {
             disk_full_ratio: 0.9,
             sink_failure_secs: 60,
+            lost_events_secs: 3600,
         }
     }
 }
@@ -283,6 +286,36 @@ pub fn render(lanes: &[Lane], rates: &Rates) -> String {
         "Events dropped, by reason.",
         &mut drops.into_iter(),
     );
+    let losses: Vec<(String, f64)> = lanes
+        .iter()
+        .flat_map(|l| {
+            [
+                ("outside_relay_window", &l.sink.lost_outside_window_total),
+                ("refetch_failed", &l.sink.lost_refetch_failed_total),
+                ("position_unknown", &l.sink.lost_position_unknown_total),
+            ]
+            .into_iter()
+            .map(move |(reason, v)| (format!("{},reason=\"{reason}\"", host(l)), counter(v)))
+        })
+        .collect();
+    metric(
+        "spillway_lost_events_total",
+        "counter",
+        "Events of damaged spill-log ranges that could not be fetched again, by reason.",
+        &mut losses.into_iter(),
+    );
+    metric(
+        "spillway_damaged_events_total",
+        "counter",
+        "Spill-log records met damaged or missing by the sink.",
+        &mut per_lane(&|l, _| counter(&l.sink.damaged_events_total)).into_iter(),
+    );
+    metric(
+        "spillway_refetched_events_total",
+        "counter",
+        "Events of damaged ranges fetched again from the relay and written.",
+        &mut per_lane(&|l, _| counter(&l.sink.refetched_events_total)).into_iter(),
+    );
     let per_consumer = |f: &dyn Fn(&crate::queue::ConsumerStats) -> f64| -> Vec<(String, f64)> {
         stats
             .iter()
@@ -339,6 +372,19 @@ pub fn health_reasons(lanes: &[Lane], rules: HealthRules) -> Vec<String> {
         }
         if lane.source.connected.load(Ordering::Relaxed) == 0 {
             reasons.push(format!("{}: the relay is disconnected", lane.host));
+        }
+        let last_loss = lane.sink.last_loss_ms.load(Ordering::Relaxed);
+        if last_loss > 0 && now_ms().saturating_sub(last_loss) <= rules.lost_events_secs * 1000 {
+            let lost = lane.sink.lost_outside_window_total.load(Ordering::Relaxed)
+                + lane.sink.lost_refetch_failed_total.load(Ordering::Relaxed)
+                + lane
+                    .sink
+                    .lost_position_unknown_total
+                    .load(Ordering::Relaxed);
+            reasons.push(format!(
+                "{}: {lost} events lost from a damaged spill log (see the log for their ranges)",
+                lane.host
+            ));
         }
     }
     reasons

@@ -10,12 +10,13 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::queue::{QueueError, SpillQueue};
+use crate::queue::{LostEvents, QueueError, Read, SpillQueue};
 use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};
 use crate::sink::redis::RedisSink;
 use crate::sink::SinkStats;
 use crate::source::cursor::CursorFile;
-use crate::source::firehose::{self, SourceStats};
+use crate::source::firehose::{self, FirehoseConfig, SourceStats};
+use crate::source::refetch::{RangeFetch, RefetchEnd, RefetchLimits};
 
 /// The consumer name sinks read with.
 pub const SINK_CONSUMER: &str = "sink";
@@ -135,6 +136,7 @@ impl Pipeline {
                 config.sink_batch_bytes_max,
             );
             let (stats, mut stopped) = (Arc::clone(&sink_stats), stopped.clone());
+            let refetch_source = config.firehose_config(index);
             let mut sink = if config.sink == "redis" {
                 AnySink::Redis(Box::new(
                     RedisSink::new(config.redis_config(), &host)
@@ -161,9 +163,21 @@ impl Pipeline {
             tasks.spawn(
                 async move {
                     loop {
-                        let batch = tokio::select! {
-                            b = consumer.next_batch(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
+                        let read = tokio::select! {
+                            b = consumer.next_read(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
                             _ = stopped.changed() => return Ok(()),
+                        };
+                        let batch = match read {
+                            Read::Events(batch) => batch,
+                            Read::Lost(lost) => {
+                                if !repair_lost(&lost, &refetch_source, &mut sink, &stats, &stopped).await? {
+                                    return Ok(());
+                                }
+                                consumer
+                                    .ack_lost(&lost)
+                                    .map_err(|e| PipelineError::Sink(format!("acking a lost range: {e}")))?;
+                                continue;
+                            }
                         };
                         if !sink.write(&batch, &stats, &stopped).await? {
                             return Ok(());
@@ -292,4 +306,157 @@ impl AnySink {
                 .map_err(|e| PipelineError::Sink(format!("writing JSON lines: {e}"))),
         }
     }
+}
+
+/// Fetches from the relay the attempts at one lost range at most, with backoff in between.
+const REFETCH_ATTEMPTS_MAX: u32 = 5;
+/// First delay between refetch attempts, doubled per failure.
+const REFETCH_RETRY_MS: u64 = 1_000;
+
+/// Writes what the relay still holds of a lost range, in its place; counts the rest as lost.
+///
+/// Returns `Ok(false)` when stopped before it finished (the range is then reported again
+/// after a restart, since it is not acked).
+async fn repair_lost(
+    lost: &LostEvents,
+    source: &FirehoseConfig,
+    sink: &mut AnySink,
+    stats: &SinkStats,
+    stopped: &watch::Receiver<bool>,
+) -> Result<bool, PipelineError> {
+    stats
+        .damaged_events_total
+        .fetch_add(lost.log_records, Ordering::Relaxed);
+    let lose = |counter: &std::sync::atomic::AtomicU64, events: u64, why: &str| {
+        counter.fetch_add(events, Ordering::Relaxed);
+        stats
+            .last_loss_ms
+            .store(crate::sink::now_ms(), Ordering::Relaxed);
+        tracing::error!(
+            log_first = lost.log_first,
+            log_next = lost.log_next,
+            after_position = ?lost.after_position,
+            before_position = ?lost.before_position,
+            location = %lost.location,
+            offset = lost.offset,
+            events,
+            "events lost for good: {why}"
+        );
+    };
+    let Some((after, before)) = lost.refetchable() else {
+        lose(
+            &stats.lost_position_unknown_total,
+            lost.log_records,
+            "no source position bounds the damaged range, so it cannot be fetched again",
+        );
+        return Ok(true);
+    };
+    let mut written = 0u64;
+    // A retry resumes after the last event written, so nothing is written twice.
+    let mut resume_after = after;
+    let mut failures = 0u32;
+    loop {
+        let outcome = refetch_into(
+            source,
+            before,
+            sink,
+            stats,
+            stopped,
+            &mut resume_after,
+            &mut written,
+        )
+        .await;
+        match outcome {
+            Ok(None) => return Ok(false),
+            Ok(Some(RefetchEnd::Complete)) => {
+                tracing::info!(
+                    after,
+                    before,
+                    refetched = written,
+                    log_records = lost.log_records,
+                    "a lost range was fetched again from the relay and written in its place"
+                );
+                return Ok(true);
+            }
+            Ok(Some(RefetchEnd::OutsideWindow { first_seq })) => {
+                let missing = lost.log_records.saturating_sub(written).max(1);
+                lose(
+                    &stats.lost_outside_window_total,
+                    missing,
+                    &format!(
+                        "the relay no longer holds seqs {after}..{} (it resumed at {first_seq:?})",
+                        first_seq.unwrap_or(before)
+                    ),
+                );
+                return Ok(true);
+            }
+            Err(error) => {
+                failures += 1;
+                if failures >= REFETCH_ATTEMPTS_MAX {
+                    let missing = lost.log_records.saturating_sub(written).max(1);
+                    lose(
+                        &stats.lost_refetch_failed_total,
+                        missing,
+                        &format!("fetching the range again failed {failures} times; last: {error}"),
+                    );
+                    return Ok(true);
+                }
+                let delay = std::time::Duration::from_millis(REFETCH_RETRY_MS << (failures - 1));
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "refetching a lost range failed; retrying");
+                let mut stopped = stopped.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stopped.changed() => return Ok(false),
+                }
+            }
+        }
+    }
+}
+
+/// One refetch attempt from `resume_after` (moved past every event written); `Ok(None)` when stopped.
+async fn refetch_into(
+    source: &FirehoseConfig,
+    before: u64,
+    sink: &mut AnySink,
+    stats: &SinkStats,
+    stopped: &watch::Receiver<bool>,
+    resume_after: &mut u64,
+    written: &mut u64,
+) -> Result<Option<RefetchEnd>, crate::source::refetch::RefetchError> {
+    let after = *resume_after;
+    let limits = RefetchLimits::default();
+    let mut fetch = RangeFetch::start(source, after, before, limits).await?;
+    while let Some(events) = fetch.next_batch().await? {
+        if events.is_empty() {
+            continue;
+        }
+        let pushed_at_us = crate::queue::envelope::now_us();
+        let batch: Vec<crate::queue::Delivery> = events
+            .into_iter()
+            .map(|e| crate::queue::Delivery {
+                seq: 0,
+                position: e.position,
+                pushed_at_us,
+                payload: e.payload,
+            })
+            .collect();
+        match sink.write(&batch, stats, stopped).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            Err(error) => {
+                return Err(crate::source::refetch::RefetchError::Stream {
+                    url: source.url.clone(),
+                    after,
+                    before,
+                    reason: format!("writing the refetched events: {error}"),
+                })
+            }
+        }
+        *written += batch.len() as u64;
+        *resume_after = batch.last().map_or(after, |d| d.position);
+        stats
+            .refetched_events_total
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+    Ok(Some(fetch.end()))
 }

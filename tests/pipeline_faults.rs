@@ -354,6 +354,8 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("metrics_listen", "localhost"),
         ("health_sink_failure_secs", "soon"),
         ("health_disk_full_ratio", "1.5"),
+        ("health_lost_events_secs", "soon"),
+        ("segment_bytes_max", "4096"),
     ];
     // The table covers every key the configuration has.
     let every_key: std::collections::BTreeSet<String> = toml::Value::try_from(Config {

@@ -47,7 +47,9 @@ const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in th
   log_level = \"info\"                    levels as RUST_LOG takes them (spillway=debug,warn); RUST_LOG wins
   metrics_listen = \"127.0.0.1:9464\"     /metrics (Prometheus text) and /health (200, or 503 + JSON reasons); empty: off
   health_sink_failure_secs = 60         /health fails when a sink has failed this long
-  health_disk_full_ratio = 0.9          /health fails when the disk budget is this full";
+  health_disk_full_ratio = 0.9          /health fails when the disk budget is this full
+  health_lost_events_secs = 3600        /health fails this long after events were lost for good
+  segment_bytes_max = 67108864          spill log segment file size (at least 1 MiB)";
 
 /// Arguments of `spillway demo`.
 #[derive(Debug, clap::Args)]

@@ -45,6 +45,8 @@ pub(crate) struct CursorState {
     pub attached: bool,
     /// Push time of the newest event delivered since open, for the lag age.
     pub newest_delivered_pushed_us: Option<u64>,
+    /// Source position of the last event delivered since open: bounds a lost range after it.
+    pub last_position: Option<u64>,
 }
 
 impl CursorState {
@@ -58,6 +60,7 @@ impl CursorState {
             unacked: VecDeque::new(),
             attached: false,
             newest_delivered_pushed_us: None,
+            last_position: None,
         }
     }
 

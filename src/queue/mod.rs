@@ -39,6 +39,7 @@ pub mod cursor;
 pub mod envelope;
 pub mod error;
 pub mod inspect;
+pub mod lost;
 pub mod memory;
 pub mod source_position;
 pub mod watermark;
@@ -55,10 +56,17 @@ use tokio::sync::Notify;
 pub use budget::MemoryBudget;
 pub use config::{FullPolicy, QueueConfig, SpillMode};
 pub use error::{PushError, PushFailure, QueueConfigError, QueueError};
+pub use lost::{LostEvents, Read};
 
 use cursor::{CursorState, Origin, Stretch};
 use memory::{MemoryEntry, MemoryTier};
 use watermark::Watermark;
+
+/// Named log positions the queue keeps for itself: the envelope layout and the source position.
+pub const QUEUE_OWN_POSITIONS: u32 = 2;
+
+/// How often a producer blocked on a full disk tries again without a wake-up.
+const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Interval between repeated warnings of the same kind (drops, a blocked producer).
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -143,6 +151,8 @@ pub struct QueueStats {
     pub blocked_pushes_total: u64,
     /// Log records skipped because a source replay delivers them again, since open.
     pub superseded_events_total: u64,
+    /// Log records met as lost (damaged or missing) by a consumer, since open.
+    pub lost_events_total: u64,
     /// Each consumer's position and lag.
     pub consumers: Vec<ConsumerStats>,
     /// Whether a backlog alert threshold is crossed.
@@ -179,6 +189,7 @@ struct Counters {
     dropped_oldest: u64,
     blocked: u64,
     superseded: u64,
+    lost: u64,
     last_warn: Option<Instant>,
     unwarned_drops: u64,
 }
@@ -255,6 +266,34 @@ fn check_envelope_version(
     }
 }
 
+/// The queue seq after the log's last record: one read, or a few when the tail is lost.
+///
+/// A lost tail hides the last seqs used; the nearest intact record before it plus
+/// the records after it is a floor. A seq of a lost record may be given again: no
+/// consumer can hold it, since the record was never read back.
+fn next_seq_after_log(
+    log: &dyn SpillLog,
+    stats: &spillway_storage::LogStats,
+) -> Result<u64, QueueError> {
+    if stats.next_seq == stats.first_seq {
+        return Ok(0);
+    }
+    let mut probe = stats.next_seq - 1;
+    let mut step = 1u64;
+    for _ in 0..64 {
+        let batch = log.read(probe, 1, 0)?;
+        if let Some(last) = batch.get(0).and_then(envelope::decode) {
+            return Ok(last.seq + (stats.next_seq - probe));
+        }
+        if probe == stats.first_seq {
+            break;
+        }
+        probe = probe.saturating_sub(step).max(stats.first_seq);
+        step = step.saturating_mul(2);
+    }
+    Ok(stats.next_seq)
+}
+
 fn position_names(consumer: &str) -> (String, String) {
     (format!("seq.{consumer}"), format!("log.{consumer}"))
 }
@@ -289,16 +328,8 @@ impl SpillQueue {
             }
         }
         check_envelope_version(log.as_ref(), &stats)?;
-        let mut next_seq = 0;
-        if stats.next_seq > stats.first_seq {
-            let last = log.read(stats.next_seq - 1, 1, 0)?;
-            let record = last.get(0).unwrap_or_default();
-            let last = envelope::decode(record).ok_or(QueueError::BadEnvelope {
-                log_seq: stats.next_seq - 1,
-                reason: "shorter than its envelope",
-            })?;
-            next_seq = last.seq + 1;
-        }
+        let next_seq_stored = next_seq_after_log(log.as_ref(), &stats)?;
+        let mut next_seq = next_seq_stored;
         let mut cursors = BTreeMap::new();
         for (name, (seq, log_pos)) in saved {
             let seq = seq.unwrap_or(0);
@@ -390,7 +421,12 @@ impl SpillQueue {
                 Ok(()) => return Ok(report),
                 Err(Refusal::Blocked(rest)) => {
                     pending = rest;
-                    space.await;
+                    // Consumers' acks wake it; space freed outside this queue (another
+                    // queue on the filesystem, an operator) is found by the timed retry.
+                    tokio::select! {
+                        _ = space => {}
+                        _ = tokio::time::sleep(FULL_RETRY_INTERVAL) => {}
+                    }
                 }
                 Err(Refusal::Failed(error)) => return Err(error),
             }
@@ -530,6 +566,7 @@ impl SpillQueue {
             dropped_oldest_total: c.dropped_oldest,
             blocked_pushes_total: c.blocked,
             superseded_events_total: c.superseded,
+            lost_events_total: c.lost,
             consumers,
             backlog_alert,
             durable_watermark: watermark,
@@ -898,7 +935,7 @@ impl Core {
         name: &str,
         max_records: usize,
         max_bytes: u64,
-    ) -> Result<Vec<Delivery>, QueueError> {
+    ) -> Result<Option<Read>, QueueError> {
         let mut state = self.lock();
         let log_stats = self.log.stats();
         let State {
@@ -920,7 +957,7 @@ impl Core {
         cursor.skip_dropped(log_stats.first_seq);
         let mut out = Vec::new();
         if max_records == 0 {
-            return Ok(out);
+            return Ok(Some(Read::Events(out)));
         }
         let next_memory = memory.index_from(cursor.seq_next);
         let memory_first = next_memory
@@ -960,25 +997,46 @@ impl Core {
                 origin: Origin::Memory { log_at },
             });
             cursor.seq_next = next;
+            cursor.last_position = out.last().map(|d| d.position);
         } else {
             // Log records before the next memory event, if any; superseded ones are skipped,
             // so keep reading until something is delivered or the stretch ends.
             let log_end = next_memory
                 .and_then(|i| memory.get(i))
                 .map_or(log_stats.next_seq, |e| e.log_before);
+            let mut gap = None;
             while out.is_empty() && cursor.log_next < log_end {
                 let take = (max_records as u64).min(log_end - cursor.log_next) as usize;
                 let batch = self.log.read(cursor.log_next, take, max_bytes)?;
+                if let Some(lost) = batch.lost() {
+                    gap = Some(lost.clone());
+                    break;
+                }
+                let mut stopped_at = None;
                 for (log_seq, record) in batch.iter() {
-                    let envelope::Envelope {
+                    let Some(envelope::Envelope {
                         seq,
                         position,
                         pushed_at_us,
                         payload,
-                    } = envelope::decode(record).ok_or(QueueError::BadEnvelope {
-                        log_seq,
-                        reason: "shorter than its envelope",
-                    })?;
+                    }) = envelope::decode(record)
+                    else {
+                        // A record that passed its checksums but is no queue event: lost like
+                        // a damaged one, reported where it stands (after what was read so far).
+                        stopped_at = Some(log_seq);
+                        if out.is_empty() {
+                            gap = Some(spillway_storage::LostRange {
+                                seqs: spillway_storage::SeqRange {
+                                    first: log_seq,
+                                    next: log_seq + 1,
+                                },
+                                location: format!("log record {log_seq}"),
+                                offset: 0,
+                                reason: "shorter than a queue event envelope".into(),
+                            });
+                        }
+                        break;
+                    };
                     if replays.iter().any(|r| r.supersedes(log_seq, position)) {
                         counters.superseded += 1;
                         continue;
@@ -1000,6 +1058,7 @@ impl Core {
                         origin: Origin::Disk { log_first: log_seq },
                     });
                     cursor.seq_next = seq + 1;
+                    cursor.last_position = Some(position);
                     out.push(Delivery {
                         seq,
                         position,
@@ -1007,16 +1066,147 @@ impl Core {
                         payload,
                     });
                 }
-                cursor.log_next = batch.next_seq();
+                cursor.log_next = stopped_at.unwrap_or(batch.next_seq());
+                if stopped_at.is_some() {
+                    break;
+                }
             }
             counters.read_back += out.len() as u64;
+            if let Some(damage) = gap {
+                let next_memory_position =
+                    next_memory.and_then(|i| memory.get(i)).map(|e| e.position);
+                let found = self.lost_range(
+                    cursor,
+                    replays,
+                    damage,
+                    log_stats.first_seq,
+                    log_end,
+                    next_memory_position,
+                )?;
+                return Ok(match found {
+                    GapFound::Lost(lost) => Some({
+                        counters.lost += lost.log_records;
+                        cursor.log_next = lost.log_next;
+                        tracing::warn!(
+                            log_first = lost.log_first,
+                            log_next = lost.log_next,
+                            after_position = ?lost.after_position,
+                            before_position = ?lost.before_position,
+                            location = %lost.location,
+                            offset = lost.offset,
+                            reason = %lost.reason,
+                            "events in the spill log are lost (damaged or missing)"
+                        );
+                        Read::Lost(lost)
+                    }),
+                    GapFound::Superseded { log_next, records } => {
+                        counters.superseded += records;
+                        cursor.log_next = log_next;
+                        // Progress without events: the caller reads again at once.
+                        Some(Read::Events(Vec::new()))
+                    }
+                    GapFound::NotYetBounded => None,
+                });
+            }
         }
         counters.delivered += out.len() as u64;
         if let Some(last) = out.last() {
             cursor.newest_delivered_pushed_us = Some(last.pushed_at_us);
         }
         self.maybe_stop_spilling(&mut state);
-        Ok(out)
+        Ok((!out.is_empty()).then_some(Read::Events(out)))
+    }
+
+    /// Bounds a damaged range a consumer met with the source positions around it.
+    fn lost_range(
+        &self,
+        cursor: &CursorState,
+        replays: &[ReplayRule],
+        damage: spillway_storage::LostRange,
+        log_first: u64,
+        log_end: u64,
+        next_memory_position: Option<u64>,
+    ) -> Result<GapFound, QueueError> {
+        let after_position = match cursor.last_position {
+            Some(position) => Some(position),
+            None if damage.seqs.first > log_first => self.position_at(damage.seqs.first - 1)?,
+            None => None,
+        };
+        // The next intact record bounds the range; damage right after it joins the range.
+        let mut log_next = damage.seqs.next;
+        let mut before_position = None;
+        for _ in 0..GAP_MERGES_MAX {
+            if log_next >= log_end {
+                before_position = next_memory_position;
+                break;
+            }
+            let batch = self.log.read(log_next, 1, 0)?;
+            if let Some(more) = batch.lost() {
+                log_next = more.seqs.next;
+                continue;
+            }
+            before_position = batch.get(0).and_then(envelope::decode).map(|e| e.position);
+            break;
+        }
+        // A replay that began after these records were stored resends everything above its
+        // checkpoint: what lies above it is not lost, and the rest lies below checkpoint + 1.
+        let covering = replays
+            .iter()
+            .filter(|r| damage.seqs.first < r.seq_end && log_next <= r.seq_end)
+            .min_by_key(|r| r.position);
+        if let Some(rule) = covering {
+            if after_position.is_some_and(|after| after >= rule.position) {
+                return Ok(GapFound::Superseded {
+                    log_next,
+                    records: log_next - damage.seqs.first,
+                });
+            }
+            let cap = rule.position + 1;
+            before_position = Some(before_position.map_or(cap, |b| b.min(cap)));
+        }
+        if after_position.is_some() && before_position.is_none() {
+            // The range reaches the log's end: its upper bound is the next event pushed.
+            return Ok(GapFound::NotYetBounded);
+        }
+        Ok(GapFound::Lost(LostEvents {
+            log_records: log_next - damage.seqs.first,
+            log_first: damage.seqs.first,
+            log_next,
+            after_position,
+            before_position,
+            location: damage.location,
+            offset: damage.offset,
+            reason: damage.reason,
+        }))
+    }
+
+    /// The source position of the log record `log_seq`, if it is intact.
+    fn position_at(&self, log_seq: u64) -> Result<Option<u64>, QueueError> {
+        let batch = self.log.read(log_seq, 1, 0)?;
+        if batch.lost().is_some() {
+            return Ok(None);
+        }
+        Ok(batch.get(0).and_then(envelope::decode).map(|e| e.position))
+    }
+
+    /// Moves a consumer's durable position past a lost range once nothing before it is unacked.
+    fn ack_lost(&self, name: &str, lost: &LostEvents) -> Result<(), QueueError> {
+        let mut state = self.lock();
+        let cursor = state
+            .cursors
+            .get_mut(name)
+            .ok_or_else(|| QueueError::ConsumerBusy(name.to_string()))?;
+        // With stretches unacked, their acks carry the position past the range later.
+        if !cursor.unacked.is_empty()
+            || cursor.acked_log_next < lost.log_first
+            || cursor.acked_log_next >= lost.log_next
+        {
+            return Ok(());
+        }
+        cursor.acked_log_next = lost.log_next;
+        let (_, log_key) = position_names(name);
+        self.log.save_position(&log_key, lost.log_next)?;
+        self.release(&mut state)
     }
 
     /// Memory takes new events again once every consumer has read the log to its end.
@@ -1076,6 +1266,19 @@ impl Core {
     }
 }
 
+/// Lost ranges that join into one report at most, so a scan past damage stays bounded.
+const GAP_MERGES_MAX: usize = 64;
+
+/// What bounding a damaged range found.
+enum GapFound {
+    /// Lost events, bounded.
+    Lost(LostEvents),
+    /// Every record of the range comes again with a source replay.
+    Superseded { log_next: u64, records: u64 },
+    /// The range reaches the log's end and the next event is not pushed yet.
+    NotYetBounded,
+}
+
 /// A named consumer's handle: reads batches and acks them.
 pub struct Consumer {
     core: Arc<Core>,
@@ -1099,29 +1302,59 @@ impl Consumer {
     /// Waits for events and returns at most `max_records` of them and about `max_bytes`
     /// (at least one event, so a large event never stalls the consumer).
     ///
+    /// A lost range of the backlog (damaged or missing records) is logged, counted in
+    /// [`QueueStats::lost_events_total`] and skipped; use [`Consumer::next_read`] to
+    /// see it in place and fetch its events again from their source.
+    ///
     /// # Cancel safety
     /// Cancel-safe: dropping the future before it completes delivers nothing.
     ///
     /// # Errors
-    /// A storage or corruption error reading the backlog, or too many unacked stretches.
+    /// A storage error reading the backlog, or too many unacked stretches.
     pub async fn next_batch(
         &mut self,
         max_records: usize,
         max_bytes: u64,
     ) -> Result<Vec<Delivery>, QueueError> {
         loop {
+            match self.next_read(max_records, max_bytes).await? {
+                Read::Events(events) => return Ok(events),
+                Read::Lost(lost) => self.ack_lost(&lost)?,
+            }
+        }
+    }
+
+    /// Waits for events, or for a lost range of the backlog met where its records stood.
+    ///
+    /// Returns [`Read::Events`] with at least one event (none only when `max_records` is
+    /// 0), or [`Read::Lost`]: the events after the range come with the next read. After
+    /// writing whatever of the range it could fetch again, call [`Consumer::ack_lost`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future before it completes delivers nothing.
+    ///
+    /// # Errors
+    /// A storage error reading the backlog, or too many unacked stretches.
+    pub async fn next_read(
+        &mut self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Read, QueueError> {
+        loop {
             let ready = self.core.data_ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            let batch = if self.core.read_may_touch_disk(&self.name) {
+            let read = if self.core.read_may_touch_disk(&self.name) {
                 blocking(|| self.core.try_read(&self.name, max_records, max_bytes))?
             } else {
                 self.core.try_read(&self.name, max_records, max_bytes)?
             };
-            if !batch.is_empty() || max_records == 0 {
-                return Ok(batch);
+            match read {
+                None => ready.await,
+                // A superseded range moved the cursor without events: read on.
+                Some(Read::Events(events)) if events.is_empty() && max_records > 0 => {}
+                Some(read) => return Ok(read),
             }
-            ready.await;
         }
     }
 
@@ -1131,7 +1364,25 @@ impl Consumer {
         max_records: usize,
         max_bytes: u64,
     ) -> Result<Vec<Delivery>, QueueError> {
-        blocking(|| self.core.try_read(&self.name, max_records, max_bytes))
+        for _ in 0..GAP_MERGES_MAX {
+            match blocking(|| self.core.try_read(&self.name, max_records, max_bytes))? {
+                None => return Ok(Vec::new()),
+                Some(Read::Events(events)) if events.is_empty() && max_records > 0 => {}
+                Some(Read::Events(events)) => return Ok(events),
+                Some(Read::Lost(lost)) => self.ack_lost(&lost)?,
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Declares a lost range dealt with (fetched again and written, or given up): the
+    /// consumer's durable position moves past it once nothing before it is unacked, so
+    /// a restart does not report it again.
+    ///
+    /// # Errors
+    /// A storage error saving the position.
+    pub fn ack_lost(&self, lost: &LostEvents) -> Result<(), QueueError> {
+        blocking(|| self.core.ack_lost(&self.name, lost))
     }
 
     /// Acknowledges every delivered event with `seq <= up_to_seq`; durable per the log's durability.

@@ -25,6 +25,18 @@ pub struct SinkStats {
     pub failing_since_ms: AtomicU64,
     /// Frames that did not decode into the output format (logged and skipped).
     pub decode_errors_total: AtomicU64,
+    /// Spill-log records met damaged or missing by this sink.
+    pub damaged_events_total: AtomicU64,
+    /// Events of damaged ranges fetched again from the relay and written.
+    pub refetched_events_total: AtomicU64,
+    /// Events lost for good because the relay no longer holds them.
+    pub lost_outside_window_total: AtomicU64,
+    /// Events lost for good because fetching them again failed past its retries.
+    pub lost_refetch_failed_total: AtomicU64,
+    /// Events lost for good because no source position bounds their range.
+    pub lost_position_unknown_total: AtomicU64,
+    /// When events were last lost for good, ms since the Unix epoch (0: never since start).
+    pub last_loss_ms: AtomicU64,
 }
 
 /// What a sink writes: the format, and for decoded formats the filter and the bound on decoding.

@@ -386,13 +386,18 @@ async fn flush_batch(queue: &SpillQueue, batch: &mut Vec<Event>) -> Result<(), S
     }
 }
 
-enum Handled {
+/// What the source does with one WebSocket message.
+pub(crate) enum Handled {
+    /// Push it.
     Event(Event),
+    /// Nothing to push (a ping, `#info`, a filtered or duplicate frame).
     Nothing,
+    /// Drop the connection, for this reason.
     Drop(String),
 }
 
-fn handle(
+/// Turns one relay message into an event to push, nothing, or a reason to reconnect.
+pub(crate) fn handle(
     config: &FirehoseConfig,
     host: &str,
     message: Message,

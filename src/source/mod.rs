@@ -3,4 +3,5 @@
 pub mod cursor;
 pub mod firehose;
 pub mod frame;
+pub mod refetch;
 pub mod relay;

@@ -146,6 +146,11 @@ impl LoopbackRelay {
         format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", self.addr)
     }
 
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Its counters.
     pub fn stats(&self) -> &RelayStats {
         &self.stats

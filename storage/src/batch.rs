@@ -24,6 +24,19 @@ impl SeqRange {
     }
 }
 
+/// Records a read could not return because their data is damaged or missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostRange {
+    /// The log seqs lost: `first..next`.
+    pub seqs: SeqRange,
+    /// The file (or sled key) where the damage is.
+    pub location: String,
+    /// Byte offset of the damage in that file (0 for sled).
+    pub offset: u64,
+    /// What check failed, or "truncated below the synced end".
+    pub reason: String,
+}
+
 /// Counters and sizes of a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogStats {
@@ -108,6 +121,7 @@ pub struct ReadBatch {
     backings: Vec<Backing>,
     spans: Vec<Span>,
     payload_bytes: u64,
+    lost: Option<LostRange>,
 }
 
 impl ReadBatch {
@@ -117,6 +131,7 @@ impl ReadBatch {
             backings: Vec::new(),
             spans: Vec::new(),
             payload_bytes: 0,
+            lost: None,
         }
     }
 
@@ -138,6 +153,11 @@ impl ReadBatch {
 
     pub(crate) fn backing_bytes(&self, backing: u32) -> &[u8] {
         self.backings[backing as usize].bytes()
+    }
+
+    /// The damaged range this read met before any record (the batch then holds none).
+    pub fn lost(&self) -> Option<&LostRange> {
+        self.lost.as_ref()
     }
 
     /// The first record's sequence number.

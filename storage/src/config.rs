@@ -135,7 +135,7 @@ impl LogConfig {
                 Backend::Segment => 1024 * 1024,
                 Backend::Sled => 16 * 1024 * 1024,
             },
-            positions_max: 64,
+            positions_max: 128,
             reserve_bytes: 4 * 1024 * 1024,
             disk_free_margin_bytes: 1024 * 1024,
         }

@@ -23,7 +23,7 @@ mod space;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use batch::{LogStats, ReadBatch, RecoveryReport, SeqRange};
+pub use batch::{LogStats, LostRange, ReadBatch, RecoveryReport, SeqRange};
 pub use config::{Backend, Durability, LogConfig};
 pub use error::{
     AppendError, ConfigError, Corruption, Error, InspectError, OpenError, ReadError, StorageError,
