@@ -24,6 +24,29 @@ impl SeqRange {
     }
 }
 
+/// Records a read could not return because their data is damaged or missing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostRange {
+    /// The log seqs lost: `first..next`.
+    pub seqs: SeqRange,
+    /// The file (or sled key) where the damage is.
+    pub location: String,
+    /// Byte offset of the damage in that file (0 for sled).
+    pub offset: u64,
+    /// What check failed, or "truncated below the synced end".
+    pub reason: String,
+}
+
+impl std::fmt::Display for LostRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "records {}..{} lost: {} at byte offset {}: {}",
+            self.seqs.first, self.seqs.next, self.location, self.offset, self.reason
+        )
+    }
+}
+
 /// Counters and sizes of a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogStats {
@@ -61,12 +84,22 @@ pub struct RecoveryReport {
     pub removed_files: u64,
     /// Bytes of the tail that recovery checked.
     pub scanned_bytes: u64,
+    /// Records found damaged or missing below what was synced: reads skip them and report them.
+    pub lost: Vec<LostRange>,
+    /// Why the manifest was rebuilt from the segment files (named positions are lost then), if it was.
+    pub manifest_rebuilt: Option<String>,
+    /// Files moved aside (never deleted) because they hold nothing readable.
+    pub moved_aside: Vec<PathBuf>,
 }
 
 impl RecoveryReport {
     /// Whether recovery changed anything on disk.
     pub fn repaired(&self) -> bool {
-        self.truncated_bytes > 0 || self.removed_files > 0
+        self.truncated_bytes > 0
+            || self.removed_files > 0
+            || !self.lost.is_empty()
+            || self.manifest_rebuilt.is_some()
+            || !self.moved_aside.is_empty()
     }
 }
 
@@ -105,6 +138,7 @@ pub struct ReadBatch {
     backings: Vec<Backing>,
     spans: Vec<Span>,
     payload_bytes: u64,
+    lost: Option<LostRange>,
 }
 
 impl ReadBatch {
@@ -114,7 +148,19 @@ impl ReadBatch {
             backings: Vec::new(),
             spans: Vec::new(),
             payload_bytes: 0,
+            lost: None,
         }
+    }
+
+    /// A batch of no record that reports `lost`, which starts at the read's `from_seq`.
+    pub(crate) fn lost_only(lost: LostRange) -> Self {
+        debug_assert!(
+            lost.seqs.next > lost.seqs.first,
+            "a lost range is not empty"
+        );
+        let mut batch = ReadBatch::new(lost.seqs.first);
+        batch.lost = Some(lost);
+        batch
     }
 
     pub(crate) fn add_backing(&mut self, backing: Backing) -> u32 {
@@ -142,9 +188,20 @@ impl ReadBatch {
         self.first_seq
     }
 
-    /// The sequence number after the last record: where the next read starts.
+    /// The sequence number after the last record, or after a lost range: where the next read starts.
     pub fn next_seq(&self) -> u64 {
-        self.first_seq + self.spans.len() as u64
+        match &self.lost {
+            Some(lost) => lost.seqs.next,
+            None => self.first_seq + self.spans.len() as u64,
+        }
+    }
+
+    /// The damaged or missing records this read met before any intact one, if it did.
+    ///
+    /// Such a batch holds no record; `first_seq..next_seq` is exactly the lost range,
+    /// and reading on from [`ReadBatch::next_seq`] returns what follows the damage.
+    pub fn lost(&self) -> Option<&LostRange> {
+        self.lost.as_ref()
     }
 
     /// Number of records.
