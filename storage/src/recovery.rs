@@ -339,6 +339,17 @@ pub(crate) fn rebuild_manifest(
         report.lost.extend(scan.damaged.iter().cloned());
         scanned.push((first_seq, scan));
     }
+    // Seqs between one file's intact end and the next file's start are in no file: lost.
+    for pair in scanned.windows(2) {
+        let (end, next) = (pair[0].1.next_seq, pair[1].0);
+        lose(
+            report,
+            &files[&next],
+            0,
+            end..next,
+            "the records are in no segment file (a file is missing or ends early)".into(),
+        );
+    }
     let count = scanned.len();
     for (index, (first_seq, scan)) in scanned.into_iter().enumerate() {
         // The newest file is the active one; recovery cuts its torn tail as usual.
