@@ -234,7 +234,7 @@ fn print_queue(queue: &QueueInspection, report: Option<&VerifyReport>) {
     }
     for file in &log.unlisted_files {
         println!(
-            "    {} (not in the manifest: left by an interrupted roll; the next open removes it)",
+            "    {} (not in the manifest: the next open adopts it if it is an interrupted roll's new file, else rebuilds the manifest; it removes none holding unconsumed records)",
             file.display()
         );
     }

@@ -63,7 +63,10 @@ fn damaged_manifests(dir: &Path) -> Vec<PathBuf> {
 /// Every unconsumed record reads back from the oldest kept one, and every file is still there.
 fn assert_everything_readable(log: &dyn SpillLog, files: &[PathBuf], dir: &Path) {
     let first = log.stats().first_seq;
-    assert!(first <= CONSUMED, "first_seq {first} skips unconsumed records");
+    assert!(
+        first <= CONSUMED,
+        "first_seq {first} skips unconsumed records"
+    );
     let (records, lost) = common::read_with_losses(log, first);
     assert!(lost.is_empty(), "{lost:?}");
     common::assert_every_seq(&records, &[], first, RECORDS);
@@ -90,7 +93,10 @@ fn check_open_rebuilds(damage: fn(&Path), expect_moved: bool) {
         .verify(&mut |_, _| {})
         .expect("verify");
     assert!(
-        report.damage.iter().any(|d| d.reason.contains("damaged manifest")),
+        report
+            .damage
+            .iter()
+            .any(|d| d.reason.contains("damaged manifest")),
         "verify must call a damaged manifest damage: {:?}",
         report.damage
     );
@@ -103,7 +109,10 @@ fn check_open_rebuilds(damage: fn(&Path), expect_moved: bool) {
         .expect("the rebuild is reported");
     assert!(why.contains("named positions were lost"), "{why}");
     assert_everything_readable(log.as_ref(), &files, dir.path());
-    assert_eq!(damaged_manifests(dir.path()).len(), usize::from(expect_moved));
+    assert_eq!(
+        damaged_manifests(dir.path()).len(),
+        usize::from(expect_moved)
+    );
     // The rebuilt manifest is sound: the next open trusts it, and the log goes on.
     common::append_records(log.as_ref(), RECORDS, RECORDS + 10);
     drop(log);
@@ -152,11 +161,18 @@ fn a_malformed_consumed_seq_is_a_corruption_naming_the_key_and_open_rebuilds() {
         "names the real store: {why}"
     );
     let report = inspection.verify(&mut |_, _| {}).expect("verify");
-    assert!(report.damage.iter().any(|d| d.reason.contains("consumed_seq")));
+    assert!(report
+        .damage
+        .iter()
+        .any(|d| d.reason.contains("consumed_seq")));
     drop(inspection);
 
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open rebuilds");
-    let why = log.recovery_report().manifest_rebuilt.clone().expect("rebuilt");
+    let why = log
+        .recovery_report()
+        .manifest_rebuilt
+        .clone()
+        .expect("rebuilt");
     assert!(why.contains("meta/consumed_seq"), "{why}");
     assert_everything_readable(log.as_ref(), &files, dir.path());
     assert_eq!(damaged_manifests(dir.path()).len(), 1);
@@ -181,12 +197,17 @@ fn repair_fixes_each_damaged_state_and_keeps_every_record() {
         fs::write(&junk, vec![0x5a; 4096]).expect("junk file");
         damage(dir.path());
 
-        let report =
-            repair(dir.path(), common::small_config(Backend::Segment)).expect("repair");
-        assert!(report.recovery.manifest_rebuilt.is_some(), "{name}: {report:?}");
+        let report = repair(dir.path(), common::small_config(Backend::Segment)).expect("repair");
+        assert!(
+            report.recovery.manifest_rebuilt.is_some(),
+            "{name}: {report:?}"
+        );
         assert_eq!(
             report.moved_aside,
-            vec![dir.path().join("damaged").join(junk.file_name().expect("name"))],
+            vec![dir
+                .path()
+                .join("damaged")
+                .join(junk.file_name().expect("name"))],
             "{name}"
         );
         assert!(!junk.exists());
