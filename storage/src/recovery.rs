@@ -104,7 +104,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenE
         next_seq_floor = next_seq_floor.max(lost.seqs.next);
     }
     let active = ensure_active_segment(dir, &state.manifest, active, next_seq_floor)?;
-    record_gaps(&mut state, &sealed, &active, &report)?;
+    record_gaps(&mut state, &sealed, &report)?;
     if state.consumed_seq > active.next_seq {
         return Err(StorageError::Corrupt(Corruption {
             location: format!("{} key meta/consumed_seq", state.manifest.path().display()),
@@ -758,7 +758,6 @@ pub(crate) fn ensure_active_segment(
 fn record_gaps(
     state: &mut ManifestState,
     sealed: &[(u64, SealedInfo, PathBuf)],
-    active: &ActiveSegment,
     report: &RecoveryReport,
 ) -> Result<(), StorageError> {
     for lost in &report.lost {
@@ -779,7 +778,6 @@ fn record_gaps(
     }
     state.gaps.retain(|g| g.seqs.next > consumed);
     state.gaps.sort_by_key(|g| g.seqs.first);
-    let _ = active;
     Ok(())
 }
 

@@ -351,7 +351,7 @@ fn sixty_four_flipped_bytes_in_a_sled_chunk_lose_exactly_that_chunk() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     let log = open(dir.path(), common::small_config(Backend::Sled)).expect("reopen");
     let (records, lost) = common::read_with_losses(log.as_ref(), 0);
-    common::assert_every_seq(&records, &[first..next], 0, 300);
+    common::assert_every_seq(&records, std::slice::from_ref(&(first..next)), 0, 300);
     assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!((lost[0].seqs.first, lost[0].seqs.next), (first, next));
     assert!(

@@ -83,7 +83,10 @@ fn assert_everything_readable(log: &dyn SpillLog, files: &[PathBuf], dir: &Path)
     );
 }
 
-fn check_open_rebuilds(damage: fn(&Path), expect_moved: bool) {
+/// A way to damage the manifest of a closed log.
+type Damage = fn(&Path);
+
+fn check_open_rebuilds(damage: Damage, expect_moved: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = closed_log(dir.path());
     damage(dir.path());
@@ -180,7 +183,7 @@ fn a_malformed_consumed_seq_is_a_corruption_naming_the_key_and_open_rebuilds() {
 
 #[test]
 fn repair_fixes_each_damaged_state_and_keeps_every_record() {
-    let cases: [(&str, fn(&Path)); 4] = [
+    let cases: [(&str, Damage); 4] = [
         ("removed", remove_manifest),
         ("truncated", truncate_manifest),
         ("xored", xor_manifest),
