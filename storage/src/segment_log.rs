@@ -81,6 +81,8 @@ struct SegmentRef {
 
 impl SegmentRef {
     fn lost(&self, from: u64, next: u64, offset: u64, reason: String) -> LostRange {
+        // Never empty: a reader must always make progress past damage.
+        let next = next.max(from + 1);
         tracing::warn!(
             path = %self.path.display(),
             offset,
