@@ -238,6 +238,9 @@ fn print_queue(queue: &QueueInspection, report: Option<&VerifyReport>) {
             file.display()
         );
     }
+    if let Some(why) = &log.manifest_damage {
+        println!("  manifest: DAMAGED: {why} (the next open rebuilds it from the segment files; `spillway inspect --repair` does it offline)");
+    }
     if let Some(note) = &log.tail_note {
         println!("  tail: {note}");
     }
@@ -302,6 +305,7 @@ fn queue_json(queue: &QueueInspection, report: Option<&VerifyReport>) -> serde_j
         "segments": segments,
         "unlisted_files": log.unlisted_files,
         "tail_note": log.tail_note,
+        "manifest_damage": log.manifest_damage,
         "consumers": queue.consumers,
         "replay_rules": queue.replay_rules,
         "verify": report.map(|r| serde_json::json!({

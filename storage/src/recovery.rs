@@ -78,31 +78,7 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenE
     reconcile_listed_segments(&mut state, &mut report)?;
     adopt_or_set_aside_unlisted_files(dir, &mut state, &mut report)?;
 
-    let mut sealed = Vec::new();
-    let mut active = None;
-    // The seq the next append must get: never below what was synced.
-    let mut next_seq_floor = state.consumed_seq;
-    let count = state.entries.len();
-    for (index, entry) in std::mem::take(&mut state.entries).into_values().enumerate() {
-        let path = state.files[&entry.first_seq].clone();
-        let is_last = index + 1 == count;
-        match recover_segment(&state, entry, path, is_last, &mut report)? {
-            Segment::Sealed(first_seq, info, path, changed) => {
-                if changed {
-                    state.manifest.put_segment(SegmentEntry {
-                        first_seq,
-                        sealed: Some(info),
-                    })?;
-                }
-                next_seq_floor = next_seq_floor.max(info.next_seq);
-                sealed.push((first_seq, info, path));
-            }
-            Segment::Active(segment) => active = Some(segment),
-        }
-    }
-    for lost in &report.lost {
-        next_seq_floor = next_seq_floor.max(lost.seqs.next);
-    }
+    let (sealed, active, next_seq_floor) = recover_listed_segments(&mut state, &mut report)?;
     let active = ensure_active_segment(dir, &state.manifest, active, next_seq_floor)?;
     record_gaps(&mut state, &sealed, &report)?;
     if state.consumed_seq > active.next_seq {
@@ -125,6 +101,41 @@ pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenE
         gaps: state.gaps,
         report,
     })
+}
+
+/// Runs [`recover_segment`] on every listed segment, oldest first; returns the sealed ones,
+/// the active one if it survived, and the seq the next append must get (never below what was synced).
+#[allow(clippy::type_complexity)] // three results of one walk, named at the one call site
+fn recover_listed_segments(
+    state: &mut ManifestState,
+    report: &mut RecoveryReport,
+) -> Result<(Vec<(u64, SealedInfo, PathBuf)>, Option<ActiveSegment>, u64), OpenError> {
+    let mut sealed = Vec::new();
+    let mut active = None;
+    let mut next_seq_floor = state.consumed_seq;
+    let count = state.entries.len();
+    for (index, entry) in std::mem::take(&mut state.entries).into_values().enumerate() {
+        let path = state.files[&entry.first_seq].clone();
+        let is_last = index + 1 == count;
+        match recover_segment(state, entry, path, is_last, report)? {
+            Segment::Sealed(first_seq, info, path, changed) => {
+                if changed {
+                    state.manifest.put_segment(SegmentEntry {
+                        first_seq,
+                        sealed: Some(info),
+                    })?;
+                }
+                next_seq_floor = next_seq_floor.max(info.next_seq);
+                sealed.push((first_seq, info, path));
+            }
+            Segment::Active(segment) => active = Some(segment),
+        }
+    }
+    // Records lost below the synced end keep their seqs.
+    for lost in &report.lost {
+        next_seq_floor = next_seq_floor.max(lost.seqs.next);
+    }
+    Ok((sealed, active, next_seq_floor))
 }
 
 /// Opens the manifest and reads every value; `Ok(Err(why))` when it cannot be trusted.

@@ -463,3 +463,43 @@ fn a_new_segment_whose_header_never_reached_the_disk_is_removed() {
     assert_records(log.as_ref(), 200);
     assert_eq!(common::segment_files(dir.path()), files);
 }
+
+#[test]
+fn a_sealed_segment_shorter_than_the_manifest_says_keeps_its_intact_chunks_and_reports_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::write_closed_log(dir.path(), 600);
+    assert!(files.len() >= 4, "the test needs sealed segments");
+    let victim = &files[1];
+    let next_file_first = chunks(&files[2])[0].1.first_seq;
+    let len = fs::metadata(victim).expect("meta").len();
+    OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .expect("open")
+        .set_len(len * 2 / 3)
+        .expect("truncate");
+    let intact_next = common::intact_chunks(victim)
+        .last()
+        .expect("an intact chunk")
+        .1
+        .next_seq();
+
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    let lost = &log.recovery_report().lost;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(
+        lost[0].seqs.first..lost[0].seqs.next,
+        intact_next..next_file_first
+    );
+    assert_eq!(lost[0].location, victim.display().to_string());
+    assert_all_but(log.as_ref(), 600, intact_next..next_file_first, victim);
+    // The next open finds the same state and reports nothing new; reads still report the gap.
+    drop(log);
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
+    assert!(
+        log.recovery_report().lost.is_empty(),
+        "{:?}",
+        log.recovery_report().lost
+    );
+    assert_all_but(log.as_ref(), 600, intact_next..next_file_first, victim);
+}

@@ -229,3 +229,37 @@ fn repair_fixes_each_damaged_state_and_keeps_every_record() {
         assert!(verified.damage.is_empty(), "{name}: {:?}", verified.damage);
     }
 }
+
+fn set_meta_value(dir: &Path, tree: &str, key: &str, value: &[u8]) {
+    let db = sled::open(dir.join("manifest")).expect("manifest");
+    db.open_tree(tree)
+        .expect("tree")
+        .insert(key, value)
+        .expect("insert");
+    db.flush().expect("flush");
+    drop(db);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+}
+
+#[test]
+fn a_malformed_position_or_tail_checkpoint_is_a_corruption_naming_the_key_and_open_rebuilds() {
+    for (tree, key) in [("positions", "seq.sink"), ("meta", "tail_checkpoint")] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = closed_log(dir.path());
+        set_meta_value(dir.path(), tree, key, b"too short");
+
+        let inspection = inspect(dir.path(), InspectOptions::default()).expect("inspect");
+        let why = inspection.manifest_damage.clone().expect("manifest damage");
+        assert!(why.contains(&format!("{tree}/{key}")), "{why}");
+        drop(inspection);
+
+        let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+        let why = log
+            .recovery_report()
+            .manifest_rebuilt
+            .clone()
+            .expect("rebuilt");
+        assert!(why.contains(&format!("{tree}/{key}")), "{why}");
+        assert_everything_readable(log.as_ref(), &files, dir.path());
+    }
+}
