@@ -338,7 +338,14 @@ pub(crate) fn rebuild_manifest(
     let mut consumed_seq = None;
     let mut scanned = Vec::new();
     for (&first_seq, file_path) in files.clone().iter() {
-        let Some(scan) = scan_whole_file(file_path, first_seq)? else {
+        let len = std::fs::metadata(file_path)
+            .map_err(StorageError::io(file_path))?
+            .len();
+        let scan = scan_whole_file(file_path, first_seq)?
+            // Bytes but no intact chunk: listing it would let the consumed position pass it
+            // and a reclaim delete it; it is kept aside instead.
+            .filter(|scan| scan.first_intact_seq.is_some() || len <= SEGMENT_HEADER_BYTES as u64);
+        let Some(scan) = scan else {
             set_aside(dir, file_path, report)?;
             files.remove(&first_seq);
             continue;
