@@ -673,13 +673,16 @@ fn recover_unsealed(
         cut_torn_tail(&path, file_len, &scan, torn, report)?;
     }
     if is_last {
-        Ok(Segment::Active(ActiveSegment::reopen(
+        let mut active = ActiveSegment::reopen(
             path,
             first_seq,
             scan.next_seq,
             scan.valid_end,
             scan.payload_bytes,
-        )?))
+        )?;
+        // The next flush records the synced end of what survived, even before any append.
+        active.last_chunk = scan.last_chunk;
+        Ok(Segment::Active(active))
     } else {
         // An older segment that was never marked sealed: an interrupted roll.
         Ok(Segment::Sealed(first_seq, info, path, true))
@@ -850,6 +853,8 @@ pub(crate) struct SegmentScan {
     pub payload_bytes: u64,
     /// The first intact record's seq, if any.
     pub first_intact_seq: Option<u64>,
+    /// The last intact chunk: its offset, first seq, and the payload bytes before it.
+    pub last_chunk: Option<(u64, u64, u64)>,
     /// Damaged chunks with intact chunks after them (reads skip them).
     pub damaged: Vec<LostRange>,
     /// Bytes after the last intact chunk that fail their checks, with the records their headers claimed.
@@ -863,6 +868,7 @@ impl SegmentScan {
             next_seq: first_seq,
             payload_bytes: 0,
             first_intact_seq: None,
+            last_chunk: None,
             damaged: Vec::new(),
             torn: None,
         }
@@ -909,6 +915,7 @@ pub(crate) fn scan_segment(
         next_seq: start.seq,
         payload_bytes: start.payload_before,
         first_intact_seq: None,
+        last_chunk: None,
         damaged: Vec::new(),
         torn: None,
     };
@@ -928,6 +935,7 @@ pub(crate) fn scan_segment(
         match outcome {
             Ok((header, payload)) => {
                 scan.first_intact_seq.get_or_insert(header.first_seq);
+                scan.last_chunk = Some((offset, header.first_seq, scan.payload_bytes));
                 offset += header.chunk_bytes() as u64;
                 seq = header.next_seq();
                 scan.payload_bytes += payload;

@@ -263,3 +263,32 @@ fn a_malformed_position_or_tail_checkpoint_is_a_corruption_naming_the_key_and_op
         assert_everything_readable(log.as_ref(), &files, dir.path());
     }
 }
+
+#[test]
+fn a_sound_manifest_is_never_rebuilt_after_recovery_scanned_past_its_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::write_closed_log(dir.path(), 200);
+    // As if killed before the checkpoint of the last records was written: open scans the whole tail.
+    let db = sled::open(dir.path().join("manifest")).expect("manifest");
+    db.open_tree("meta")
+        .expect("meta")
+        .remove("tail_checkpoint")
+        .expect("remove");
+    db.flush().expect("flush");
+    drop(db);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    log.save_position("seq.sink", 199).expect("position");
+    // Consuming up to the recovered end: the manifest must know that end is synced.
+    log.consume_until(199).expect("consume");
+    log.flush().expect("flush");
+    drop(log);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
+    assert_eq!(log.recovery_report().manifest_rebuilt, None);
+    assert_eq!(log.position("seq.sink").expect("position"), Some(199));
+    assert_eq!(log.stats().first_seq, 199);
+    assert!(files.last().expect("segment").exists());
+}
