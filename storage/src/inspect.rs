@@ -89,6 +89,8 @@ pub struct Inspection {
     pub tail_note: Option<String>,
     /// The synced end of the active segment the manifest recorded: first seq, next seq, file bytes.
     synced_end: Option<(u64, u64, u64)>,
+    /// Segment files listed before the manifest was copied.
+    files_before_copy: BTreeMap<u64, PathBuf>,
     // Field order matters: the sled handles close before the copy is removed.
     chunks: Option<sled::Tree>,
     manifest: Option<Manifest>,
@@ -129,7 +131,10 @@ pub struct VerifyReport {
 /// [`InspectError::NotALog`], a store over the copy bound, another format
 /// version, or an I/O failure.
 pub fn inspect(dir: &Path, options: InspectOptions) -> Result<Inspection, InspectError> {
-    let has_segments = !recovery::list_segment_files(&dir.join("segments"))?.is_empty();
+    // Listed before the manifest is copied: with the listing after it, a live process's
+    // reclaim or roll in between cannot make a sound manifest look damaged.
+    let files_before_copy = recovery::list_segment_files(&dir.join("segments"))?;
+    let has_segments = !files_before_copy.is_empty();
     let (backend, store) = if dir.join("manifest").is_dir() || has_segments {
         (Backend::Segment, dir.join("manifest"))
     } else if dir.join("sled").is_dir() {
@@ -153,6 +158,7 @@ pub fn inspect(dir: &Path, options: InspectOptions) -> Result<Inspection, Inspec
         disk_bytes: 0,
         tail_note: None,
         synced_end: None,
+        files_before_copy,
         chunks: None,
         manifest: None,
         _copy: None,
@@ -358,8 +364,10 @@ impl Inspection {
         };
         let listed: BTreeMap<u64, SegmentEntry> =
             entries.iter().map(|e| (e.first_seq, *e)).collect();
+        let mut seen = self.files_before_copy.clone();
+        seen.extend(on_disk.iter().map(|(&seq, path)| (seq, path.clone())));
         if let Some(why) =
-            recovery::disagreement(&listed, &on_disk, self.consumed_seq, checkpoint, &dir)
+            recovery::disagreement(&listed, &seen, self.consumed_seq, checkpoint, &dir)
         {
             self.manifest_damage = Some(why);
             return self.describe_files_alone();
