@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use spillway::queue::inspect::{inspect, QueueInspection};
+use spillway::source::cursor::CursorFile;
 use spillway_storage::inspect::{InspectOptions, VerifyReport, COPY_BYTES_MAX_DEFAULT};
 
 /// Arguments of `spillway inspect`.
@@ -62,18 +63,42 @@ pub fn run_inspect(args: &InspectArgs) -> std::io::Result<()> {
         }
     }
     let cursors = cursor_files(&args.data_dir)?;
+    let bad_cursors: Vec<String> = cursors
+        .iter()
+        .filter_map(|(_, value)| value.as_ref().err().cloned())
+        .collect();
+    let shown = |value: &Result<u64, String>| match value {
+        Ok(cursor) => cursor.to_string(),
+        Err(error) => format!("UNREADABLE: {error}"),
+    };
     if args.json {
         let cursors: Vec<_> = cursors
             .iter()
-            .map(|(name, value)| serde_json::json!({"file": name, "cursor": value}))
+            .map(|(name, value)| match value {
+                Ok(cursor) => serde_json::json!({"file": name, "cursor": cursor.to_string()}),
+                Err(error) => serde_json::json!({"file": name, "cursor": null, "error": error}),
+            })
             .collect();
-        let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors});
+        let holder = spillway::data_dir_lock::DataDirLock::holder(&args.data_dir);
+        let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors, "held_by_pid": holder});
         println!("{out:#}");
     } else if !cursors.is_empty() {
         println!("relay cursors (the durable watermark a restart resumes from):");
         for (name, value) in &cursors {
-            println!("  {name}: {value}");
+            println!("  {name}: {}", shown(value));
         }
+    }
+    if let Some(pid) = spillway::data_dir_lock::DataDirLock::holder(&args.data_dir) {
+        if !args.json {
+            println!("held by a running spillway (pid {pid}): figures may move while read");
+        }
+    }
+    if args.verify && !bad_cursors.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "verify found {} bad relay cursor file(s): {}",
+            bad_cursors.len(),
+            bad_cursors.join("; ")
+        )));
     }
     if damaged > 0 {
         return Err(std::io::Error::other(format!(
@@ -106,13 +131,16 @@ fn queue_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// `cursor-*` files in the data directory with their values (or why they are unreadable).
-fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
+/// `cursor-*` files in the data directory with their values, or why each cannot be used
+/// (the error names the file).
+fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, Result<u64, String>)>> {
     let mut out = Vec::new();
     if dir.join("manifest").is_dir() || dir.join("sled").is_dir() {
         return Ok(out);
     }
-    for entry in std::fs::read_dir(dir)? {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?
+    {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
@@ -120,12 +148,11 @@ fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
         if !name.starts_with("cursor-") || name.ends_with(".tmp") {
             continue;
         }
-        let value = match std::fs::read_to_string(&path) {
-            Ok(text) => match text.trim().parse::<u64>() {
-                Ok(cursor) => cursor.to_string(),
-                Err(e) => format!("unreadable ({e})"),
-            },
-            Err(e) => format!("unreadable ({e})"),
+        let value = match CursorFile::at(&path).load() {
+            Ok(Some(cursor)) => Ok(cursor),
+            // Removed between the listing and the read.
+            Ok(None) => continue,
+            Err(error) => Err(error.to_string()),
         };
         out.push((name.to_string(), value));
     }

@@ -40,6 +40,7 @@ pub mod envelope;
 pub mod error;
 pub mod inspect;
 pub mod memory;
+pub mod source_position;
 pub mod watermark;
 
 use std::collections::BTreeMap;
