@@ -258,11 +258,12 @@ impl Config {
                 ),
             );
         }
-        if self.segment_bytes_max < SEGMENT_BYTES_MIN {
+        let segment_bytes_min = SEGMENT_BYTES_MIN.max(self.frame_bytes_max.saturating_mul(2));
+        if self.segment_bytes_max < segment_bytes_min {
             return invalid(
                 "segment_bytes_max",
                 format!(
-                    "{} is below the minimum of {SEGMENT_BYTES_MIN} bytes",
+                    "{} is below the minimum of {segment_bytes_min} bytes (1 MiB, and twice frame_bytes_max so a segment holds the largest frame)",
                     self.segment_bytes_max
                 ),
             );

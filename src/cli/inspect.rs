@@ -261,9 +261,12 @@ fn print_queue(queue: &QueueInspection, report: Option<&VerifyReport>) {
     }
     for file in &log.unlisted_files {
         println!(
-            "    {} (not in the manifest: left by an interrupted roll; the next open removes it)",
+            "    {} (not in the manifest: the next open adopts it if it is an interrupted roll's new file, else rebuilds the manifest; it removes none holding unconsumed records)",
             file.display()
         );
+    }
+    if let Some(why) = &log.manifest_damage {
+        println!("  manifest: DAMAGED: {why} (the next open rebuilds it from the segment files; `spillway inspect --repair` does it offline)");
     }
     if let Some(note) = &log.tail_note {
         println!("  tail: {note}");
@@ -329,6 +332,7 @@ fn queue_json(queue: &QueueInspection, report: Option<&VerifyReport>) -> serde_j
         "segments": segments,
         "unlisted_files": log.unlisted_files,
         "tail_note": log.tail_note,
+        "manifest_damage": log.manifest_damage,
         "consumers": queue.consumers,
         "replay_rules": queue.replay_rules,
         "verify": report.map(|r| serde_json::json!({

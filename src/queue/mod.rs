@@ -252,6 +252,18 @@ fn check_envelope_version(
 ) -> Result<(), QueueError> {
     match log.position(envelope::ENVELOPE_VERSION_KEY)? {
         Some(envelope::ENVELOPE_VERSION) => Ok(()),
+        // A manifest rebuilt from the segment files has lost its named positions, the
+        // marker among them; the records were written by a build of this layout or the
+        // one before, and this build only ever wrote this one since the marker exists.
+        None if log.recovery_report().manifest_rebuilt.is_some() => {
+            tracing::warn!(
+                layout = envelope::ENVELOPE_VERSION,
+                "the spill log's manifest was rebuilt; taking its records as this build's envelope layout"
+            );
+            log.save_position(envelope::ENVELOPE_VERSION_KEY, envelope::ENVELOPE_VERSION)?;
+            log.flush()?;
+            Ok(())
+        }
         // A log without the marker and without records is new (or drained): take it. The
         // marker is made durable now, before any record of ours can be.
         None if stats.records() == 0 => {

@@ -75,6 +75,8 @@ pub trait Filesystem: Send + Sync + Debug {
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn FileHandle>>;
     /// Removes a file (durable after [`Filesystem::sync_dir`] of its directory).
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file or directory (durable after [`Filesystem::sync_dir`] of both parents).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// The paths of the entries of a directory, in no order.
     fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
     /// Makes creations and removals in a directory durable.
@@ -192,6 +194,10 @@ impl Filesystem for RealFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         std::fs::remove_file(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {

@@ -6,8 +6,8 @@
 //! contents apart):
 //! - a file keeps exactly its content as of its last successful fsync (empty if never synced);
 //! - a file created, or a directory made, whose parent directory was not synced
-//!   after it vanishes; a file removed without a directory sync after comes back
-//!   with its last synced content;
+//!   after it vanishes; a file removed or renamed without a directory sync after
+//!   comes back (under its old name) with its last synced content;
 //! - the sled manifest, which does its own I/O, is copied after every successful
 //!   flush (a hook) and the last copy restored.
 //!
@@ -391,6 +391,22 @@ impl Filesystem for FailingFs {
         }
         RealFs.remove_file(path)?;
         state.live.remove(path);
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        state.check(Op::Write)?;
+        if from.is_file() {
+            // Adopt a file the layer never saw, so a power loss can undo the rename.
+            state.identity(from)?;
+        }
+        RealFs.rename(from, to)?;
+        // Files move in the live view only: until both directories are synced a power
+        // loss undoes the rename. Directories (the manifest moved aside) are not tracked.
+        if let Some(id) = state.live.remove(from) {
+            state.live.insert(to.to_path_buf(), id);
+        }
         Ok(())
     }
 
