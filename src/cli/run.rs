@@ -124,15 +124,32 @@ impl From<String> for RunError {
 
 impl From<PipelineError> for RunError {
     fn from(error: PipelineError) -> Self {
+        use spillway::queue::QueueError;
+        use spillway_storage::OpenError;
         let exit_code = match &error {
             PipelineError::Source(SourceError::FutureCursor { .. }) => EXIT_NEEDS_OPERATOR,
             PipelineError::Locked(_) => EXIT_DATA_DIR_HELD,
+            // Another build's data: restarting cannot help.
+            PipelineError::Queue {
+                source:
+                    QueueError::Open(
+                        OpenError::UnsupportedVersion { .. } | OpenError::WrongBackend { .. },
+                    )
+                    | QueueError::EnvelopeVersion { .. },
+                ..
+            } => EXIT_NEEDS_OPERATOR,
             _ => 1,
         };
-        RunError {
-            message: error.to_string(),
-            exit_code,
+        let mut message = error.to_string();
+        if let PipelineError::Queue { .. } = &error {
+            // Open repairs what it can by itself; what it cannot, the operator can, with one command.
+            message.push_str(
+                "\nIf this repeats: `spillway inspect --verify DATA_DIR` names the damage, and \
+                 `spillway inspect --repair DATA_DIR` moves damaged files aside and rebuilds the \
+                 manifest, keeping every intact event (nothing needs deleting by hand).",
+            );
         }
+        RunError { message, exit_code }
     }
 }
 
