@@ -284,7 +284,7 @@ impl Config {
                 ),
             );
         }
-        if self.disk_free_margin_bytes > self.disk_budget_bytes {
+        if self.disk_budget_bytes > 0 && self.disk_free_margin_bytes > self.disk_budget_bytes {
             return invalid(
                 "disk_free_margin_bytes",
                 format!(
