@@ -1,23 +1,39 @@
 //! Spillway: a disk-spilling event queue with a memory budget in bytes.
 //!
+//! Always built (the lean library, `default-features = false`):
+//!
 //! - [`queue`]: the spilling queue, its cursors, acks and watermark.
 //! - [`storage`]: the durable spill log (the `spillway-storage` crate).
-//! - [`source`]: the relay firehose source and its frame decoding.
-//! - [`decode`]: frames decoded in full to Jetstream or rsky JSON, with filters.
-//! - [`sink`]: the Redis stream and JSON-lines sinks.
-//! - [`pipeline`]: source -> queue -> sink wiring and shutdown; [`config`]: its settings;
-//!   [`metrics`]: `/metrics` and `/health`.
-//! - [`bench`]: the benchmarks behind `spillway bench`.
+//! - [`data_dir_lock`]: one owner per data directory.
+//!
+//! With the `pipeline` feature (on by default):
+//!
+//! - `source`: the relay firehose source and its frame decoding.
+//! - `decode`: frames decoded in full to Jetstream or rsky JSON, with filters.
+//! - `sink`: the Redis stream and JSON-lines sinks.
+//! - `pipeline`: source -> queue -> sink wiring and shutdown; `config`: its settings;
+//!   `metrics`: `/metrics` and `/health`.
+//! - `bench`: the benchmarks behind `spillway bench`.
+//!
+//! `examples/embed_queue.rs` embeds the queue with the lean library alone;
+//! `docs/architecture.md` draws the layers and the crash and durability rules.
 #![deny(missing_docs)]
 
+#[cfg(feature = "pipeline")]
 pub mod bench;
+#[cfg(feature = "pipeline")]
 pub mod config;
 pub mod data_dir_lock;
+#[cfg(feature = "pipeline")]
 pub mod decode;
+#[cfg(feature = "pipeline")]
 pub mod metrics;
+#[cfg(feature = "pipeline")]
 pub mod pipeline;
 pub mod queue;
+#[cfg(feature = "pipeline")]
 pub mod sink;
+#[cfg(feature = "pipeline")]
 pub mod source;
 pub use spillway_storage as storage;
 

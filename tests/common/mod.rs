@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 pub mod counting_alloc;
+#[cfg(feature = "pipeline")]
 pub mod fixture;
 pub mod memory_case;
+#[cfg(feature = "pipeline")]
 pub mod redis_server;
 
 use spillway::queue::{QueueConfig, SpillMode};
