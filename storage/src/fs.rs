@@ -1,9 +1,9 @@
 //! The file layer every segment-file and directory operation of the log goes through.
 //!
 //! [`RealFs`] is the default and calls the OS. Tests plug in a layer that fails
-//! the Nth write, fsync or read, or simulates a power loss (`testing` feature:
-//! [`crate::testing::FailingFs`]), in the manner of redb's `StorageBackend` and
-//! Vector's disk_v2 `Filesystem`.
+//! the Nth write, fsync or read, or simulates a power loss (`testing::FailingFs`,
+//! built with the `testing` feature only, so not linked here), in the manner of redb's
+//! `StorageBackend` and Vector's disk_v2 `Filesystem`.
 //!
 //! The trait works at file granularity: the hot append path pays one dynamic call
 //! per `write_buffer_bytes` write (1 MiB by default), not per record. Reads map
