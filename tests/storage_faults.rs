@@ -411,6 +411,27 @@ impl Drop for SmallDisk {
 
 const FULL_DISK_EVENTS: u64 = 12_000;
 
+/// A test directory with `data/` on a 40 MiB tmpfs, and a relay of `FULL_DISK_EVENTS`;
+/// `None` (the skip printed with its reason) where a tmpfs cannot be mounted.
+async fn small_disk_with_relay(
+    test: &str,
+) -> Option<(tempfile::TempDir, PathBuf, SmallDisk, LoopbackRelay)> {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let disk = match SmallDisk::mount(&data, 40) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            println!("SKIPPED {test}: cannot mount a tmpfs: {reason}");
+            return None;
+        }
+    };
+    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, FULL_DISK_EVENTS))
+        .await
+        .expect("relay");
+    Some((dir, data, disk, relay))
+}
+
 /// Every seq of a run onto a small disk: the queue spills past what the filesystem holds.
 fn full_disk_config(data: &Path, relay_url: String) -> Config {
     Config {
@@ -430,21 +451,11 @@ fn full_disk_config(data: &Path, relay_url: String) -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_filesystem_blocks_the_producer_keeps_draining_and_loses_nothing() {
-    init_logs();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let _disk = match SmallDisk::mount(&data, 40) {
-        Ok(disk) => disk,
-        Err(reason) => {
-            println!(
-                "SKIPPED a_full_filesystem_blocks_the_producer: cannot mount a tmpfs: {reason}"
-            );
-            return;
-        }
+    let Some((dir, data, _disk, relay)) =
+        small_disk_with_relay("a_full_filesystem_blocks_the_producer").await
+    else {
+        return;
     };
-    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, FULL_DISK_EVENTS))
-        .await
-        .expect("relay");
     let out = dir.path().join("out.jsonl");
     let config = Config {
         jsonl_path: out.display().to_string(),
@@ -481,21 +492,11 @@ async fn a_full_filesystem_blocks_the_producer_keeps_draining_and_loses_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_stopped_on_a_full_filesystem_starts_again_while_full_and_drains() {
-    init_logs();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let _disk = match SmallDisk::mount(&data, 40) {
-        Ok(disk) => disk,
-        Err(reason) => {
-            println!(
-                "SKIPPED a_queue_stopped_on_a_full_filesystem: cannot mount a tmpfs: {reason}"
-            );
-            return;
-        }
+    let Some((dir, data, _disk, relay)) =
+        small_disk_with_relay("a_queue_stopped_on_a_full_filesystem").await
+    else {
+        return;
     };
-    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, FULL_DISK_EVENTS))
-        .await
-        .expect("relay");
     // Phase one: nothing consumes (Redis unreachable) until the filesystem is full.
     let filling = Config {
         sink: "redis".into(),
