@@ -171,7 +171,11 @@ fn assert_every_seq_once_in_order(seqs: &[u64], expected: impl Iterator<Item = u
         seqs.windows(2).find(|w| w[0] >= w[1])
     );
     let got: BTreeSet<u64> = seqs.iter().copied().collect();
-    let missing: Vec<u64> = expected.iter().filter(|s| !got.contains(s)).copied().collect();
+    let missing: Vec<u64> = expected
+        .iter()
+        .filter(|s| !got.contains(s))
+        .copied()
+        .collect();
     assert!(
         missing.is_empty(),
         "{} seqs missing, first {:?}",
@@ -209,12 +213,21 @@ async fn a_damaged_chunk_in_a_sealed_segment_is_fetched_again_from_the_relay_in_
     let damaged = drained.sink.damaged_events_total.load(Ordering::Relaxed);
     let refetched = drained.sink.refetched_events_total.load(Ordering::Relaxed);
     assert!(damaged > 0, "the damaged chunk was met");
-    assert_eq!(refetched, damaged, "each damaged record came again from the relay");
+    assert_eq!(
+        refetched, damaged,
+        "each damaged record came again from the relay"
+    );
     assert!(
-        drained.metrics.contains(&format!("spillway_refetched_events_total{{host=")),
+        drained
+            .metrics
+            .contains(&format!("spillway_refetched_events_total{{host=")),
         "metrics show the refetch"
     );
-    assert!(drained.health.contains("\"healthy\":true"), "{}", drained.health);
+    assert!(
+        drained.health.contains("\"healthy\":true"),
+        "{}",
+        drained.health
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +253,10 @@ async fn an_active_segment_cut_below_its_synced_end_is_fetched_again_not_dropped
     let drained = drain(&data, relay.url(), &out, TOTAL).await;
     assert_every_seq_once_in_order(&drained.seqs, BASE_SEQ..BASE_SEQ + TOTAL);
     let damaged = drained.sink.damaged_events_total.load(Ordering::Relaxed);
-    assert!(damaged > 0, "the cut was reported as lost records, not a torn tail");
+    assert!(
+        damaged > 0,
+        "the cut was reported as lost records, not a torn tail"
+    );
     assert_eq!(
         drained.sink.refetched_events_total.load(Ordering::Relaxed),
         damaged
@@ -271,8 +287,8 @@ async fn a_damaged_range_the_relay_no_longer_holds_is_counted_lost_and_health_sa
     let relay = restart_relay(config, addr).await;
 
     let out = dir.path().join("out.jsonl");
-    let pipeline = Pipeline::start(&draining_config(&data, relay.url(), &out), 0)
-        .expect("pipeline");
+    let pipeline =
+        Pipeline::start(&draining_config(&data, relay.url(), &out), 0).expect("pipeline");
     let metrics_addr = pipeline.metrics_addr.expect("metrics address");
     let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
     let running = tokio::spawn(pipeline.join());
@@ -290,7 +306,10 @@ async fn a_damaged_range_the_relay_no_longer_holds_is_counted_lost_and_health_sa
     let damaged = sink.damaged_events_total.load(Ordering::Relaxed);
     assert_eq!(lost, damaged, "every damaged record is counted lost");
     let seqs = seqs_in(&out);
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates"
+    );
     assert_eq!(
         seqs.len() as u64,
         TOTAL - lost,

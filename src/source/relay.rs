@@ -91,7 +91,11 @@ pub struct LoopbackRelay {
 impl LoopbackRelay {
     /// Starts the relay on a free loopback port.
     pub async fn start(config: RelayConfig) -> std::io::Result<Self> {
-        Self::start_on(config, "127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
+        Self::start_on(
+            config,
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+        )
+        .await
     }
 
     /// Starts the relay on `addr` (a relay restarted where its clients know it).
