@@ -14,8 +14,11 @@ use crate::sink::OutputOptions;
 use crate::source::firehose::FirehoseConfig;
 use crate::storage::{Backend, Durability};
 
+/// Smallest `segment_bytes_max` accepted: smaller segments would mostly be headers and file churn.
+pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
+
 /// The whole configuration (see `spillway run --help` and the README for each key).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Directory of the queues and cursor files.
@@ -201,9 +204,18 @@ impl Config {
         if self.relays.is_empty() {
             return invalid("relays", "at least one relay URL is needed".into());
         }
+        let mut names = std::collections::BTreeMap::new();
         for url in &self.relays {
             if !(url.starts_with("ws://") || url.starts_with("wss://")) {
                 return invalid("relays", format!("{url:?} is not a ws:// or wss:// URL"));
+            }
+            // Each relay owns a queue directory and a cursor file named after it.
+            let name = crate::source::cursor::RelayId::of_url(url).file_name();
+            if let Some(other) = names.insert(name.clone(), url) {
+                return invalid(
+                    "relays",
+                    format!("{other:?} and {url:?} would share the queue directory queue-{name}"),
+                );
             }
         }
         if !matches!(self.sink.as_str(), "redis" | "jsonl") {
@@ -229,11 +241,50 @@ impl Config {
                 ),
             );
         }
-        if self.sink_batch_events_max == 0 || self.sink_batch_bytes_max == 0 {
+        if self.sink_batch_events_max == 0 {
+            return invalid("sink_batch_events_max", "must be greater than zero".into());
+        }
+        if self.sink_batch_bytes_max == 0 {
+            return invalid("sink_batch_bytes_max", "must be greater than zero".into());
+        }
+        let frame_limit_bytes = u64::from(crate::storage::record::RECORD_BYTES_LIMIT)
+            - crate::queue::envelope::ENVELOPE_BYTES as u64;
+        if self.frame_bytes_max == 0 || self.frame_bytes_max > frame_limit_bytes {
             return invalid(
-                "sink_batch_events_max",
-                "batch limits must be greater than zero".into(),
+                "frame_bytes_max",
+                format!(
+                    "{} is not in 1..={frame_limit_bytes} (the spill log's record limit less the queue's envelope)",
+                    self.frame_bytes_max
+                ),
             );
+        }
+        let segment_bytes_min = SEGMENT_BYTES_MIN.max(self.frame_bytes_max.saturating_mul(2));
+        if self.segment_bytes_max < segment_bytes_min {
+            return invalid(
+                "segment_bytes_max",
+                format!(
+                    "{} is below the minimum of {segment_bytes_min} bytes (1 MiB, and twice frame_bytes_max so a segment holds the largest frame)",
+                    self.segment_bytes_max
+                ),
+            );
+        }
+        if self.redis_stream.is_empty() {
+            return invalid("redis_stream", "must not be empty".into());
+        }
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str()) {
+            return invalid(
+                "redis_url",
+                format!(
+                    "{}: {e} (expected redis://[user:password@]host:port[/db])",
+                    crate::sink::redis::redact_url(&self.redis_url)
+                ),
+            );
+        }
+        if self.jsonl_path.is_empty() {
+            return invalid("jsonl_path", "must not be empty (- for stdout)".into());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty".into());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return invalid("log_level", format!("{:?}: {e}", self.log_level));

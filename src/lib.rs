@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod data_dir_lock;
 pub mod decode;
 pub mod metrics;
 pub mod pipeline;

@@ -52,6 +52,25 @@ pub enum PipelineError {
     /// The sink failed for good.
     #[error("sink: {0}")]
     Sink(String),
+    /// The data directory could not be created or locked.
+    #[error("data_dir {}: {source}", path.display())]
+    DataDir {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process runs on the same data directory.
+    #[error(transparent)]
+    Locked(crate::data_dir_lock::LockError),
+    /// `/metrics` and `/health` could not listen.
+    #[error("metrics_listen {address}: {source}")]
+    MetricsListen {
+        /// The address configured.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A started pipeline.
@@ -62,6 +81,8 @@ pub struct Pipeline {
     pub metrics_addr: Option<std::net::SocketAddr>,
     tasks: tokio::task::JoinSet<Result<(), PipelineError>>,
     stop: watch::Sender<bool>,
+    /// Held while the pipeline lives: one process per data directory.
+    _lock: crate::data_dir_lock::DataDirLock,
 }
 
 impl Pipeline {
@@ -73,15 +94,12 @@ impl Pipeline {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let mut lanes = Vec::new();
+        let lock = lock_data_dir(&config.data_dir)?;
         for index in 0..config.relays.len() {
             let firehose = config.firehose_config(index);
             let host = firehose.host();
-            let dir = config
-                .data_dir
-                .join(format!("queue-{}", crate::source::cursor::file_safe(&host)));
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                PipelineError::Sink(format!("creating {}: {e}", config.data_dir.display()))
-            })?;
+            let relay = firehose.relay_id();
+            let dir = config.data_dir.join(format!("queue-{}", relay.file_name()));
             let queue = SpillQueue::open(&dir, config.queue_config(index)).map_err(|source| {
                 PipelineError::Queue {
                     host: host.clone(),
@@ -90,14 +108,16 @@ impl Pipeline {
             })?;
             let source_stats = Arc::new(SourceStats::default());
             let sink_stats = Arc::new(SinkStats::default());
-            let cursor_file = CursorFile::for_host(&config.data_dir, &host);
+            let cursor_file = CursorFile::for_relay(&config.data_dir, &relay);
+            // Settled before any task runs: the sink never reads stored events ahead of the replay.
+            let cursor = firehose::resume_point(&firehose, &queue, &cursor_file)?;
             {
                 let (queue, stats, stopped) =
                     (queue.clone(), Arc::clone(&source_stats), stopped.clone());
                 let span = tracing::info_span!("source", relay = %host);
                 tasks.spawn(
                     async move {
-                        firehose::run(firehose, queue, cursor_file, stats, stopped)
+                        firehose::run(firehose, queue, cursor_file, cursor, stats, stopped)
                             .await
                             .map_err(PipelineError::from)
                     }
@@ -180,11 +200,9 @@ impl Pipeline {
             let bound = std::net::TcpListener::bind(&config.metrics_listen)
                 .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .and_then(tokio::net::TcpListener::from_std)
-                .map_err(|e| {
-                    PipelineError::Sink(format!(
-                        "metrics: listening on {}: {e}",
-                        config.metrics_listen
-                    ))
+                .map_err(|source| PipelineError::MetricsListen {
+                    address: config.metrics_listen.clone(),
+                    source,
                 })?;
             let addr = bound.local_addr().ok();
             tracing::info!(address = ?addr, "serving /metrics and /health");
@@ -201,6 +219,7 @@ impl Pipeline {
             metrics_addr,
             tasks,
             stop,
+            _lock: lock,
         })
     }
 
@@ -229,6 +248,22 @@ impl Pipeline {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Creates the data directory and takes its lock (one process per directory).
+fn lock_data_dir(
+    dir: &std::path::Path,
+) -> Result<crate::data_dir_lock::DataDirLock, PipelineError> {
+    std::fs::create_dir_all(dir).map_err(|source| PipelineError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    crate::data_dir_lock::DataDirLock::acquire(dir).map_err(|error| match error {
+        crate::data_dir_lock::LockError::Io { path, source, .. } => {
+            PipelineError::DataDir { path, source }
+        }
+        held => PipelineError::Locked(held),
+    })
 }
 
 fn ack(

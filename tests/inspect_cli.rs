@@ -133,3 +133,108 @@ fn a_directory_without_a_queue_is_refused_clearly() {
         text(&out.stderr)
     );
 }
+
+/// The queue's segment files, oldest first.
+fn segment_files(queue_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(queue_dir.join("segments"))
+        .expect("segments")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn repair_rebuilds_a_garbled_manifest_sets_a_ruined_segment_aside_and_keeps_every_intact_event() {
+    let (data, queue_dir) = data_dir_with_queue(2_000);
+    // A ruined segment: every byte after its header overwritten.
+    let files = segment_files(&queue_dir);
+    assert!(files.len() >= 4, "several segments: {}", files.len());
+    let ruined = files[files.len() / 2].clone();
+    let len = fs::metadata(&ruined).expect("segment").len();
+    let file = OpenOptions::new().write(true).open(&ruined).expect("open");
+    file.write_all_at(
+        &vec![0xA5u8; (len - SEGMENT_HEADER_BYTES as u64) as usize],
+        SEGMENT_HEADER_BYTES as u64,
+    )
+    .expect("ruin");
+    // A garbled manifest: 200 bytes XOR-ed in its middle.
+    let db = queue_dir.join("manifest").join("db");
+    let db_len = fs::metadata(&db).expect("db").len();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&db)
+        .expect("db");
+    let mut bytes = vec![0u8; 200];
+    file.read_exact_at(&mut bytes, db_len / 2).expect("read");
+    bytes.iter_mut().for_each(|b| *b ^= 0xFF);
+    file.write_all_at(&bytes, db_len / 2).expect("write");
+
+    let before = inspect(data.path(), &["--verify"]);
+    assert!(!before.status.success(), "verify fails on the damage");
+
+    // Refused while a run holds the directory.
+    {
+        let _held = spillway::data_dir_lock::DataDirLock::acquire(data.path()).expect("lock");
+        let refused = inspect(data.path(), &["--repair"]);
+        assert!(!refused.status.success());
+        assert!(
+            text(&refused.stderr).contains("another spillway (pid"),
+            "{}",
+            text(&refused.stderr)
+        );
+    }
+    let repaired = inspect(data.path(), &["--repair"]);
+    let out = text(&repaired.stdout);
+    assert!(
+        repaired.status.success(),
+        "{out}\n{}",
+        text(&repaired.stderr)
+    );
+    assert!(out.contains("moved aside"), "{out}");
+    assert!(
+        queue_dir
+            .join("damaged")
+            .join(ruined.file_name().expect("name"))
+            .exists(),
+        "the ruined segment is kept aside, not deleted"
+    );
+
+    // Every event outside the ruined segment is there, in order, none twice.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let positions = runtime.block_on(async {
+        let queue = SpillQueue::open(&queue_dir, common::small_queue_config(4096)).expect("open");
+        let mut consumer = queue.consumer("check").expect("consumer");
+        let mut positions = Vec::new();
+        loop {
+            let batch = consumer.try_next_batch(500, 1 << 20).expect("read");
+            if batch.is_empty() {
+                break;
+            }
+            positions.extend(batch.iter().map(|d| d.position));
+        }
+        positions
+    });
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order, no duplicates"
+    );
+    let missing = 2_000 - positions.len() as u64;
+    assert!(missing > 0, "the ruined segment's events are gone");
+    let ruined_first: u64 = ruined
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .expect("segment name");
+    assert!(
+        positions.iter().any(|&p| p > ruined_first),
+        "events after the ruined segment are delivered"
+    );
+    assert_eq!(positions.last(), Some(&1_999), "up to the last event");
+}

@@ -323,3 +323,78 @@ async fn the_binary_exits_with_status_3_on_a_future_cursor_so_supervisors_do_not
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("FutureCursor"), "{stderr}");
 }
+
+/// Every key of the configuration with a value it must refuse: the error names that key.
+#[test]
+fn every_key_refuses_a_bad_value_naming_that_key() {
+    let cases: &[(&str, &str)] = &[
+        ("data_dir", "\"\""),
+        ("relays", "[]"),
+        ("start_cursor", "-1"),
+        ("memory_budget_bytes", "1000"),
+        ("disk_budget_bytes", "0"),
+        ("durability", "periodic:0"),
+        ("full_policy", "sometimes"),
+        ("spill_mode", "fast"),
+        ("frame_bytes_max", "0"),
+        ("sink", "kafka"),
+        ("output_format", "xml"),
+        ("wanted_collections", "[\"app.*.post\"]"),
+        ("wanted_dids", "[\"alice\"]"),
+        ("redis_url", "redis://:pw-in-error@127.0.0.1:port"),
+        ("redis_stream", "\"\""),
+        ("redis_high_water_events", "many"),
+        ("redis_low_water_events", "200000"),
+        ("jsonl_path", "\"\""),
+        ("sink_batch_events_max", "0"),
+        ("sink_batch_bytes_max", "0"),
+        ("backlog_alert_events", "lots"),
+        ("log_format", "xml"),
+        ("log_level", "spillway=loud"),
+        ("metrics_listen", "localhost"),
+        ("health_sink_failure_secs", "soon"),
+        ("health_disk_full_ratio", "1.5"),
+        ("health_lost_events_secs", "soon"),
+        ("segment_bytes_max", "4096"),
+    ];
+    // The table covers every key the configuration has.
+    let every_key: std::collections::BTreeSet<String> = toml::Value::try_from(Config {
+        start_cursor: Some(1),
+        ..Config::default()
+    })
+    .expect("serialize")
+    .as_table()
+    .expect("a table")
+    .keys()
+    .cloned()
+    .collect();
+    let covered: std::collections::BTreeSet<String> =
+        cases.iter().map(|(key, _)| key.to_string()).collect();
+    assert_eq!(covered, every_key, "a bad value for every key");
+    for (key, value) in cases {
+        let name = format!("SPILLWAY_{}", key.to_ascii_uppercase());
+        let error = Config::load(None, [(name, value.to_string())])
+            .expect_err(key)
+            .to_string();
+        assert!(error.contains(key), "{key}={value}: {error}");
+        for other in &every_key {
+            // A key whose name holds another's (`sink` in `sink_batch_...`) is not a miss.
+            if other != key && !other.contains(key) && !key.contains(other.as_str()) {
+                let names_other = error.contains(other.as_str())
+                    && !(*key == "redis_low_water_events" && other == "redis_high_water_events");
+                assert!(!names_other, "{key}={value} names {other}: {error}");
+            }
+        }
+        assert!(
+            !error.contains("pw-in-error"),
+            "a password in an error: {error}"
+        );
+    }
+    let error = Config::load(
+        None,
+        [("SPILLWAY_FRAME_BYTES_MAX".into(), (1u64 << 40).to_string())],
+    )
+    .expect_err("a frame larger than the log's record limit")
+    .to_string();
+    assert!(error.contains("frame_bytes_max"), "{error}");
+}

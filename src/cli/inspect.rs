@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use spillway::queue::inspect::{inspect, QueueInspection};
+use spillway::source::cursor::CursorFile;
 use spillway_storage::inspect::{InspectOptions, VerifyReport, COPY_BYTES_MAX_DEFAULT};
 
 /// Arguments of `spillway inspect`.
@@ -21,6 +22,12 @@ pub struct InspectArgs {
     /// Bytes: the most inspect copies to open a queue's sled manifest read-only.
     #[arg(long, default_value_t = COPY_BYTES_MAX_DEFAULT)]
     pub copy_bytes_max: u64,
+    /// Repair each queue so `spillway run` opens it: segment files with no intact chunk are
+    /// moved into `<queue>/damaged/`, a damaged or missing manifest is rebuilt from the
+    /// segment files (the old one moved aside), lost ranges are recorded. Deletes nothing.
+    /// Writes to the directory: refused while a `spillway run` holds it.
+    #[arg(long, conflicts_with = "verify")]
+    pub repair: bool,
 }
 
 /// Segments printed per queue in text output (first and last halves); JSON lists all.
@@ -37,9 +44,12 @@ pub fn run_inspect(args: &InspectArgs) -> std::io::Result<()> {
     let queues = queue_dirs(&args.data_dir)?;
     if queues.is_empty() {
         return Err(std::io::Error::other(format!(
-            "{} holds no queue (no manifest/ or sled/ in it, and no queue-*/ directory)",
+            "{} holds no queue (no manifest/, sled/ or segments/ in it, and no queue-*/ directory)",
             args.data_dir.display()
         )));
+    }
+    if args.repair {
+        return repair(&args.data_dir, &queues);
     }
     let options = InspectOptions {
         copy_bytes_max: args.copy_bytes_max,
@@ -62,18 +72,42 @@ pub fn run_inspect(args: &InspectArgs) -> std::io::Result<()> {
         }
     }
     let cursors = cursor_files(&args.data_dir)?;
+    let bad_cursors: Vec<String> = cursors
+        .iter()
+        .filter_map(|(_, value)| value.as_ref().err().cloned())
+        .collect();
+    let shown = |value: &Result<u64, String>| match value {
+        Ok(cursor) => cursor.to_string(),
+        Err(error) => format!("UNREADABLE: {error}"),
+    };
     if args.json {
         let cursors: Vec<_> = cursors
             .iter()
-            .map(|(name, value)| serde_json::json!({"file": name, "cursor": value}))
+            .map(|(name, value)| match value {
+                Ok(cursor) => serde_json::json!({"file": name, "cursor": cursor.to_string()}),
+                Err(error) => serde_json::json!({"file": name, "cursor": null, "error": error}),
+            })
             .collect();
-        let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors});
+        let holder = spillway::data_dir_lock::DataDirLock::holder(&args.data_dir);
+        let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors, "held_by_pid": holder});
         println!("{out:#}");
     } else if !cursors.is_empty() {
         println!("relay cursors (the durable watermark a restart resumes from):");
         for (name, value) in &cursors {
-            println!("  {name}: {value}");
+            println!("  {name}: {}", shown(value));
         }
+    }
+    if let Some(pid) = spillway::data_dir_lock::DataDirLock::holder(&args.data_dir) {
+        if !args.json {
+            println!("held by a running spillway (pid {pid}): figures may move while read");
+        }
+    }
+    if args.verify && !bad_cursors.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "verify found {} bad relay cursor file(s): {}",
+            bad_cursors.len(),
+            bad_cursors.join("; ")
+        )));
     }
     if damaged > 0 {
         return Err(std::io::Error::other(format!(
@@ -85,7 +119,10 @@ pub fn run_inspect(args: &InspectArgs) -> std::io::Result<()> {
 
 /// The queue directories under `dir`: itself if it is one, else its `queue-*` children.
 fn queue_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let is_queue = |d: &Path| d.join("manifest").is_dir() || d.join("sled").is_dir();
+    // A queue whose manifest is gone still has its segments: that is a queue to verify and repair.
+    let is_queue = |d: &Path| {
+        d.join("manifest").is_dir() || d.join("sled").is_dir() || d.join("segments").is_dir()
+    };
     if is_queue(dir) {
         return Ok(vec![dir.to_path_buf()]);
     }
@@ -106,13 +143,16 @@ fn queue_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// `cursor-*` files in the data directory with their values (or why they are unreadable).
-fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
+/// `cursor-*` files in the data directory with their values, or why each cannot be used
+/// (the error names the file).
+fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, Result<u64, String>)>> {
     let mut out = Vec::new();
     if dir.join("manifest").is_dir() || dir.join("sled").is_dir() {
         return Ok(out);
     }
-    for entry in std::fs::read_dir(dir)? {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?
+    {
         let path = entry?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
@@ -120,12 +160,11 @@ fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
         if !name.starts_with("cursor-") || name.ends_with(".tmp") {
             continue;
         }
-        let value = match std::fs::read_to_string(&path) {
-            Ok(text) => match text.trim().parse::<u64>() {
-                Ok(cursor) => cursor.to_string(),
-                Err(e) => format!("unreadable ({e})"),
-            },
-            Err(e) => format!("unreadable ({e})"),
+        let value = match CursorFile::at(&path).load() {
+            Ok(Some(cursor)) => Ok(cursor),
+            // Removed between the listing and the read.
+            Ok(None) => continue,
+            Err(error) => Err(error.to_string()),
         };
         out.push((name.to_string(), value));
     }
@@ -234,9 +273,12 @@ fn print_queue(queue: &QueueInspection, report: Option<&VerifyReport>) {
     }
     for file in &log.unlisted_files {
         println!(
-            "    {} (not in the manifest: left by an interrupted roll; the next open removes it)",
+            "    {} (not in the manifest: the next open adopts it if it is an interrupted roll's new file, else rebuilds the manifest; it removes none holding unconsumed records)",
             file.display()
         );
+    }
+    if let Some(why) = &log.manifest_damage {
+        println!("  manifest: DAMAGED: {why} (the next open rebuilds it from the segment files; `spillway inspect --repair` does it offline)");
     }
     if let Some(note) = &log.tail_note {
         println!("  tail: {note}");
@@ -302,6 +344,7 @@ fn queue_json(queue: &QueueInspection, report: Option<&VerifyReport>) -> serde_j
         "segments": segments,
         "unlisted_files": log.unlisted_files,
         "tail_note": log.tail_note,
+        "manifest_damage": log.manifest_damage,
         "consumers": queue.consumers,
         "replay_rules": queue.replay_rules,
         "verify": report.map(|r| serde_json::json!({
@@ -310,4 +353,75 @@ fn queue_json(queue: &QueueInspection, report: Option<&VerifyReport>) -> serde_j
             "torn_tail": r.torn_tail.as_ref().map(damage_json),
         })),
     })
+}
+
+/// `inspect --repair`: makes every queue of the directory open again, keeping every intact record.
+fn repair(data_dir: &Path, queues: &[PathBuf]) -> std::io::Result<()> {
+    let holders = [Some(data_dir), data_dir.parent()];
+    if let Some(pid) = holders
+        .into_iter()
+        .flatten()
+        .find_map(spillway::data_dir_lock::DataDirLock::holder)
+    {
+        return Err(std::io::Error::other(format!(
+            "another spillway (pid {pid}) holds {}; stop it before repairing",
+            data_dir.display()
+        )));
+    }
+    for dir in queues {
+        let mut config = spillway::queue::QueueConfig::new();
+        if dir.join("sled").is_dir() {
+            config.log.backend = spillway_storage::Backend::Sled;
+        }
+        let report = spillway_storage::inspect::repair(dir, config.log.clone())
+            .map_err(|e| std::io::Error::other(format!("repairing {}: {e}", dir.display())))?;
+        if report.recovery.manifest_rebuilt.is_some() {
+            // The rebuilt manifest lost the queue's named positions, its envelope-layout
+            // marker among them; the records are this build's layout (see SpillQueue::open).
+            let log = spillway_storage::open(dir, config.log.clone())
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
+            log.save_position(
+                spillway::queue::envelope::ENVELOPE_VERSION_KEY,
+                spillway::queue::envelope::ENVELOPE_VERSION,
+            )
+            .and_then(|()| log.flush().map(|_| ()))
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
+        }
+        // The queue above the log opens too (its envelope marker, its consumers).
+        let queue = spillway::queue::SpillQueue::open(dir, config).map_err(|e| {
+            std::io::Error::other(format!(
+                "{} was repaired but its queue does not open: {e}",
+                dir.display()
+            ))
+        })?;
+        queue
+            .flush()
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?;
+        drop(queue);
+        println!("{}: repaired", dir.display());
+        for moved in &report.moved_aside {
+            println!("  moved aside (no intact record): {}", moved.display());
+        }
+        if let Some(why) = &report.recovery.manifest_rebuilt {
+            println!("  manifest rebuilt from the segment files: {why}");
+        }
+        for lost in &report.recovery.lost {
+            println!(
+                "  lost log records {}..{} ({} at byte {}: {}); `spillway run` fetches them again from the relay where it can",
+                lost.seqs.first, lost.seqs.next, lost.location, lost.offset, lost.reason
+            );
+        }
+        if report.recovery.truncated_bytes > 0 {
+            println!(
+                "  cut a torn tail of {} bytes (never synced) from {}",
+                report.recovery.truncated_bytes,
+                report
+                    .recovery
+                    .truncated_segment
+                    .as_ref()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            );
+        }
+    }
+    Ok(())
 }

@@ -22,7 +22,7 @@ pub struct RunArgs {
 }
 
 const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in the environment; units in the names):
-  data_dir = \"spillway-data\"          queues and relay cursors
+  data_dir = \"spillway-data\"          queues, relay cursors and the lock (one run per directory)
   relays = [\"wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos\"]   one source + queue each
   start_cursor = <seq>                  resume here instead of the saved cursor (default: saved, else live)
   memory_budget_bytes = 268435456       all event bytes in RAM, split between relays
@@ -35,7 +35,7 @@ const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in th
   output_format = \"raw\"                raw (fields seq, type, did, frame) | jetstream | rsky (decoded JSON; Redis field `event`)
   wanted_collections = []               keep only these (app.bsky.feed.post, app.bsky.feed.*); rsky defaults to app.bsky.*, chat.bsky.*
   wanted_dids = []                      keep only these DIDs
-  redis_url = \"redis://127.0.0.1:6379\"
+  redis_url = \"redis://127.0.0.1:6379\"  redis://:PASSWORD@host:port/db; printed as redis://:***@...
   redis_stream = \"firehose_live\"       cursor key: <stream>:cursor:<host>
   redis_high_water_events = 100000      pause writing at this XLEN (0: never)
   redis_low_water_events = 50000        resume below it
@@ -47,7 +47,9 @@ const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in th
   log_level = \"info\"                    levels as RUST_LOG takes them (spillway=debug,warn); RUST_LOG wins
   metrics_listen = \"127.0.0.1:9464\"     /metrics (Prometheus text) and /health (200, or 503 + JSON reasons); empty: off
   health_sink_failure_secs = 60         /health fails when a sink has failed this long
-  health_disk_full_ratio = 0.9          /health fails when the disk budget is this full";
+  health_disk_full_ratio = 0.9          /health fails when the disk budget is this full
+  health_lost_events_secs = 3600        /health fails this long after events were lost for good
+  segment_bytes_max = 67108864          spill log segment file size (at least 1 MiB and 2 x frame_bytes_max)";
 
 /// Arguments of `spillway demo`.
 #[derive(Debug, clap::Args)]
@@ -98,12 +100,16 @@ async fn shutdown_signal() {
 /// (the relay answered `FutureCursor`); systemd: `RestartPreventExitStatus=3`.
 pub const EXIT_NEEDS_OPERATOR: u8 = 3;
 
+/// Exit status of `spillway run` when another process holds the data directory (its
+/// `DATA_DIR/lock`); the one running is left alone.
+pub const EXIT_DATA_DIR_HELD: u8 = 4;
+
 /// Why `run` or `demo` stopped with an error, and the exit status to report.
 #[derive(Debug)]
 pub struct RunError {
     /// What went wrong, with context.
     pub message: String,
-    /// 1, or [`EXIT_NEEDS_OPERATOR`].
+    /// 1, [`EXIT_NEEDS_OPERATOR`] or [`EXIT_DATA_DIR_HELD`].
     pub exit_code: u8,
 }
 
@@ -118,14 +124,32 @@ impl From<String> for RunError {
 
 impl From<PipelineError> for RunError {
     fn from(error: PipelineError) -> Self {
+        use spillway::queue::QueueError;
+        use spillway_storage::OpenError;
         let exit_code = match &error {
             PipelineError::Source(SourceError::FutureCursor { .. }) => EXIT_NEEDS_OPERATOR,
+            PipelineError::Locked(_) => EXIT_DATA_DIR_HELD,
+            // Another build's data: restarting cannot help.
+            PipelineError::Queue {
+                source:
+                    QueueError::Open(
+                        OpenError::UnsupportedVersion { .. } | OpenError::WrongBackend { .. },
+                    )
+                    | QueueError::EnvelopeVersion { .. },
+                ..
+            } => EXIT_NEEDS_OPERATOR,
             _ => 1,
         };
-        RunError {
-            message: error.to_string(),
-            exit_code,
+        let mut message = error.to_string();
+        if let PipelineError::Queue { .. } = &error {
+            // Open repairs what it can by itself; what it cannot, the operator can, with one command.
+            message.push_str(
+                "\nIf this repeats: `spillway inspect --verify DATA_DIR` names the damage, and \
+                 `spillway inspect --repair DATA_DIR` moves damaged files aside and rebuilds the \
+                 manifest, keeping every intact event (nothing needs deleting by hand).",
+            );
         }
+        RunError { message, exit_code }
     }
 }
 

@@ -96,11 +96,14 @@ impl QueueConfig {
                 reason: "must be greater than zero".into(),
             });
         }
-        let positions_needed = self.consumers_max * 2 + 2 * super::REPLAY_RULES_MAX as u32;
+        // Two per consumer, two per replay rule, and the queue's own keys (envelope layout, source position).
+        let positions_needed = self.consumers_max * 2
+            + 2 * super::REPLAY_RULES_MAX as u32
+            + super::QUEUE_OWN_POSITIONS;
         if self.log.positions_max < positions_needed {
             return Err(QueueConfigError::Invalid {
                 field: "consumers_max",
-                reason: format!("each consumer stores two log positions and replay rules two each; raise log.positions_max to {positions_needed}"),
+                reason: format!("each consumer stores two log positions, replay rules two each and the queue {} of its own; raise log.positions_max to {positions_needed}", super::QUEUE_OWN_POSITIONS),
             });
         }
         MemoryBudget::new(self).map(|_| ())

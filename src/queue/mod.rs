@@ -41,6 +41,7 @@ pub mod error;
 pub mod inspect;
 pub mod lost;
 pub mod memory;
+pub mod source_position;
 pub mod watermark;
 
 use std::collections::BTreeMap;
@@ -60,6 +61,9 @@ pub use lost::{LostEvents, Read};
 use cursor::{CursorState, Origin, Stretch};
 use memory::{MemoryEntry, MemoryTier};
 use watermark::Watermark;
+
+/// Named log positions the queue keeps for itself: the envelope layout and the source position.
+pub const QUEUE_OWN_POSITIONS: u32 = 2;
 
 /// How often a producer blocked on a full disk tries again without a wake-up.
 const FULL_RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -248,6 +252,18 @@ fn check_envelope_version(
 ) -> Result<(), QueueError> {
     match log.position(envelope::ENVELOPE_VERSION_KEY)? {
         Some(envelope::ENVELOPE_VERSION) => Ok(()),
+        // A manifest rebuilt from the segment files has lost its named positions, the
+        // marker among them; the records were written by a build of this layout or the
+        // one before, and this build only ever wrote this one since the marker exists.
+        None if log.recovery_report().manifest_rebuilt.is_some() => {
+            tracing::warn!(
+                layout = envelope::ENVELOPE_VERSION,
+                "the spill log's manifest was rebuilt; taking its records as this build's envelope layout"
+            );
+            log.save_position(envelope::ENVELOPE_VERSION_KEY, envelope::ENVELOPE_VERSION)?;
+            log.flush()?;
+            Ok(())
+        }
         // A log without the marker and without records is new (or drained): take it. The
         // marker is made durable now, before any record of ours can be.
         None if stats.records() == 0 => {
@@ -278,12 +294,7 @@ fn next_seq_after_log(
     let mut step = 1u64;
     for _ in 0..64 {
         let batch = log.read(probe, 1, 0)?;
-        if batch.lost().is_none() {
-            let record = batch.get(0).unwrap_or_default();
-            let last = envelope::decode(record).ok_or(QueueError::BadEnvelope {
-                log_seq: probe,
-                reason: "shorter than its envelope",
-            })?;
+        if let Some(last) = batch.get(0).and_then(envelope::decode) {
             return Ok(last.seq + (stats.next_seq - probe));
         }
         if probe == stats.first_seq {
@@ -1013,16 +1024,31 @@ impl Core {
                     gap = Some(lost.clone());
                     break;
                 }
+                let mut stopped_at = None;
                 for (log_seq, record) in batch.iter() {
-                    let envelope::Envelope {
+                    let Some(envelope::Envelope {
                         seq,
                         position,
                         pushed_at_us,
                         payload,
-                    } = envelope::decode(record).ok_or(QueueError::BadEnvelope {
-                        log_seq,
-                        reason: "shorter than its envelope",
-                    })?;
+                    }) = envelope::decode(record)
+                    else {
+                        // A record that passed its checksums but is no queue event: lost like
+                        // a damaged one, reported where it stands (after what was read so far).
+                        stopped_at = Some(log_seq);
+                        if out.is_empty() {
+                            gap = Some(spillway_storage::LostRange {
+                                seqs: spillway_storage::SeqRange {
+                                    first: log_seq,
+                                    next: log_seq + 1,
+                                },
+                                location: format!("log record {log_seq}"),
+                                offset: 0,
+                                reason: "shorter than a queue event envelope".into(),
+                            });
+                        }
+                        break;
+                    };
                     if replays.iter().any(|r| r.supersedes(log_seq, position)) {
                         counters.superseded += 1;
                         continue;
@@ -1052,7 +1078,10 @@ impl Core {
                         payload,
                     });
                 }
-                cursor.log_next = batch.next_seq();
+                cursor.log_next = stopped_at.unwrap_or(batch.next_seq());
+                if stopped_at.is_some() {
+                    break;
+                }
             }
             counters.read_back += out.len() as u64;
             if let Some(damage) = gap {

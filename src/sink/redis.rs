@@ -7,6 +7,10 @@
 //! mark, **holding the batch in hand** (the original dropped it). Events keep spilling
 //! to disk meanwhile. A Redis that is down or failing is retried with bounded
 //! exponential backoff; events stay in the queue; one log line per interval says so.
+//!
+//! A Redis with `requirepass` that refuses us says so in the error ("authentication
+//! required by HOST:PORT", "authentication failed for HOST:PORT"), and the URL is
+//! printed with its password replaced by `***` everywhere (see [`redact_url`]).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -63,9 +67,67 @@ impl RedisSinkConfig {
     }
 }
 
+/// `url` with any password replaced by `***` (`redis://user:***@host:port/db`), for
+/// every log line, error and report: the only form of a Redis URL that may be printed.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let prefix = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    // The last `@` ends the user info: a password may hold an unescaped `@` or `/`, and
+    // taking too much as user info only hides more.
+    let (userinfo, location) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let userinfo = userinfo.map(|info| match info.split_once(':') {
+        Some((user, _password)) => format!("{user}:***@"),
+        // A lone user info is a user name by the URL rules, but people write passwords there.
+        None => "***@".to_string(),
+    });
+    let location = match location.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if matches!(key, "password" | "pass") => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => location.to_string(),
+    };
+    format!("{prefix}{}{location}", userinfo.unwrap_or_default())
+}
+
+/// A Redis error in words, with authentication refusals named as such for `address`.
+fn describe(error: &redis::RedisError, address: &str) -> String {
+    // A refusal inside a MULTI/EXEC reply carries no top-level code: its text still does.
+    let text = error.to_string();
+    let code_is = |code: &str| error.code() == Some(code) || text.contains(code);
+    if error.kind() == redis::ErrorKind::AuthenticationFailed || code_is("WRONGPASS") {
+        return format!(
+            "authentication failed for {address}: the server refused the user name or password in redis_url"
+        );
+    }
+    if code_is("NOAUTH") {
+        return format!(
+            "authentication required by {address}: the server has a password and redis_url gives none (redis://:PASSWORD@host:port)"
+        );
+    }
+    text
+}
+
 /// The sink.
 pub struct RedisSink {
     config: RedisSinkConfig,
+    /// The URL as it may be printed: see [`redact_url`].
+    url_redacted: String,
+    /// `host:port` of the server.
+    address: String,
     client: redis::Client,
     connection: Option<MultiplexedConnection>,
     host: String,
@@ -88,13 +150,17 @@ impl RedisSink {
     /// # Errors
     /// A malformed URL.
     pub fn new(config: RedisSinkConfig, host: &str) -> Result<Self, RedisSinkError> {
+        let url_redacted = redact_url(&config.url);
         let client = redis::Client::open(config.url.as_str()).map_err(|e| RedisSinkError {
-            url: config.url.clone(),
+            url: url_redacted.clone(),
             what: "parsing the URL",
             reason: e.to_string(),
         })?;
+        let address = client.get_connection_info().addr().to_string();
         Ok(RedisSink {
             config,
+            url_redacted,
+            address,
             client,
             connection: None,
             host: host.to_string(),
@@ -104,10 +170,14 @@ impl RedisSink {
 
     fn error(&self, what: &'static str, reason: impl ToString) -> RedisSinkError {
         RedisSinkError {
-            url: self.config.url.clone(),
+            url: self.url_redacted.clone(),
             what,
             reason: reason.to_string(),
         }
+    }
+
+    fn redis_error(&self, what: &'static str, error: &redis::RedisError) -> RedisSinkError {
+        self.error(what, describe(error, &self.address))
     }
 
     async fn connection(&mut self) -> Result<MultiplexedConnection, RedisSinkError> {
@@ -117,11 +187,23 @@ impl RedisSink {
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
         let connected =
             tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection()).await;
-        let connection = match connected {
+        let mut connection = match connected {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(self.error("connecting", e)),
+            Ok(Err(e)) => return Err(self.redis_error("connecting", &e)),
             Err(_) => return Err(self.error("connecting", "timed out")),
         };
+        // A server with a password answers NOAUTH to a client that gave none, and closes
+        // its connection on a large unauthenticated write ("broken pipe"): ask once, first.
+        match tokio::time::timeout(
+            timeout,
+            redis::cmd("PING").query_async::<String>(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(self.redis_error("connecting", &e)),
+            Err(_) => return Err(self.error("connecting", "PING timed out")),
+        }
         self.connection = Some(connection.clone());
         Ok(connection)
     }
@@ -138,7 +220,7 @@ impl RedisSink {
         .await
         {
             Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(self.error("XLEN", e)),
+            Ok(Err(e)) => Err(self.redis_error("XLEN", &e)),
             Err(_) => Err(self.error("XLEN", "timed out")),
         }
     }
@@ -182,7 +264,7 @@ impl RedisSink {
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
         match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut c)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.error("MULTI/EXEC of XADDs", e)),
+            Ok(Err(e)) => Err(self.redis_error("MULTI/EXEC of XADDs", &e)),
             Err(_) => Err(self.error("MULTI/EXEC of XADDs", "timed out")),
         }
     }
@@ -280,5 +362,40 @@ impl RedisSink {
         stats.backpressure.store(0, Ordering::Relaxed);
         tracing::info!(stream = %self.config.stream, xlen = length, "stream below its low-water mark; writing again");
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_redis_url_is_printed_without_its_password() {
+        let cases = [
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://127.0.0.1:6379/2", "redis://127.0.0.1:6379/2"),
+            (
+                "redis://:s3cret@127.0.0.1:6379/0",
+                "redis://:***@127.0.0.1:6379/0",
+            ),
+            (
+                "redis://app:s3cret@host:6379/1",
+                "redis://app:***@host:6379/1",
+            ),
+            (
+                "rediss://app:s3@c/r:et@host:6380",
+                "rediss://app:***@host:6380",
+            ),
+            ("redis://s3cret@host:6379", "redis://***@host:6379"),
+            (
+                "redis+unix:///run/redis.sock?db=1&pass=s3cret",
+                "redis+unix:///run/redis.sock?db=1&pass=***",
+            ),
+        ];
+        for (url, printed) in cases {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, printed, "{url}");
+            assert!(!redacted.contains("s3"), "{redacted}");
+        }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::cursor::CursorFile;
+use super::cursor::{CursorFile, CursorFileError, RelayId};
 use super::frame::{self, Frame};
 use crate::queue::{Event, SpillQueue};
 
@@ -61,10 +61,15 @@ impl FirehoseConfig {
         }
     }
 
-    /// The relay host, for the cursor file and logs.
+    /// The relay as logs and metrics name it: `host[:port]`, plus the path when it is
+    /// not the standard one (see [`RelayId::label`]).
     pub fn host(&self) -> String {
-        let rest = self.url.split("://").nth(1).unwrap_or(&self.url);
-        rest.split('/').next().unwrap_or(rest).to_string()
+        self.relay_id().label()
+    }
+
+    /// The relay as the data directory tells it apart from others.
+    pub fn relay_id(&self) -> RelayId {
+        RelayId::of_url(&self.url)
     }
 }
 
@@ -100,7 +105,7 @@ pub struct SourceStats {
 #[non_exhaustive]
 pub enum SourceError {
     /// The relay says our cursor is in its future: retrying would loop. An operator must act.
-    #[error("relay {host} answered FutureCursor for cursor {cursor:?}: {message}. Not retrying; check the relay, or remove {cursor_file} to start live")]
+    #[error("relay {host} answered FutureCursor for cursor {cursor:?}: {message}. Not retrying; check the relay, or start once with start_cursor (SPILLWAY_START_CURSOR) set to a seq the relay holds: {cursor_file} and the queue's own record both hold this cursor")]
     FutureCursor {
         /// The relay.
         host: String,
@@ -111,9 +116,9 @@ pub enum SourceError {
         /// The cursor file to remove.
         cursor_file: String,
     },
-    /// The cursor file is unreadable.
-    #[error("reading the cursor file: {0}")]
-    Cursor(#[from] std::io::Error),
+    /// The cursor file is unreadable, malformed or cannot be written (the error names it).
+    #[error(transparent)]
+    Cursor(#[from] CursorFileError),
     /// The queue refused a push for good (e.g. a failing disk).
     #[error("the queue refused events: {0}")]
     Queue(String),
@@ -128,7 +133,55 @@ enum Disconnect {
 
 const KNOWN_TYPES: [&str; 5] = ["#commit", "#sync", "#identity", "#account", "#info"];
 
-/// Runs the source until `shutdown` turns true or a fatal error.
+/// Where the source resumes, settled before any task starts: `start_cursor`, else the
+/// cursor file, else the queue's own record of the source position (the cursor file was
+/// lost: warned), else live (`None`).
+///
+/// With a resume point, the queue is told of the replay here ([`SpillQueue::begin_replay`]),
+/// so no consumer can read stored events above it ahead of the replayed ones, whenever
+/// the source's task first runs or connects. The point is saved to the cursor file before
+/// the first connection: a crash before the first periodic save resumes here, not live.
+///
+/// # Errors
+/// An unreadable or malformed cursor file, or a storage error.
+pub fn resume_point(
+    config: &FirehoseConfig,
+    queue: &SpillQueue,
+    cursor_file: &CursorFile,
+) -> Result<Option<u64>, SourceError> {
+    let host = config.host();
+    let saved = cursor_file.load()?;
+    let kept = queue
+        .source_position()
+        .map_err(|e| SourceError::Queue(e.to_string()))?;
+    let cursor = match (config.start_cursor, saved, kept) {
+        (Some(start), _, _) => Some(start),
+        (None, Some(saved), _) => Some(saved),
+        (None, None, Some(kept)) => {
+            tracing::warn!(
+                host = %host,
+                missing = %cursor_file.path().display(),
+                position = kept,
+                "the relay cursor file is missing but the queue recorded the source position; resuming from it (start_cursor overrides)"
+            );
+            Some(kept)
+        }
+        (None, None, None) => None,
+    };
+    if let Some(c) = cursor {
+        // Events above the checkpoint that survived in the log come again from the relay.
+        queue
+            .begin_replay(c)
+            .map_err(|e| SourceError::Queue(e.to_string()))?;
+        if saved != Some(c) {
+            cursor_file.save(c)?;
+        }
+    }
+    Ok(cursor)
+}
+
+/// Runs the source from `cursor` (see [`resume_point`]) until `shutdown` turns true or a
+/// fatal error.
 ///
 /// # Errors
 /// [`SourceError`] for conditions retrying cannot fix.
@@ -136,23 +189,11 @@ pub async fn run(
     config: FirehoseConfig,
     queue: SpillQueue,
     cursor_file: CursorFile,
+    mut cursor: Option<u64>,
     stats: Arc<SourceStats>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SourceError> {
     let host = config.host();
-    let saved = cursor_file.load()?;
-    let mut cursor = config.start_cursor.or(saved);
-    if let Some(c) = cursor {
-        // Events above the checkpoint that survived in the log come again from the relay.
-        queue
-            .begin_replay(c)
-            .map_err(|e| SourceError::Queue(e.to_string()))?;
-        // Persist the starting point before the first connection: a crash before the first
-        // periodic save must resume here, not live (which would skip what the relay sent).
-        if saved != Some(c) {
-            cursor_file.save(c)?;
-        }
-    }
     tracing::info!(host = %host, cursor = ?cursor, "firehose source starting");
     let mut failures = 0u32;
     let mut last_save = Instant::now();
@@ -233,8 +274,12 @@ fn save_cursor(queue: &SpillQueue, file: &CursorFile, host: &str) {
         return;
     }
     if let Some(watermark) = queue.durable_watermark() {
+        // The queue keeps its own copy, so a lost cursor file still resumes here.
+        if let Err(error) = queue.save_source_position(watermark) {
+            tracing::error!(%error, host, "recording the source position in the queue failed");
+        }
         if let Err(error) = file.save(watermark) {
-            tracing::error!(%error, path = %file.path().display(), "saving the relay cursor failed");
+            tracing::error!(%error, "saving the relay cursor failed");
         } else {
             tracing::debug!(host, cursor = watermark, "saved the relay cursor");
         }

@@ -239,7 +239,13 @@ impl RangeFetch {
                 Handled::Event(event) => {
                     self.first_seq.get_or_insert(event.position);
                     bytes += event.payload.len() as u64;
+                    // Seqs are integers: the one just below `before` is the range's last.
+                    let last = event.position + 1 >= self.before;
                     batch.push(event);
+                    if last {
+                        self.finish().await;
+                        break;
+                    }
                 }
                 Handled::Nothing => {
                     // Past `before` without an event in range (filtered): the cursor tells.

@@ -91,14 +91,10 @@ pub struct LoopbackRelay {
 impl LoopbackRelay {
     /// Starts the relay on a free loopback port.
     pub async fn start(config: RelayConfig) -> std::io::Result<Self> {
-        Self::start_on(
-            config,
-            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
-        )
-        .await
+        Self::start_on(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
-    /// Starts the relay on `addr` (a relay restarted where its clients know it).
+    /// Starts the relay on `addr` (a relay that comes up late, or again on the same port).
     pub async fn start_on(config: RelayConfig, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;

@@ -37,6 +37,16 @@ pub struct LostRange {
     pub reason: String,
 }
 
+impl std::fmt::Display for LostRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "records {}..{} lost: {} at byte offset {}: {}",
+            self.seqs.first, self.seqs.next, self.location, self.offset, self.reason
+        )
+    }
+}
+
 /// Counters and sizes of a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogStats {
@@ -74,12 +84,22 @@ pub struct RecoveryReport {
     pub removed_files: u64,
     /// Bytes of the tail that recovery checked.
     pub scanned_bytes: u64,
+    /// Records found damaged or missing below what was synced: reads skip them and report them.
+    pub lost: Vec<LostRange>,
+    /// Why the manifest was rebuilt from the segment files (named positions are lost then), if it was.
+    pub manifest_rebuilt: Option<String>,
+    /// Files moved aside (never deleted) because they hold nothing readable.
+    pub moved_aside: Vec<PathBuf>,
 }
 
 impl RecoveryReport {
     /// Whether recovery changed anything on disk.
     pub fn repaired(&self) -> bool {
-        self.truncated_bytes > 0 || self.removed_files > 0
+        self.truncated_bytes > 0
+            || self.removed_files > 0
+            || !self.lost.is_empty()
+            || self.manifest_rebuilt.is_some()
+            || !self.moved_aside.is_empty()
     }
 }
 
@@ -132,6 +152,17 @@ impl ReadBatch {
         }
     }
 
+    /// A batch of no record that reports `lost`, which starts at the read's `from_seq`.
+    pub(crate) fn lost_only(lost: LostRange) -> Self {
+        debug_assert!(
+            lost.seqs.next > lost.seqs.first,
+            "a lost range is not empty"
+        );
+        let mut batch = ReadBatch::new(lost.seqs.first);
+        batch.lost = Some(lost);
+        batch
+    }
+
     pub(crate) fn add_backing(&mut self, backing: Backing) -> u32 {
         self.backings.push(backing);
         u32::try_from(self.backings.len() - 1).expect("a read holds few backings")
@@ -152,19 +183,25 @@ impl ReadBatch {
         self.backings[backing as usize].bytes()
     }
 
-    /// The damaged range this read met before any record (the batch then holds none).
-    pub fn lost(&self) -> Option<&LostRange> {
-        self.lost.as_ref()
-    }
-
     /// The first record's sequence number.
     pub fn first_seq(&self) -> u64 {
         self.first_seq
     }
 
-    /// The sequence number after the last record: where the next read starts.
+    /// The sequence number after the last record, or after a lost range: where the next read starts.
     pub fn next_seq(&self) -> u64 {
-        self.first_seq + self.spans.len() as u64
+        match &self.lost {
+            Some(lost) => lost.seqs.next,
+            None => self.first_seq + self.spans.len() as u64,
+        }
+    }
+
+    /// The damaged or missing records this read met before any intact one, if it did.
+    ///
+    /// Such a batch holds no record; `first_seq..next_seq` is exactly the lost range,
+    /// and reading on from [`ReadBatch::next_seq`] returns what follows the damage.
+    pub fn lost(&self) -> Option<&LostRange> {
+        self.lost.as_ref()
     }
 
     /// Number of records.

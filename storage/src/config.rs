@@ -123,7 +123,7 @@ impl LogConfig {
                 Backend::Segment => 1024 * 1024,
                 Backend::Sled => 16 * 1024 * 1024,
             },
-            positions_max: 64,
+            positions_max: 128,
         }
     }
 

@@ -144,15 +144,7 @@ pub enum OpenError {
         /// The configured backend.
         expected: String,
     },
-    /// A segment the manifest lists, holding unconsumed records, is missing.
-    #[error("segment file {path} (records from seq {first_seq}) is missing; restore it or move the directory aside")]
-    MissingSegment {
-        /// The expected file.
-        path: PathBuf,
-        /// Its first sequence number.
-        first_seq: u64,
-    },
-    /// Damaged data before the log's tail, or another storage failure.
+    /// An I/O or store failure (damage is recovered from, not refused; see [`crate::open`]).
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -200,7 +192,7 @@ pub enum ReadError {
         /// The seq the next append will get.
         next_seq: u64,
     },
-    /// The disk or the store failed, or the data is damaged.
+    /// The disk or the store failed (damaged data is skipped and reported by `ReadBatch::lost`, not an error).
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

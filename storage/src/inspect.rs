@@ -13,9 +13,10 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::Backend;
+use crate::batch::RecoveryReport;
+use crate::config::{Backend, LogConfig};
 use crate::error::{InspectError, OpenError, StorageError};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, SegmentEntry, TailCheckpoint};
 use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::recovery::{self, ScanStart};
 use crate::segment;
@@ -74,18 +75,26 @@ pub struct Inspection {
     pub next_seq: u64,
     /// Segment files, oldest first (empty for the sled backend).
     pub segments: Vec<SegmentInfo>,
-    /// Segment files in the directory that the manifest does not list (left by an interrupted roll).
+    /// Segment files in the directory that the manifest does not list (left by an interrupted roll,
+    /// or listed by a damaged manifest); the next open adopts them, or rebuilds the manifest.
     pub unlisted_files: Vec<PathBuf>,
+    /// Why the manifest cannot be trusted (it fails to open, holds a malformed value, is
+    /// missing beside segment files, or disagrees with them); the next open rebuilds it.
+    pub manifest_damage: Option<String>,
     /// Named positions (consumers, watermarks), sorted by name.
     pub positions: Vec<(String, u64)>,
     /// Bytes of segment files, or of the sled store.
     pub disk_bytes: u64,
     /// What the tail scan saw past the last synced chunk, if anything is off there.
     pub tail_note: Option<String>,
+    /// The synced end of the active segment the manifest recorded: first seq, next seq, file bytes.
+    synced_end: Option<(u64, u64, u64)>,
+    /// Segment files listed before the manifest was copied.
+    files_before_copy: BTreeMap<u64, PathBuf>,
     // Field order matters: the sled handles close before the copy is removed.
     chunks: Option<sled::Tree>,
-    manifest: Manifest,
-    _copy: TempCopy,
+    manifest: Option<Manifest>,
+    _copy: Option<TempCopy>,
 }
 
 /// A damaged range found by [`Inspection::verify`].
@@ -122,7 +131,11 @@ pub struct VerifyReport {
 /// [`InspectError::NotALog`], a store over the copy bound, another format
 /// version, or an I/O failure.
 pub fn inspect(dir: &Path, options: InspectOptions) -> Result<Inspection, InspectError> {
-    let (backend, store) = if dir.join("manifest").is_dir() {
+    // Listed before the manifest is copied: with the listing after it, a live process's
+    // reclaim or roll in between cannot make a sound manifest look damaged.
+    let files_before_copy = recovery::list_segment_files(&dir.join("segments"))?;
+    let has_segments = !files_before_copy.is_empty();
+    let (backend, store) = if dir.join("manifest").is_dir() || has_segments {
         (Backend::Segment, dir.join("manifest"))
     } else if dir.join("sled").is_dir() {
         (Backend::Sled, dir.join("sled"))
@@ -131,46 +144,93 @@ pub fn inspect(dir: &Path, options: InspectOptions) -> Result<Inspection, Inspec
             path: dir.to_path_buf(),
         });
     };
-    let held_by_process = is_locked(&store.join("db"));
-    let copy = TempCopy::of(&store, options.copy_bytes_max)?;
-    let manifest =
-        Manifest::open(&copy.path, INSPECT_CACHE_BYTES, backend, u32::MAX).map_err(|error| {
-            match error {
-                // Name the real directory, not the copy.
-                OpenError::UnsupportedVersion {
-                    found, supported, ..
-                } => OpenError::UnsupportedVersion {
-                    path: store.clone(),
-                    found,
-                    supported,
-                },
-                other => other,
-            }
-        })?;
-    let consumed_seq = manifest.consumed_seq()?;
-    let mut positions = manifest.positions()?;
-    positions.sort();
     let mut inspection = Inspection {
         dir: dir.to_path_buf(),
         backend,
         format_version: FORMAT_VERSION,
-        held_by_process,
-        consumed_seq,
-        next_seq: consumed_seq,
+        held_by_process: is_locked(&store.join("db")),
+        consumed_seq: 0,
+        next_seq: 0,
         segments: Vec::new(),
         unlisted_files: Vec::new(),
-        positions,
-        disk_bytes: copy.bytes,
+        manifest_damage: None,
+        positions: Vec::new(),
+        disk_bytes: 0,
         tail_note: None,
+        synced_end: None,
+        files_before_copy,
         chunks: None,
-        manifest,
-        _copy: copy,
+        manifest: None,
+        _copy: None,
     };
+    if !store.is_dir() {
+        inspection.manifest_damage = Some(format!(
+            "{} is missing beside segment files",
+            store.display()
+        ));
+        inspection.describe_files_alone()?;
+        return Ok(inspection);
+    }
+    let copy = TempCopy::of(&store, options.copy_bytes_max)?;
+    inspection.disk_bytes = copy.bytes;
+    let opened = Manifest::open(&copy.path, INSPECT_CACHE_BYTES, backend, u32::MAX);
+    inspection._copy = Some(copy);
+    let manifest = match opened {
+        Ok(manifest) => manifest,
+        // Name the real directory, not the copy.
+        Err(OpenError::UnsupportedVersion {
+            found, supported, ..
+        }) => {
+            return Err(OpenError::UnsupportedVersion {
+                path: store.clone(),
+                found,
+                supported,
+            }
+            .into())
+        }
+        Err(OpenError::Storage(error))
+            if backend == Backend::Segment && recovery::is_damage(&error) =>
+        {
+            inspection.manifest_damage =
+                Some(format!("{} cannot be opened: {error}", store.display()));
+            inspection.describe_files_alone()?;
+            return Ok(inspection);
+        }
+        Err(other) => return Err(other.into()),
+    };
+    let values = (|| -> Result<_, StorageError> {
+        let mut positions = manifest.positions()?;
+        positions.sort();
+        Ok((manifest.consumed_seq()?, positions))
+    })();
+    let (consumed_seq, positions) = match values {
+        Ok(values) => values,
+        Err(StorageError::Corrupt(c)) if backend == Backend::Segment => {
+            inspection.manifest_damage = Some(real_store_name(&c.to_string(), &store));
+            inspection.describe_files_alone()?;
+            return Ok(inspection);
+        }
+        Err(other) => return Err(other.into()),
+    };
+    inspection.consumed_seq = consumed_seq;
+    inspection.next_seq = consumed_seq;
+    inspection.positions = positions;
+    if backend == Backend::Segment && manifest.created() && has_segments {
+        inspection.manifest_damage = Some(format!(
+            "{} holds no format version (an empty or damaged store) beside segment files",
+            store.display()
+        ));
+        inspection.describe_files_alone()?;
+        return Ok(inspection);
+    }
+    inspection.manifest = Some(manifest);
     match backend {
         Backend::Segment => inspection.read_segments()?,
         Backend::Sled => {
-            let chunks = inspection
-                .manifest
+            let Some(manifest) = &inspection.manifest else {
+                unreachable!("set above")
+            };
+            let chunks = manifest
                 .db()
                 .open_tree("chunks")
                 .map_err(StorageError::sled(&store))?;
@@ -187,6 +247,74 @@ pub fn inspect(dir: &Path, options: InspectOptions) -> Result<Inspection, Inspec
         }
     }
     Ok(inspection)
+}
+
+/// A manifest error's text with the temporary copy's path replaced by the real store's.
+fn real_store_name(text: &str, store: &Path) -> String {
+    let copy_prefix = std::env::temp_dir().join("spillway-inspect-");
+    match text.find(&*copy_prefix.to_string_lossy()) {
+        Some(at) => {
+            let rest = &text[at..];
+            let end = rest.find(' ').unwrap_or(rest.len());
+            format!("{}{}{}", &text[..at], store.display(), &rest[end..])
+        }
+        None => text.to_string(),
+    }
+}
+
+/// What [`repair`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Segment files that held no intact chunk, moved into `DIR/damaged/` (never deleted).
+    pub moved_aside: Vec<PathBuf>,
+    /// What the open that followed found and repaired: a rebuilt manifest, lost ranges, a cut tail.
+    pub recovery: RecoveryReport,
+}
+
+/// Repairs a closed log in `dir` so that it opens: moves segment files that hold no
+/// intact chunk into `DIR/damaged/`, then opens the log once with `config`, which
+/// rebuilds a damaged or missing manifest from the segment files (moving the old one
+/// aside), reports lost ranges and cuts a torn tail, and closes it. Nothing intact is
+/// removed and no file is deleted.
+///
+/// # Errors
+/// The log is open in another process (its lock is held), another format version or
+/// backend, or an I/O failure.
+pub fn repair(dir: &Path, config: LogConfig) -> Result<RepairReport, OpenError> {
+    let mut report = RepairReport::default();
+    if config.backend == Backend::Segment {
+        let store = dir.join("manifest");
+        if is_locked(&store.join("db")) {
+            return Err(StorageError::Io {
+                path: store,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "the log is open in another process; stop it before repairing",
+                ),
+            }
+            .into());
+        }
+        let mut moved = RecoveryReport::default();
+        for (first_seq, path) in recovery::list_segment_files(&dir.join("segments"))? {
+            let len = std::fs::metadata(&path)
+                .map_err(StorageError::io(&path))?
+                .len();
+            let unreadable = match recovery::scan_whole_file(&path, first_seq)? {
+                None => true,
+                // A new segment holding only its header is sound; one with bytes but no intact chunk is not.
+                Some(scan) => scan.first_intact_seq.is_none() && len > SEGMENT_HEADER_BYTES as u64,
+            };
+            if unreadable {
+                recovery::set_aside(dir, &path, &mut moved)?;
+            }
+        }
+        report.moved_aside = moved.moved_aside;
+    }
+    let log = crate::open(dir, config)?;
+    report.recovery = log.recovery_report().clone();
+    log.flush()?;
+    drop(log);
+    Ok(report)
 }
 
 /// Whether another process holds sled's exclusive lock on `db_file`.
@@ -215,8 +343,42 @@ impl Inspection {
                 }
             }
         }
-        let entries = self.manifest.segments()?;
-        let checkpoint = self.manifest.tail_checkpoint()?;
+        let Some(manifest) = &self.manifest else {
+            return self.describe_files_alone();
+        };
+        let read = || -> Result<_, StorageError> {
+            Ok((
+                manifest.segments()?,
+                manifest.tail_checkpoint()?,
+                manifest.lost_ranges()?,
+            ))
+        };
+        let (entries, checkpoint) = match read() {
+            Ok((entries, checkpoint, _lost)) => (entries, checkpoint),
+            Err(StorageError::Corrupt(c)) => {
+                let store = self.dir.join("manifest");
+                self.manifest_damage = Some(real_store_name(&c.to_string(), &store));
+                return self.describe_files_alone();
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let listed: BTreeMap<u64, SegmentEntry> =
+            entries.iter().map(|e| (e.first_seq, *e)).collect();
+        let mut seen = self.files_before_copy.clone();
+        seen.extend(on_disk.iter().map(|(&seq, path)| (seq, path.clone())));
+        if let Some(why) =
+            recovery::disagreement(&listed, &seen, self.consumed_seq, checkpoint, &dir)
+        {
+            self.manifest_damage = Some(why);
+            return self.describe_files_alone();
+        }
+        self.synced_end = checkpoint
+            .filter(|c| {
+                entries
+                    .last()
+                    .is_some_and(|e| e.first_seq == c.segment_first_seq)
+            })
+            .map(|c: TailCheckpoint| (c.segment_first_seq, c.synced_next_seq, c.synced_file_bytes));
         self.disk_bytes = 0;
         for entry in &entries {
             let path = dir.join(segment::file_name(entry.first_seq));
@@ -228,33 +390,42 @@ impl Inspection {
                 (None, None) => None,
                 (None, Some(len)) => {
                     let start = checkpoint
-                        .filter(|c| c.segment_first_seq == entry.first_seq)
+                        .filter(|c| {
+                            c.segment_first_seq == entry.first_seq
+                                && c.chunk_offset < len
+                                && len >= c.synced_file_bytes
+                        })
                         .map(|c| ScanStart {
                             offset: c.chunk_offset,
                             seq: c.chunk_first_seq,
                             payload_before: c.payload_before,
                         });
                     let file = File::open(&path).map_err(StorageError::io(&path))?;
-                    match recovery::scan_tail(&file, &path, entry.first_seq, len, start) {
-                        Ok(scan) => {
-                            if let Some(torn) = scan.torn {
-                                self.tail_note = Some(format!(
-                                    "{} bytes after offset {} do not form an intact chunk ({}): \
-                                     an interrupted write the next open cuts, or a live process's unsynced tail",
-                                    len - scan.valid_end,
-                                    scan.valid_end,
-                                    torn.fault
-                                ));
-                            }
-                            Some(scan.next_seq)
-                        }
-                        Err(StorageError::Corrupt(c)) => {
-                            self.tail_note =
-                                Some(format!("damage at offset {}: {}", c.offset, c.reason));
-                            None
-                        }
-                        Err(other) => return Err(other.into()),
+                    let scan = recovery::scan_segment(&file, &path, entry.first_seq, len, start)?;
+                    let synced = self
+                        .synced_end
+                        .filter(|s| s.0 == entry.first_seq && s.1 > scan.next_seq);
+                    if let Some((_, synced_next_seq, synced_file_bytes)) = synced {
+                        self.tail_note = Some(format!(
+                            "damage below the synced end: the file holds records up to {}, \
+                             {synced_next_seq} were synced ({len} of {synced_file_bytes} bytes); \
+                             the next open reports them lost",
+                            scan.next_seq
+                        ));
+                    } else if let Some(torn) = scan.torn {
+                        self.tail_note = Some(format!(
+                            "{} bytes after offset {} do not form an intact chunk ({}): \
+                             an interrupted write past the synced end the next open cuts, or a live process's unsynced tail",
+                            len - scan.valid_end,
+                            scan.valid_end,
+                            torn.fault
+                        ));
                     }
+                    if let Some(d) = scan.damaged.first() {
+                        self.tail_note =
+                            Some(format!("damage at offset {}: {}", d.offset, d.reason));
+                    }
+                    Some(scan.next_seq)
                 }
             };
             self.segments.push(SegmentInfo {
@@ -271,6 +442,38 @@ impl Inspection {
                 .next_seq
                 .unwrap_or(last.first_seq)
                 .max(self.consumed_seq);
+        }
+        Ok(())
+    }
+
+    /// Describes the segment files from their own headers and chunks, as a rebuild would.
+    fn describe_files_alone(&mut self) -> Result<(), InspectError> {
+        let files = recovery::list_segment_files(&self.dir.join("segments"))?;
+        self.disk_bytes = 0;
+        self.segments.clear();
+        let count = files.len();
+        for (index, (first_seq, path)) in files.into_iter().enumerate() {
+            let file_bytes = std::fs::metadata(&path).ok().map(|m| m.len());
+            self.disk_bytes += file_bytes.unwrap_or(0);
+            let next_seq = recovery::scan_whole_file(&path, first_seq)
+                .map_err(|e| match e {
+                    OpenError::Storage(s) => InspectError::Storage(s),
+                    other => InspectError::Open(other),
+                })?
+                .map(|scan| scan.next_seq);
+            if index == 0 {
+                self.consumed_seq = first_seq;
+            }
+            self.segments.push(SegmentInfo {
+                path,
+                first_seq,
+                next_seq,
+                file_bytes,
+                sealed: index + 1 < count,
+            });
+        }
+        if let Some(last) = self.segments.last() {
+            self.next_seq = last.next_seq.unwrap_or(last.first_seq);
         }
         Ok(())
     }
@@ -299,6 +502,17 @@ impl Inspection {
     ) -> Result<VerifyReport, StorageError> {
         let total: u64 = self.segments.iter().filter_map(|s| s.file_bytes).sum();
         let mut report = VerifyReport::default();
+        if let Some(why) = &self.manifest_damage {
+            report.damage.push(Damage {
+                location: self.dir.join("manifest").display().to_string(),
+                offset: 0,
+                seqs: (self.consumed_seq, None),
+                reason: format!(
+                    "damaged manifest: {why}; the next open (or inspect --repair) rebuilds it \
+                     from the segment files, which are all kept, and named positions are lost"
+                ),
+            });
+        }
         let mut expected_seq: Option<u64> = None;
         for (index, info) in self.segments.iter().enumerate() {
             let location = info.path.display().to_string();
@@ -328,6 +542,23 @@ impl Inspection {
             let end = verify_segment(info, len, is_tail, &mut report, &mut |done| {
                 progress(before + done, total)
             })?;
+            let synced = self
+                .synced_end
+                .filter(|s| is_tail && s.0 == info.first_seq && s.1 > end);
+            if let Some((_, synced_next_seq, synced_file_bytes)) = synced {
+                // Below the synced end it is damage, not a torn tail.
+                let torn = report.torn_tail.take();
+                report.damage.push(Damage {
+                    location: location.clone(),
+                    offset: torn.map_or(len, |t| t.offset),
+                    seqs: (end, Some(synced_next_seq)),
+                    reason: if len < synced_file_bytes {
+                        format!("truncated below the synced end: {len} of {synced_file_bytes} synced bytes")
+                    } else {
+                        "damaged below the synced end".into()
+                    },
+                });
+            }
             if let (true, Some(sealed_end)) = (info.sealed, info.next_seq) {
                 if end < sealed_end && !report.damage.iter().any(|d| d.location == location) {
                     report.damage.push(Damage {
@@ -412,9 +643,8 @@ fn verify_segment(
                 seq = header.next_seq();
                 progress(offset);
             }
-            Err(fault) => match recovery::valid_chunk_after(&file, path, offset, len, seq)? {
-                Some(later) => {
-                    let resumed = segment::read_chunk_header(&file, path, later)?;
+            Err(fault) => match recovery::next_intact_chunk(&file, path, offset, len, seq)? {
+                Some((later, resumed)) => {
                     report.damage.push(Damage {
                         location: location.clone(),
                         offset,

@@ -54,9 +54,20 @@ pub trait SpillLog: Send + Sync + std::fmt::Debug {
     /// May return fewer records than asked (a read stops at a segment or window
     /// end); read again from [`ReadBatch::next_seq`].
     ///
+    /// # Damage
+    /// Damaged or missing data is skipped, never returned and never an error. A read
+    /// that meets damage before returning any record returns a batch of no record whose
+    /// [`ReadBatch::lost`] names the file, offset, reason and the lost seqs
+    /// `from_seq..next`, where `next` is the first seq readable after the damage (the
+    /// next intact chunk, else the next segment's first seq, else a recorded gap's end);
+    /// [`ReadBatch::next_seq`] is `next`. A read that meets damage after some intact
+    /// records returns those records only, and the next read reports the damage. A
+    /// chunk whose header is intact but whose body is damaged is skipped as a whole.
+    /// Consuming past a lost range works like any consume.
+    ///
     /// # Errors
-    /// [`ReadError::OutOfRange`] outside `first_seq..=next_seq`; a storage error,
-    /// or a [`Corruption`] naming the file and offset of a damaged chunk.
+    /// [`ReadError::OutOfRange`] outside `first_seq..=next_seq`, or an I/O or store
+    /// failure; never [`Corruption`].
     fn read(
         &self,
         from_seq: u64,
@@ -100,8 +111,10 @@ pub trait SpillLog: Send + Sync + std::fmt::Debug {
 /// Opens (or creates) the log in `dir` with the configured backend.
 ///
 /// # Errors
-/// A refused configuration, a directory of another backend or format version,
-/// a missing segment, corruption before the tail, or an I/O failure.
+/// A refused configuration, a directory of another backend or format version, or an
+/// I/O failure. Damage is not a reason to refuse: damaged or missing records are
+/// reported in [`SpillLog::recovery_report`] (`lost`), and a damaged or missing
+/// manifest is rebuilt from the segment files (`manifest_rebuilt`).
 pub fn open(dir: &Path, config: LogConfig) -> Result<Box<dyn SpillLog>, OpenError> {
     Ok(match config.backend {
         Backend::Segment => Box::new(SegmentLog::open(dir, config)?),

@@ -1,19 +1,27 @@
 //! The sled-held state: format version, backend, consumed position, segments, named positions.
 //!
 //! Keys of numeric trees are big-endian so they sort; values are fixed-layout little-endian.
+//! A value of the wrong size is one typed [`Corruption`] naming the store and the key,
+//! never a silent default: open rebuilds such a manifest from the segment files.
 
 use std::path::{Path, PathBuf};
 
+use crate::batch::{LostRange, SeqRange};
 use crate::config::Backend;
-use crate::error::{OpenError, StorageError};
+use crate::error::{Corruption, OpenError, StorageError};
 use crate::record::FORMAT_VERSION;
 
 const KEY_VERSION: &[u8] = b"format_version";
 const KEY_BACKEND: &[u8] = b"backend";
 const KEY_CONSUMED: &[u8] = b"consumed_seq";
 const KEY_TAIL_CHECKPOINT: &[u8] = b"tail_checkpoint";
+/// A tail checkpoint written before the synced end was recorded (4 fields).
+const TAIL_CHECKPOINT_V1_BYTES: usize = 32;
+const TAIL_CHECKPOINT_BYTES: usize = 48;
+/// The fixed part of a lost-range value: next seq, offset, location length.
+const LOST_FIXED_BYTES: usize = 20;
 
-/// Where the active segment's last synced chunk starts: recovery scans from there.
+/// Where the active segment's last synced chunk starts (recovery scans from there) and where its synced data ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TailCheckpoint {
     pub segment_first_seq: u64,
@@ -21,6 +29,10 @@ pub(crate) struct TailCheckpoint {
     pub chunk_first_seq: u64,
     /// Payload bytes of the segment's records before that chunk.
     pub payload_before: u64,
+    /// The seq after the last synced record: every record below it was on disk.
+    pub synced_next_seq: u64,
+    /// The segment file's length when it was synced.
+    pub synced_file_bytes: u64,
 }
 
 /// One segment as the manifest records it.
@@ -52,7 +64,7 @@ impl SegmentEntry {
     }
 
     fn decode(first_seq: u64, value: &[u8]) -> Option<Self> {
-        if value.len() != 25 {
+        if value.len() != 25 || value[0] > 1 {
             return None;
         }
         let at = |i: usize| u64::from_le_bytes(value[i..i + 8].try_into().unwrap_or([0; 8]));
@@ -101,7 +113,12 @@ pub(crate) struct Manifest {
     meta: sled::Tree,
     segments: sled::Tree,
     positions: sled::Tree,
+    /// Ranges of records lost to damage: first seq (big-endian) -> next seq, offset, location, reason.
+    /// Bounded: each sits at a segment boundary (records in no file), and goes once consumed.
+    lost: sled::Tree,
     positions_max: u32,
+    /// Whether this open created the manifest (no format version was stored).
+    created: bool,
 }
 
 impl Manifest {
@@ -114,19 +131,27 @@ impl Manifest {
     ) -> Result<Self, OpenError> {
         let db = open_sled(path, cache_bytes)?;
         let tree = |name: &str| db.open_tree(name).map_err(StorageError::sled(path));
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             path: path.to_path_buf(),
             meta: tree("meta")?,
             segments: tree("segments")?,
             positions: tree("positions")?,
+            lost: tree("lost")?,
             db,
             positions_max,
+            created: false,
         };
-        manifest.check_or_init(backend)?;
+        manifest.created = manifest.check_or_init(backend)?;
         Ok(manifest)
     }
 
-    fn check_or_init(&self, backend: Backend) -> Result<(), OpenError> {
+    /// Whether this open found no stored format version and created the manifest.
+    pub(crate) fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Checks the stored version and backend, or stores them; returns whether it stored them.
+    fn check_or_init(&self, backend: Backend) -> Result<bool, OpenError> {
         let sled_err = StorageError::sled(&self.path);
         match self.meta.get(KEY_VERSION).map_err(sled_err)? {
             Some(raw) => {
@@ -134,7 +159,7 @@ impl Manifest {
                     .as_ref()
                     .try_into()
                     .map(u32::from_le_bytes)
-                    .unwrap_or(u32::MAX);
+                    .map_err(|_| self.bad_value("meta", "format_version", "not 4 bytes"))?;
                 if found != FORMAT_VERSION {
                     return Err(OpenError::UnsupportedVersion {
                         path: self.path.clone(),
@@ -148,6 +173,11 @@ impl Manifest {
                     .map_err(StorageError::sled(&self.path))?
                     .map(|v| String::from_utf8_lossy(&v).into_owned())
                     .unwrap_or_default();
+                if stored != Backend::Segment.as_str() && stored != Backend::Sled.as_str() {
+                    return Err(self
+                        .bad_value("meta", "backend", &format!("unknown backend {stored:?}"))
+                        .into());
+                }
                 if stored != backend.as_str() {
                     return Err(OpenError::WrongBackend {
                         path: self.path.clone(),
@@ -164,9 +194,10 @@ impl Manifest {
                     .insert(KEY_VERSION, &FORMAT_VERSION.to_le_bytes())
                     .map_err(StorageError::sled(&self.path))?;
                 self.flush()?;
+                return Ok(true);
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     pub(crate) fn db(&self) -> &sled::Db {
@@ -183,13 +214,29 @@ impl Manifest {
         Ok(())
     }
 
+    /// The consumed position (0 when none was stored yet).
     pub(crate) fn consumed_seq(&self) -> Result<u64, StorageError> {
-        Ok(self
+        match self
             .meta
             .get(KEY_CONSUMED)
             .map_err(StorageError::sled(&self.path))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
-            .unwrap_or(0))
+        {
+            None => Ok(0),
+            Some(raw) => raw
+                .as_ref()
+                .try_into()
+                .map(u64::from_le_bytes)
+                .map_err(|_| self.bad_value("meta", "consumed_seq", "not 8 bytes")),
+        }
+    }
+
+    /// A typed corruption naming this store and the key whose value is malformed.
+    fn bad_value(&self, tree: &str, key: &str, reason: &str) -> StorageError {
+        StorageError::Corrupt(Corruption {
+            location: format!("{} key {tree}/{key}", self.path.display()),
+            offset: 0,
+            reason: format!("malformed manifest value: {reason}"),
+        })
     }
 
     pub(crate) fn set_consumed_seq(&self, seq: u64) -> Result<(), StorageError> {
@@ -201,12 +248,14 @@ impl Manifest {
 
     /// Records the tail checkpoint; durable with the next manifest flush.
     pub(crate) fn set_tail_checkpoint(&self, c: TailCheckpoint) -> Result<(), StorageError> {
-        let mut value = [0u8; 32];
+        let mut value = [0u8; TAIL_CHECKPOINT_BYTES];
         for (i, v) in [
             c.segment_first_seq,
             c.chunk_offset,
             c.chunk_first_seq,
             c.payload_before,
+            c.synced_next_seq,
+            c.synced_file_bytes,
         ]
         .iter()
         .enumerate()
@@ -214,7 +263,7 @@ impl Manifest {
             value[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
         }
         self.meta
-            .insert(KEY_TAIL_CHECKPOINT, &value)
+            .insert(KEY_TAIL_CHECKPOINT, &value[..])
             .map_err(StorageError::sled(&self.path))?;
         Ok(())
     }
@@ -228,16 +277,86 @@ impl Manifest {
         else {
             return Ok(None);
         };
-        if raw.len() != 32 {
-            return Ok(None);
+        if raw.len() != TAIL_CHECKPOINT_BYTES && raw.len() != TAIL_CHECKPOINT_V1_BYTES {
+            return Err(self.bad_value(
+                "meta",
+                "tail_checkpoint",
+                &format!("{} bytes, not {TAIL_CHECKPOINT_BYTES}", raw.len()),
+            ));
         }
         let at = |i: usize| u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        let legacy = raw.len() == TAIL_CHECKPOINT_V1_BYTES;
         Ok(Some(TailCheckpoint {
             segment_first_seq: at(0),
             chunk_offset: at(1),
             chunk_first_seq: at(2),
             payload_before: at(3),
+            // An older checkpoint knew only that the last synced chunk started there.
+            synced_next_seq: if legacy { at(2) } else { at(4) },
+            synced_file_bytes: if legacy { at(1) } else { at(5) },
         }))
+    }
+
+    /// Records a range of records lost to damage; durable with the next flush.
+    pub(crate) fn put_lost(&self, lost: &LostRange) -> Result<(), StorageError> {
+        let location = lost.location.as_bytes();
+        let mut value = Vec::with_capacity(LOST_FIXED_BYTES + location.len() + lost.reason.len());
+        value.extend_from_slice(&lost.seqs.next.to_le_bytes());
+        value.extend_from_slice(&lost.offset.to_le_bytes());
+        value.extend_from_slice(
+            &u32::try_from(location.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
+        value.extend_from_slice(location);
+        value.extend_from_slice(lost.reason.as_bytes());
+        self.lost
+            .insert(lost.seqs.first.to_be_bytes(), value)
+            .map_err(StorageError::sled(&self.path))?;
+        Ok(())
+    }
+
+    /// Every recorded lost range, oldest first.
+    pub(crate) fn lost_ranges(&self) -> Result<Vec<LostRange>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.lost.iter() {
+            let (key, value) = item.map_err(StorageError::sled(&self.path))?;
+            let bad = || self.bad_value("lost", &format!("{key:?}"), "malformed lost range");
+            let first = key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| bad())?;
+            if value.len() < LOST_FIXED_BYTES {
+                return Err(bad());
+            }
+            let u64_at =
+                |i: usize| u64::from_le_bytes(value[i..i + 8].try_into().unwrap_or([0; 8]));
+            let location_len =
+                u32::from_le_bytes(value[16..20].try_into().unwrap_or([0; 4])) as usize;
+            let rest = &value[LOST_FIXED_BYTES..];
+            if location_len > rest.len() || u64_at(0) <= first {
+                return Err(bad());
+            }
+            out.push(LostRange {
+                seqs: SeqRange {
+                    first,
+                    next: u64_at(0),
+                },
+                location: String::from_utf8_lossy(&rest[..location_len]).into_owned(),
+                offset: u64_at(8),
+                reason: String::from_utf8_lossy(&rest[location_len..]).into_owned(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Forgets a lost range (once it is consumed).
+    pub(crate) fn remove_lost(&self, first_seq: u64) -> Result<(), StorageError> {
+        self.lost
+            .remove(first_seq.to_be_bytes())
+            .map_err(StorageError::sled(&self.path))?;
+        Ok(())
     }
 
     /// All segment entries, oldest first (their count is bounded by disk budget / segment size).
@@ -249,20 +368,17 @@ impl Manifest {
                 .as_ref()
                 .try_into()
                 .map(u64::from_be_bytes)
-                .map_err(|_| self.bad_entry("segment key is not 8 bytes"))?;
-            let entry = SegmentEntry::decode(first_seq, &value)
-                .ok_or_else(|| self.bad_entry("segment entry of the wrong size"))?;
+                .map_err(|_| self.bad_value("segments", &format!("{key:?}"), "key not 8 bytes"))?;
+            let entry = SegmentEntry::decode(first_seq, &value).ok_or_else(|| {
+                self.bad_value(
+                    "segments",
+                    &first_seq.to_string(),
+                    "entry of the wrong size",
+                )
+            })?;
             out.push(entry);
         }
         Ok(out)
-    }
-
-    fn bad_entry(&self, reason: &str) -> StorageError {
-        StorageError::Corrupt(crate::Corruption {
-            location: self.path.display().to_string(),
-            offset: 0,
-            reason: reason.into(),
-        })
     }
 
     pub(crate) fn put_segment(&self, entry: SegmentEntry) -> Result<(), StorageError> {
@@ -297,11 +413,18 @@ impl Manifest {
     }
 
     pub(crate) fn position(&self, name: &str) -> Result<Option<u64>, StorageError> {
-        Ok(self
+        match self
             .positions
             .get(name)
             .map_err(StorageError::sled(&self.path))?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes)))
+        {
+            None => Ok(None),
+            Some(raw) => raw
+                .as_ref()
+                .try_into()
+                .map(|bytes| Some(u64::from_le_bytes(bytes)))
+                .map_err(|_| self.bad_value("positions", name, "not 8 bytes")),
+        }
     }
 
     pub(crate) fn positions(&self) -> Result<Vec<(String, u64)>, StorageError> {
@@ -309,12 +432,13 @@ impl Manifest {
         // Bounded: save_position refuses more than positions_max names.
         for item in self.positions.iter() {
             let (key, value) = item.map_err(StorageError::sled(&self.path))?;
+            let name = String::from_utf8_lossy(&key).into_owned();
             let seq = value
                 .as_ref()
                 .try_into()
                 .map(u64::from_le_bytes)
-                .map_err(|_| self.bad_entry("position value is not 8 bytes"))?;
-            out.push((String::from_utf8_lossy(&key).into_owned(), seq));
+                .map_err(|_| self.bad_value("positions", &name, "not 8 bytes"))?;
+            out.push((name, seq));
         }
         Ok(out)
     }

@@ -2,14 +2,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::{Mmap, MmapOptions};
 
-use crate::error::{Corruption, StorageError};
-use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::error::StorageError;
+use crate::record::{self, SEGMENT_HEADER_BYTES};
 
 /// The file name of the segment whose first record is `first_seq`.
 pub(crate) fn file_name(first_seq: u64) -> String {
@@ -144,57 +143,6 @@ impl ActiveSegment {
         self.write_out()?;
         self.file.sync_data().map_err(StorageError::io(&self.path))
     }
-}
-
-/// Reads and checks the chunk header at `offset`.
-pub(crate) fn read_chunk_header(
-    file: &File,
-    path: &Path,
-    offset: u64,
-) -> Result<ChunkHeader, StorageError> {
-    let mut bytes = [0u8; CHUNK_HEADER_BYTES];
-    file.read_exact_at(&mut bytes, offset)
-        .map_err(StorageError::io(path))?;
-    ChunkHeader::decode(&bytes).map_err(|fault| {
-        StorageError::Corrupt(Corruption {
-            location: path.display().to_string(),
-            offset,
-            reason: fault.to_string(),
-        })
-    })
-}
-
-/// Walks chunk headers from `(offset, seq)` to the chunk holding `target_seq`; returns its offset and header.
-///
-/// Bounded by the segment's size: at most one header read per chunk.
-pub(crate) fn find_chunk(
-    file: &File,
-    path: &Path,
-    mut offset: u64,
-    mut seq: u64,
-    target_seq: u64,
-    end_offset: u64,
-) -> Result<(u64, ChunkHeader), StorageError> {
-    while offset < end_offset {
-        let header = read_chunk_header(file, path, offset)?;
-        if header.first_seq != seq {
-            return Err(StorageError::Corrupt(Corruption {
-                location: path.display().to_string(),
-                offset,
-                reason: format!("chunk starts at seq {}, expected {seq}", header.first_seq),
-            }));
-        }
-        if target_seq < header.next_seq() {
-            return Ok((offset, header));
-        }
-        offset += header.chunk_bytes() as u64;
-        seq = header.next_seq();
-    }
-    Err(StorageError::Corrupt(Corruption {
-        location: path.display().to_string(),
-        offset,
-        reason: format!("seq {target_seq} not found before the segment's end"),
-    }))
 }
 
 /// Maps `len` bytes of `file` from `offset` read-only.

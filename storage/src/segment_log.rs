@@ -7,28 +7,37 @@
 //!
 //! Ordering rules that make a crash safe at any instant:
 //! - a new segment file is created and synced (with its directory) before the
-//!   manifest lists it; open adopts a newest file the manifest does not list yet;
+//!   manifest lists it; open adopts the one newest file the manifest does not list yet;
 //! - a segment is synced before the manifest calls it sealed;
+//! - every flush syncs the data before the manifest records the tail checkpoint (the
+//!   last synced chunk and the synced end: `next_seq` and file length), so open tells
+//!   a torn tail (bytes past the synced end that fail their checks: cut) from damage
+//!   (a file shorter than its synced end, a bad chunk below it: the records are
+//!   reported lost, the seq space is kept, the gap recorded in the manifest);
 //! - the consumed position is flushed to the manifest, after syncing the data,
-//!   before any file it frees is removed; open removes files left behind.
+//!   before any file it frees is removed; open removes an unlisted file only when
+//!   the consumed position proves every record in it consumed, and moves any other
+//!   file it cannot use into `DIR/damaged/`: recovery never deletes a record;
+//! - a manifest that cannot be opened or read, or disagrees with the files, is moved
+//!   aside (`manifest.damaged-<unix_secs>`) and rebuilt from the segment files.
 //!
 //! Memory: the write buffer (`write_buffer_bytes` plus one chunk), one cached
 //! read window of at most `read_window_bytes` mapped (plus windows still held by
 //! live `ReadBatch`es), sled's `cache_capacity`, and one small entry per segment.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::batch::{Backing, LogStats, ReadBatch, RecoveryReport, SeqRange};
+use crate::batch::{Backing, LogStats, LostRange, ReadBatch, RecoveryReport, SeqRange};
 use crate::config::{Backend, Durability, LogConfig};
-use crate::error::{AppendError, Corruption, OpenError, ReadError, StorageError};
+use crate::error::{AppendError, OpenError, ReadError, StorageError};
 use crate::flusher::{self, Flushable, Flusher};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
 use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use crate::recovery;
+use crate::recovery::{self, Recovered};
 use crate::segment::{self, ActiveSegment};
 use crate::SpillLog;
 
@@ -59,6 +68,102 @@ struct ReadHint {
     chunk_first_seq: u64,
 }
 
+/// The segment a read goes to.
+struct SegmentRef {
+    first_seq: u64,
+    /// Offset after its last chunk.
+    end: u64,
+    /// The first seq after it: the next segment's first, or the log's end.
+    next_seq: u64,
+    reader: Arc<File>,
+    path: PathBuf,
+}
+
+impl SegmentRef {
+    fn lost(&self, from: u64, next: u64, offset: u64, reason: String) -> LostRange {
+        // Never empty: a reader must always make progress past damage.
+        let next = next.max(from + 1);
+        tracing::warn!(
+            path = %self.path.display(),
+            offset,
+            first_seq = from,
+            next_seq = next,
+            %reason,
+            "a read skips damaged records of the spill log"
+        );
+        LostRange {
+            seqs: SeqRange { first: from, next },
+            location: self.path.display().to_string(),
+            offset,
+            reason,
+        }
+    }
+}
+
+/// Where reading a seq starts: its chunk, or the damage met before it.
+enum Located {
+    Chunk(u64),
+    Damaged {
+        offset: u64,
+        reason: String,
+        /// The first seq of the next intact chunk, if the segment has one.
+        resume_seq: Option<u64>,
+    },
+}
+
+/// Walks chunk headers from `(offset, seq)` to the chunk holding `target`, stepping over
+/// damaged chunks to the next intact one. Bounded by the segment's size.
+fn locate_chunk(
+    file: &File,
+    path: &Path,
+    mut offset: u64,
+    mut seq: u64,
+    target: u64,
+    end: u64,
+) -> Result<Located, StorageError> {
+    use std::os::unix::fs::FileExt;
+    while offset < end {
+        let mut bytes = [0u8; CHUNK_HEADER_BYTES];
+        let decoded = if offset + CHUNK_HEADER_BYTES as u64 <= end {
+            file.read_exact_at(&mut bytes, offset)
+                .map_err(StorageError::io(path))?;
+            ChunkHeader::decode(&bytes)
+        } else {
+            Err(record::FormatFault::Short)
+        };
+        let fault = match decoded {
+            Ok(header) if header.first_seq == seq => {
+                if target < header.next_seq() {
+                    return Ok(Located::Chunk(offset));
+                }
+                offset += header.chunk_bytes() as u64;
+                seq = header.next_seq();
+                continue;
+            }
+            Ok(header) => format!("chunk starts at seq {}, expected {seq}", header.first_seq),
+            Err(fault) => fault.to_string(),
+        };
+        match recovery::next_intact_chunk(file, path, offset, end, seq)? {
+            Some((later, header)) if header.first_seq <= target => {
+                offset = later;
+                seq = header.first_seq;
+            }
+            resume => {
+                return Ok(Located::Damaged {
+                    offset,
+                    reason: fault,
+                    resume_seq: resume.map(|(_, h)| h.first_seq),
+                })
+            }
+        }
+    }
+    Ok(Located::Damaged {
+        offset,
+        reason: format!("seq {target} not found before the segment's end"),
+        resume_seq: None,
+    })
+}
+
 #[derive(Debug)]
 struct CachedWindow {
     segment_first_seq: u64,
@@ -82,6 +187,8 @@ struct Inner {
     hints: VecDeque<ReadHint>,
     window: Option<CachedWindow>,
     durable_next_seq: Arc<AtomicU64>,
+    /// Unconsumed ranges of records that no file holds (lost to damage), oldest first.
+    gaps: Vec<LostRange>,
 }
 
 impl SegmentLog {
@@ -98,15 +205,8 @@ impl SegmentLog {
             }
             .into());
         }
-        let segments_dir = dir.join("segments");
-        std::fs::create_dir_all(&segments_dir).map_err(StorageError::io(&segments_dir))?;
-        let manifest = Manifest::open(
-            &dir.join("manifest"),
-            config.sled_cache_bytes,
-            Backend::Segment,
-            config.positions_max,
-        )?;
-        let (inner, recovery) = Inner::recover(segments_dir, config, manifest)?;
+        let recovered = recovery::recover(dir, &config)?;
+        let (inner, recovery) = Inner::from_recovered(dir.join("segments"), config, recovered)?;
         let durability = inner.config.durability;
         let inner = Arc::new(Mutex::new(inner));
         let flusher = flusher::for_durability(durability, &inner, dir)?;
@@ -143,219 +243,44 @@ impl Drop for SegmentLog {
 }
 
 impl Inner {
-    fn recover(
+    fn from_recovered(
         segments_dir: PathBuf,
         config: LogConfig,
-        manifest: Manifest,
+        recovered: Recovered,
     ) -> Result<(Self, RecoveryReport), OpenError> {
-        let mut report = RecoveryReport::default();
-        let consumed_seq = manifest.consumed_seq()?;
-        let mut entries: BTreeMap<u64, SegmentEntry> = manifest
-            .segments()?
+        let sealed: VecDeque<SealedSegment> = recovered
+            .sealed
             .into_iter()
-            .map(|e| (e.first_seq, e))
-            .collect();
-        let mut files = list_segment_files(&segments_dir)?;
-
-        // A listed segment without its file: fine if it was fully consumed (a reclaim
-        // that removed the file before the manifest), fatal otherwise.
-        for entry in entries.clone().into_values() {
-            if files.contains_key(&entry.first_seq) {
-                continue;
-            }
-            match entry.sealed {
-                Some(info) if info.next_seq <= consumed_seq => {
-                    manifest.remove_segment(entry.first_seq)?
-                }
-                _ => {
-                    return Err(OpenError::MissingSegment {
-                        path: segments_dir.join(segment::file_name(entry.first_seq)),
-                        first_seq: entry.first_seq,
-                    })
-                }
-            }
-            entries.remove(&entry.first_seq);
-        }
-        // A file the manifest does not list: newer than every entry means an
-        // interrupted roll (adopt it); otherwise a leftover of a reclaim (remove it).
-        let newest_listed = entries.keys().next_back().copied();
-        for (&first_seq, path) in files.clone().iter() {
-            if entries.contains_key(&first_seq) {
-                continue;
-            }
-            let newest = newest_listed.is_none_or(|newest| first_seq > newest);
-            if newest && has_intact_header(path, first_seq)? {
-                let entry = SegmentEntry {
-                    first_seq,
-                    sealed: None,
-                };
-                entries.insert(first_seq, entry);
-                manifest.put_segment(entry)?;
-            } else {
-                // Newest: killed inside its creation, before the header reached the disk (no record
-                // in it). Older: left behind by a reclaim. Neither holds anything to keep.
-                tracing::warn!(path = %path.display(), "removing a segment file the manifest does not list");
-                std::fs::remove_file(path).map_err(StorageError::io(path))?;
-                files.remove(&first_seq);
-                report.removed_files += 1;
-            }
-        }
-
-        let checkpoint = manifest.tail_checkpoint()?;
-        let mut sealed = VecDeque::new();
-        let mut active = None;
-        let count = entries.len();
-        for (index, entry) in entries.into_values().enumerate() {
-            let path = files[&entry.first_seq].clone();
-            let file = File::open(&path).map_err(StorageError::io(&path))?;
-            let file_len = file.metadata().map_err(StorageError::io(&path))?.len();
-            check_segment_header(&file, &path, entry.first_seq)?;
-            let is_last = index + 1 == count;
-            match (entry.sealed, is_last) {
-                (Some(info), _) => {
-                    if file_len != info.file_bytes {
-                        return Err(StorageError::Corrupt(Corruption {
-                            location: path.display().to_string(),
-                            offset: file_len.min(info.file_bytes),
-                            reason: format!(
-                                "sealed segment is {file_len} bytes, the manifest says {}",
-                                info.file_bytes
-                            ),
-                        })
-                        .into());
-                    }
-                    sealed.push_back(SealedSegment {
-                        first_seq: entry.first_seq,
-                        info,
-                        path,
-                        reader: Some(Arc::new(file)),
-                    });
-                }
-                (None, _) => {
-                    let start = checkpoint
-                        .filter(|c| {
-                            is_last
-                                && c.segment_first_seq == entry.first_seq
-                                && c.chunk_offset < file_len
-                        })
-                        .map(|c| recovery::ScanStart {
-                            offset: c.chunk_offset,
-                            seq: c.chunk_first_seq,
-                            payload_before: c.payload_before,
-                        });
-                    let scan =
-                        match recovery::scan_tail(&file, &path, entry.first_seq, file_len, start) {
-                            // The checkpointed chunk itself is damaged: scan the whole segment, trusting nothing.
-                            Ok(scan)
-                                if start.is_some()
-                                    && scan.torn.is_some()
-                                    && scan.valid_end == start.map_or(0, |s| s.offset) =>
-                            {
-                                recovery::scan_tail(&file, &path, entry.first_seq, file_len, None)?
-                            }
-                            Err(_) if start.is_some() => {
-                                recovery::scan_tail(&file, &path, entry.first_seq, file_len, None)?
-                            }
-                            other => other?,
-                        };
-                    report.scanned_bytes += file_len - start.map_or(0, |s| s.offset);
-                    if let Some(torn) = &scan.torn {
-                        let cut = file_len - scan.valid_end;
-                        tracing::warn!(
-                            path = %path.display(),
-                            offset = scan.valid_end,
-                            truncated_bytes = cut,
-                            dropped_records = torn.dropped_records,
-                            fault = %torn.fault,
-                            "cutting a torn tail from the spill log"
-                        );
-                        let writable = std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(&path)
-                            .map_err(StorageError::io(&path))?;
-                        writable
-                            .set_len(scan.valid_end)
-                            .and_then(|()| writable.sync_all())
-                            .map_err(StorageError::io(&path))?;
-                        report.truncated_bytes += cut;
-                        report.dropped_records += torn.dropped_records;
-                        report.truncated_segment = Some(path.clone());
-                    }
-                    if is_last {
-                        active = Some(ActiveSegment::reopen(
-                            path,
-                            entry.first_seq,
-                            scan.next_seq,
-                            scan.valid_end,
-                            scan.payload_bytes,
-                        )?);
-                    } else {
-                        // An older segment that was never marked sealed: an interrupted roll.
-                        let info = SealedInfo {
-                            next_seq: scan.next_seq,
-                            payload_bytes: scan.payload_bytes,
-                            file_bytes: scan.valid_end,
-                        };
-                        manifest.put_segment(SegmentEntry {
-                            first_seq: entry.first_seq,
-                            sealed: Some(info),
-                        })?;
-                        sealed.push_back(SealedSegment {
-                            first_seq: entry.first_seq,
-                            info,
-                            path,
-                            reader: None,
-                        });
-                    }
-                }
-            }
-        }
-        let active = match active {
-            Some(active) => active,
-            None => {
-                // No segment yet, or the newest one is sealed: start one where the log ends.
-                let next = sealed.back().map_or(consumed_seq, |s| s.info.next_seq);
-                let active = segment::create(&segments_dir, next)?;
-                manifest.put_segment(SegmentEntry {
-                    first_seq: next,
-                    sealed: None,
-                })?;
-                active
-            }
-        };
-        if consumed_seq > active.next_seq {
-            return Err(StorageError::Corrupt(Corruption {
-                location: manifest.path().display().to_string(),
-                offset: 0,
-                reason: format!(
-                    "consumed position {consumed_seq} is beyond the log's end {}",
-                    active.next_seq
-                ),
+            .map(|(first_seq, info, path)| SealedSegment {
+                first_seq,
+                info,
+                path,
+                reader: None,
             })
-            .into());
-        }
-        manifest.flush()?;
+            .collect();
         let sealed_bytes = sealed.iter().map(|s| s.info.file_bytes).sum();
         let sealed_payload_bytes = sealed.iter().map(|s| s.info.payload_bytes).sum();
-        let durable = Arc::new(AtomicU64::new(active.next_seq));
+        let durable = Arc::new(AtomicU64::new(recovered.active.next_seq));
         let mut inner = Inner {
             segments_dir,
             config,
-            manifest,
+            manifest: recovered.manifest,
             sealed,
-            active,
-            consumed_seq,
+            active: recovered.active,
+            consumed_seq: recovered.consumed_seq,
             sealed_bytes,
             sealed_payload_bytes,
             dirty: false,
             hints: VecDeque::new(),
             window: None,
             durable_next_seq: durable,
+            gaps: recovered.gaps,
         };
-        // Records that survived in the page cache of a killed process are made durable now.
-        inner.active.sync()?;
+        // Records that survived in the page cache of a killed process are made durable now,
+        // and the tail checkpoint records the synced end recovery found.
+        inner.flush()?;
         inner.reclaim()?;
-        Ok((inner, report))
+        Ok((inner, recovered.report))
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -459,6 +384,8 @@ impl Inner {
                 chunk_offset,
                 chunk_first_seq,
                 payload_before,
+                synced_next_seq: self.active.next_seq,
+                synced_file_bytes: self.active.file_bytes,
             })?;
         }
         self.manifest.flush()?;
@@ -500,6 +427,11 @@ impl Inner {
         for segment in self.sealed.iter().take(freed) {
             self.manifest.remove_segment(segment.first_seq)?;
         }
+        let consumed = self.consumed_seq;
+        for gap in self.gaps.iter().filter(|g| g.seqs.next <= consumed) {
+            self.manifest.remove_lost(gap.seqs.first)?;
+        }
+        self.gaps.retain(|g| g.seqs.next > consumed);
         self.flush()?;
         for segment in self.sealed.drain(..freed) {
             std::fs::remove_file(&segment.path).map_err(StorageError::io(&segment.path))?;
@@ -538,67 +470,66 @@ impl Inner {
                 next_seq,
             });
         }
-        let mut batch = ReadBatch::new(from);
         if from == next_seq || max_records == 0 {
-            return Ok(batch);
+            return Ok(ReadBatch::new(from));
         }
-        // Locate the segment: the active one, or a sealed one by binary search.
-        let (seg_first, seg_end, reader, path) = if from >= self.active.first_seq {
-            // Records still in the write buffer must reach the file before it is mapped.
-            self.active.write_out()?;
-            (
-                self.active.first_seq,
-                self.active.file_bytes,
-                Arc::clone(&self.active.reader),
-                self.active.path.clone(),
-            )
-        } else {
-            let at = self.sealed.partition_point(|s| s.first_seq <= from) - 1;
-            let seg = &mut self.sealed[at];
-            let reader = match &seg.reader {
-                Some(reader) => Arc::clone(reader),
-                None => {
-                    let file =
-                        Arc::new(File::open(&seg.path).map_err(StorageError::io(&seg.path))?);
-                    seg.reader = Some(Arc::clone(&file));
-                    file
-                }
-            };
-            (seg.first_seq, seg.info.file_bytes, reader, seg.path.clone())
+        let seg = match self.segment_for(from)? {
+            Ok(seg) => seg,
+            Err(lost) => return Ok(ReadBatch::lost_only(lost)),
         };
         let (start_offset, start_seq) = self
             .hints
             .iter()
-            .filter(|h| h.segment_first_seq == seg_first && h.chunk_first_seq <= from)
+            .filter(|h| h.segment_first_seq == seg.first_seq && h.chunk_first_seq <= from)
             .max_by_key(|h| h.chunk_first_seq)
-            .map_or((SEGMENT_HEADER_BYTES as u64, seg_first), |h| {
+            .map_or((SEGMENT_HEADER_BYTES as u64, seg.first_seq), |h| {
                 (h.chunk_offset, h.chunk_first_seq)
             });
-        let (chunk_offset, _) =
-            segment::find_chunk(&reader, &path, start_offset, start_seq, from, seg_end)?;
-
-        let map = self.window_for(seg_first, &reader, &path, chunk_offset, seg_end)?;
+        let chunk_offset = match locate_chunk(
+            &seg.reader,
+            &seg.path,
+            start_offset,
+            start_seq,
+            from,
+            seg.end,
+        )? {
+            Located::Chunk(offset) => offset,
+            Located::Damaged {
+                offset,
+                reason,
+                resume_seq,
+            } => {
+                return Ok(ReadBatch::lost_only(seg.lost(
+                    from,
+                    resume_seq.unwrap_or(seg.next_seq),
+                    offset,
+                    reason,
+                )))
+            }
+        };
+        let mut batch = ReadBatch::new(from);
+        let map = self.window_for(seg.first_seq, &seg.reader, &seg.path, chunk_offset, seg.end)?;
         let backing = batch.add_backing(Backing::Mapped(Arc::clone(&map.0)));
         let window_start = map.1;
+        let window_end = window_start + map.0.len() as u64;
         let mut offset = chunk_offset;
         let mut last_chunk = (chunk_offset, from);
         let mut seq = from;
-        'chunks: while offset < seg_end {
+        'chunks: while offset < seg.end {
             let at = (offset - window_start) as usize;
             let bytes = batch.backing_bytes(backing);
             if at + CHUNK_HEADER_BYTES > bytes.len() {
                 break;
             }
-            let corrupt = |fault: record::FormatFault| {
-                StorageError::Corrupt(Corruption {
-                    location: path.display().to_string(),
-                    offset,
-                    reason: fault.to_string(),
-                })
-            };
             let checked = ChunkHeader::decode(&bytes[at..]).and_then(|header| {
                 if at + header.chunk_bytes() > bytes.len() {
-                    return Ok(None);
+                    // Past the mapped window: read on from it next time, unless the chunk
+                    // runs past the segment's end, which is damage.
+                    return if window_end >= seg.end {
+                        Err(record::FormatFault::Short)
+                    } else {
+                        Ok(None)
+                    };
                 }
                 if header.next_seq() <= seq || header.first_seq > seq {
                     return Err(record::FormatFault::BadHeader(
@@ -623,7 +554,28 @@ impl Inner {
                 Ok(None) => break,
                 // Hand out the intact records read so far; the next read reports the damage.
                 Err(_) if !batch.is_empty() => break,
-                Err(fault) => return Err(corrupt(fault).into()),
+                Err(fault) => {
+                    // An intact header numbering this seq: skip its chunk as a whole;
+                    // else resume at the next chunk that passes every check.
+                    let resume_seq = match ChunkHeader::decode(&bytes[at..]) {
+                        Ok(h) if h.first_seq <= seq && seq < h.next_seq() => h.next_seq(),
+                        _ => recovery::next_intact_chunk(
+                            &seg.reader,
+                            &seg.path,
+                            offset,
+                            seg.end,
+                            seq,
+                        )?
+                        .map_or(seg.next_seq, |(_, h)| h.first_seq),
+                    };
+                    let lost = seg.lost(
+                        from,
+                        resume_seq.min(seg.next_seq),
+                        offset,
+                        fault.to_string(),
+                    );
+                    return Ok(ReadBatch::lost_only(lost));
+                }
             };
             last_chunk = (offset, header.first_seq);
             // The slices borrow the mapped window, which the batch owns through `backing`.
@@ -644,11 +596,71 @@ impl Inner {
             offset += header.chunk_bytes() as u64;
         }
         self.remember(ReadHint {
-            segment_first_seq: seg_first,
+            segment_first_seq: seg.first_seq,
             chunk_offset: last_chunk.0,
             chunk_first_seq: last_chunk.1,
         });
         Ok(batch)
+    }
+
+    /// The segment holding `from`, or the lost range `from` falls in (a recorded gap,
+    /// or seqs between segments that no file holds).
+    fn segment_for(&mut self, from: u64) -> Result<Result<SegmentRef, LostRange>, StorageError> {
+        if let Some(gap) = self
+            .gaps
+            .iter()
+            .find(|g| g.seqs.first <= from && from < g.seqs.next)
+        {
+            let mut lost = gap.clone();
+            lost.seqs.first = from;
+            return Ok(Err(lost));
+        }
+        if from >= self.active.first_seq {
+            // Records still in the write buffer must reach the file before it is mapped.
+            self.active.write_out()?;
+            return Ok(Ok(SegmentRef {
+                first_seq: self.active.first_seq,
+                end: self.active.file_bytes,
+                next_seq: self.active.next_seq,
+                reader: Arc::clone(&self.active.reader),
+                path: self.active.path.clone(),
+            }));
+        }
+        let at = self.sealed.partition_point(|s| s.first_seq <= from);
+        let following = self
+            .sealed
+            .get(at)
+            .map_or(self.active.first_seq, |s| s.first_seq);
+        let in_no_file = |location: String| LostRange {
+            seqs: SeqRange {
+                first: from,
+                next: following,
+            },
+            location,
+            offset: 0,
+            reason: "the records are in no segment file".into(),
+        };
+        let Some(seg) = at.checked_sub(1).map(|i| &mut self.sealed[i]) else {
+            return Ok(Err(in_no_file(self.segments_dir.display().to_string())));
+        };
+        if from >= seg.info.next_seq {
+            return Ok(Err(in_no_file(seg.path.display().to_string())));
+        }
+        let reader = match &seg.reader {
+            Some(reader) => Arc::clone(reader),
+            None => {
+                let file = Arc::new(File::open(&seg.path).map_err(StorageError::io(&seg.path))?);
+                seg.reader = Some(Arc::clone(&file));
+                file
+            }
+        };
+        Ok(Ok(SegmentRef {
+            first_seq: seg.first_seq,
+            end: seg.info.file_bytes,
+            next_seq: following,
+            reader,
+            path: seg.path.clone(),
+        }))
     }
 
     /// A mapped window of the segment that holds the chunk at `chunk_offset`, and the window's start offset.
@@ -725,65 +737,6 @@ impl Flushable for Inner {
 
     fn flush_now(&mut self) -> Result<u64, StorageError> {
         self.flush()
-    }
-}
-
-fn list_segment_files(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, StorageError> {
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).map_err(StorageError::io(dir))? {
-        let entry = entry.map_err(StorageError::io(dir))?;
-        let name = entry.file_name();
-        if let Some(first_seq) = name.to_str().and_then(segment::parse_file_name) {
-            files.insert(first_seq, entry.path());
-        }
-    }
-    Ok(files)
-}
-
-/// Whether a segment file's header is complete and names `first_seq` (a version mismatch is an error).
-fn has_intact_header(path: &Path, first_seq: u64) -> Result<bool, OpenError> {
-    let file = File::open(path).map_err(StorageError::io(path))?;
-    let len = file.metadata().map_err(StorageError::io(path))?.len();
-    if len < SEGMENT_HEADER_BYTES as u64 {
-        return Ok(false);
-    }
-    match check_segment_header(&file, path, first_seq) {
-        Ok(()) => Ok(true),
-        Err(OpenError::Storage(StorageError::Corrupt(_))) => Ok(false),
-        Err(other) => Err(other),
-    }
-}
-
-fn check_segment_header(
-    file: &File,
-    path: &Path,
-    expected_first_seq: u64,
-) -> Result<(), OpenError> {
-    use std::os::unix::fs::FileExt;
-    let mut header = [0u8; SEGMENT_HEADER_BYTES];
-    file.read_exact_at(&mut header, 0)
-        .map_err(StorageError::io(path))?;
-    match record::decode_segment_header(&header) {
-        Ok(first) if first == expected_first_seq => Ok(()),
-        Ok(first) => Err(StorageError::Corrupt(Corruption {
-            location: path.display().to_string(),
-            offset: 0,
-            reason: format!(
-                "segment header says first seq {first}, its name says {expected_first_seq}"
-            ),
-        })
-        .into()),
-        Err(record::FormatFault::Version(found)) => Err(OpenError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            found,
-            supported: record::FORMAT_VERSION,
-        }),
-        Err(fault) => Err(StorageError::Corrupt(Corruption {
-            location: path.display().to_string(),
-            offset: 0,
-            reason: fault.to_string(),
-        })
-        .into()),
     }
 }
 

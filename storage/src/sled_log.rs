@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::batch::{Backing, LogStats, ReadBatch, RecoveryReport, SeqRange};
+use crate::batch::{Backing, LogStats, LostRange, ReadBatch, RecoveryReport, SeqRange};
 use crate::config::{Backend, Durability, LogConfig};
 use crate::error::{AppendError, Corruption, OpenError, ReadError, StorageError};
 use crate::flusher::{self, Flushable, Flusher};
@@ -75,16 +75,43 @@ impl SledLog {
             .map_err(StorageError::sled(&path))?;
         let consumed_seq = manifest.consumed_seq()?;
         let last = chunks.last().map_err(StorageError::sled(&path))?;
-        let next_seq = match last {
-            Some((key, value)) => chunk_header(&key, &value, &path)?.next_seq(),
+        let mut recovery = RecoveryReport::default();
+        let mut next_seq = match last {
+            Some((key, value)) => match chunk_header(&key, &value, &path) {
+                Ok(header) => header.next_seq(),
+                // Its record count is unknown: at least its key's seq is taken.
+                Err(_) => key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0) + 1,
+            },
             None => consumed_seq,
         };
+        next_seq = next_seq.max(consumed_seq);
         // Payload of stored chunks: known from the headers without reading record bytes beyond them.
         let mut payload_bytes = 0;
-        for item in chunks.iter() {
+        let mut keys = chunks.iter().peekable();
+        while let Some(item) = keys.next() {
             let (key, value) = item.map_err(StorageError::sled(&path))?;
-            let header = chunk_header(&key, &value, &path)?;
-            payload_bytes += payload_estimate(&header);
+            match chunk_header(&key, &value, &path) {
+                Ok(header) => payload_bytes += payload_estimate(&header),
+                Err(StorageError::Corrupt(c)) => {
+                    let first = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                    let next = match keys.peek() {
+                        Some(Ok((k, _))) => k
+                            .as_ref()
+                            .try_into()
+                            .map(u64::from_be_bytes)
+                            .unwrap_or(next_seq),
+                        _ => next_seq,
+                    };
+                    tracing::warn!(location = %c.location, first_seq = first, next_seq = next, reason = %c.reason, "a damaged chunk in the sled spill log: its records are lost");
+                    recovery.lost.push(LostRange {
+                        seqs: SeqRange { first, next },
+                        location: c.location,
+                        offset: 0,
+                        reason: c.reason,
+                    });
+                }
+                Err(other) => return Err(other.into()),
+            }
         }
         let inner = Inner {
             path: path.clone(),
@@ -102,7 +129,7 @@ impl SledLog {
         let flusher = flusher::for_durability(durability, &inner, &path)?;
         Ok(SledLog {
             inner,
-            recovery: RecoveryReport::default(),
+            recovery,
             flusher,
         })
     }
@@ -213,25 +240,55 @@ impl Inner {
         let start = match self.chunks.range(..=from.to_be_bytes()).next_back() {
             Some(item) => item.map_err(sled_err)?.0,
             None => {
-                return Err(StorageError::Corrupt(Corruption {
-                    location: self.path.display().to_string(),
-                    offset: 0,
-                    reason: format!("no chunk holds seq {from}"),
-                })
-                .into())
+                let next = self.next_key_after(from)?.unwrap_or(self.next_seq);
+                return Ok(ReadBatch::lost_only(self.lost(
+                    from,
+                    next,
+                    self.path.display().to_string(),
+                    format!("no chunk holds seq {from}"),
+                )));
             }
         };
         let mut seq = from;
         for item in self.chunks.range(start..) {
             let (key, value) = item.map_err(StorageError::sled(&self.path))?;
-            let header = chunk_header(&key, &value, &self.path)?;
+            let key_seq = key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            let location = format!("{} chunk {key_seq}", self.path.display());
+            let header = match chunk_header(&key, &value, &self.path) {
+                Ok(header) if header.next_seq() > seq => header,
+                Ok(_) | Err(_) if !batch.is_empty() => return Ok(batch),
+                Ok(header) => {
+                    let next = self.next_key_after(key_seq)?.unwrap_or(self.next_seq);
+                    let reason = format!("chunk ends at seq {}, before {seq}", header.next_seq());
+                    return Ok(ReadBatch::lost_only(
+                        self.lost(from, next, location, reason),
+                    ));
+                }
+                Err(error) => {
+                    let next = self.next_key_after(key_seq)?.unwrap_or(self.next_seq);
+                    return Ok(ReadBatch::lost_only(self.lost(
+                        from,
+                        next,
+                        location,
+                        error.to_string(),
+                    )));
+                }
+            };
             if header.first_seq > seq {
-                return Err(StorageError::Corrupt(Corruption {
-                    location: format!("{} chunk {}", self.path.display(), header.first_seq),
-                    offset: 0,
-                    reason: format!("gap: seq {seq} is missing"),
-                })
-                .into());
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+                let reason = format!("gap: seqs {seq}..{} are in no chunk", header.first_seq);
+                return Ok(ReadBatch::lost_only(self.lost(
+                    from,
+                    header.first_seq,
+                    location,
+                    reason,
+                )));
             }
             let body_range = CHUNK_HEADER_BYTES..CHUNK_HEADER_BYTES + header.body_bytes as usize;
             // rkyv needs the body 4-byte aligned; sled's buffers usually are, else copy once.
@@ -244,14 +301,21 @@ impl Inner {
             };
             let index = batch.add_backing(backing);
             let bytes = batch.backing_bytes(index);
-            let view = record::check_body(&header, bytes.get(body_range).unwrap_or_default())
-                .map_err(|fault| {
-                    StorageError::Corrupt(Corruption {
-                        location: format!("{} chunk {}", self.path.display(), header.first_seq),
-                        offset: 0,
-                        reason: fault.to_string(),
-                    })
-                })?;
+            let view = match record::check_body(&header, bytes.get(body_range).unwrap_or_default())
+            {
+                Ok(view) => view,
+                Err(_) if !batch.is_empty() => return Ok(batch),
+                Err(fault) => {
+                    // The header is intact: its chunk is skipped as a whole, to the next key.
+                    let next = self.next_key_after(key_seq)?.unwrap_or(header.next_seq());
+                    return Ok(ReadBatch::lost_only(self.lost(
+                        from,
+                        next,
+                        location,
+                        fault.to_string(),
+                    )));
+                }
+            };
             let skip = (seq - header.first_seq) as usize;
             let base = bytes.as_ptr() as usize;
             let spans: Vec<(usize, usize)> = (skip..view.len())
@@ -267,6 +331,31 @@ impl Inner {
             }
         }
         Ok(batch)
+    }
+
+    /// The first chunk key after `seq`: where reading resumes past a damaged chunk.
+    fn next_key_after(&self, seq: u64) -> Result<Option<u64>, StorageError> {
+        let Some(start) = seq.checked_add(1) else {
+            return Ok(None);
+        };
+        match self.chunks.range(start.to_be_bytes()..).next() {
+            Some(item) => {
+                let (key, _) = item.map_err(StorageError::sled(&self.path))?;
+                Ok(key.as_ref().try_into().map(u64::from_be_bytes).ok())
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn lost(&self, from: u64, next: u64, location: String, reason: String) -> LostRange {
+        let next = next.max(from + 1).min(self.next_seq);
+        tracing::warn!(%location, first_seq = from, next_seq = next, %reason, "a read skips damaged records of the sled spill log");
+        LostRange {
+            seqs: SeqRange { first: from, next },
+            location,
+            offset: 0,
+            reason,
+        }
     }
 
     fn consume_until(&mut self, seq: u64) -> Result<(), StorageError> {
@@ -286,10 +375,13 @@ impl Inner {
                     .map_err(StorageError::sled(&self.path))?;
                 self.payload_bytes = self.payload_bytes.saturating_sub(prev_payload);
             }
-            let header = chunk_header(&key, &value, &self.path)?;
-            let payload = payload_estimate(&header);
+            // A damaged chunk's extent is unknown: it goes once the next key is consumed.
+            let (payload, ends_after) = match chunk_header(&key, &value, &self.path) {
+                Ok(header) => (payload_estimate(&header), header.next_seq() > seq),
+                Err(_) => (0, false),
+            };
             doomed = Some((key, payload));
-            if header.next_seq() > seq {
+            if ends_after {
                 doomed = None;
                 break;
             }

@@ -6,8 +6,12 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use spillway_storage::record::{ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
-use spillway_storage::{open, Backend, OpenError, ReadError, SpillLog, StorageError};
+use std::io::Write;
+
+use spillway_storage::record::{
+    encode_chunk, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+use spillway_storage::{open, Backend, Durability, OpenError, SpillLog};
 
 /// Offsets and headers of every chunk in a segment file.
 fn chunks(path: &Path) -> Vec<(u64, ChunkHeader)> {
@@ -43,28 +47,102 @@ fn assert_records(log: &dyn SpillLog, upto: u64) {
 }
 
 #[test]
-fn truncated_last_record_is_cut_and_reported() {
+fn bytes_past_the_synced_end_are_a_torn_tail_and_are_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = common::write_closed_log(dir.path(), 200);
     let last = files.last().expect("a segment");
-    let (offset, header) = *chunks(last).last().expect("a chunk");
     let len = fs::metadata(last).expect("meta").len();
-    common::truncate_by(last, 5);
+    // An interrupted write after the last sync: half of the next chunk reached the disk.
+    let mut chunk = Vec::new();
+    let header = encode_chunk(
+        &mut chunk,
+        200,
+        &[common::payload(200), common::payload(201)],
+    );
+    let torn = &chunk[..chunk.len() / 2];
+    OpenOptions::new()
+        .append(true)
+        .open(last)
+        .expect("open")
+        .write_all(torn)
+        .expect("append torn bytes");
 
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
     let report = log.recovery_report().clone();
-    assert_eq!(report.truncated_bytes, len - 5 - offset);
+    assert_eq!(report.truncated_bytes, torn.len() as u64);
     assert_eq!(report.dropped_records, u64::from(header.record_count));
     assert_eq!(report.truncated_segment.as_deref(), Some(last.as_path()));
-    assert_eq!(log.stats().next_seq, header.first_seq);
-    assert_records(log.as_ref(), header.first_seq);
-    // The log goes on from the cut.
+    assert!(report.lost.is_empty(), "{:?}", report.lost);
+    assert_eq!(fs::metadata(last).expect("meta").len(), len);
+    assert_eq!(log.stats().next_seq, 200);
+    assert_records(log.as_ref(), 200);
     let next = log.append(&[b"after the cut".as_slice()]).expect("append");
-    assert_eq!(next.first, header.first_seq);
+    assert_eq!(next.first, 200);
+}
+
+/// Every record of `0..count` is read back except `lost`, which one read reports exactly.
+fn assert_all_but(log: &dyn SpillLog, count: u64, lost: std::ops::Range<u64>, location: &Path) {
+    let (records, ranges) = common::read_with_losses(log, 0);
+    common::assert_every_seq(&records, std::slice::from_ref(&lost), 0, count);
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    assert_eq!(ranges[0].seqs.first..ranges[0].seqs.next, lost);
+    assert_eq!(ranges[0].location, location.display().to_string());
 }
 
 #[test]
-fn flipped_bytes_in_the_tail_chunk_are_cut_and_reported() {
+fn a_truncated_active_segment_loses_the_synced_records_it_no_longer_holds_and_keeps_its_seqs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::small_config(Backend::Segment);
+    config.durability = Durability::EveryBatch;
+    config.segment_bytes_max = 1024 * 1024;
+    let log = open(dir.path(), config.clone()).expect("open");
+    common::append_records(log.as_ref(), 0, 300);
+    drop(log);
+    let active = common::segment_files(dir.path()).pop().expect("segment");
+    let len = fs::metadata(&active).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .expect("open")
+        .set_len(len / 2)
+        .expect("truncate");
+    let intact_next = common::intact_chunks(&active)
+        .last()
+        .map_or(0, |(_, h)| h.next_seq());
+    assert!(intact_next > 0 && intact_next < 300);
+
+    let log = open(dir.path(), config).expect("reopen");
+    let lost = &log.recovery_report().lost;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].seqs.first..lost[0].seqs.next, intact_next..300);
+    assert_eq!(lost[0].location, active.display().to_string());
+    assert_eq!(lost[0].reason, "truncated below the synced end");
+    assert_eq!(log.stats().next_seq, 300, "the seq space is kept");
+    assert_all_but(log.as_ref(), 300, intact_next..300, &active);
+    // Appends go on at the old next_seq.
+    let next = log
+        .append(&[common::payload(300).as_slice()])
+        .expect("append");
+    assert_eq!(next.first, 300);
+    assert_eq!(
+        log.read(300, 1, u64::MAX).expect("read").get(0),
+        Some(common::payload(300).as_slice())
+    );
+    // Consuming past the lost range works, and the loss is durable across opens.
+    drop(log);
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
+    assert!(log.recovery_report().lost.is_empty());
+    let batch = log.read(intact_next, 10, u64::MAX).expect("read the gap");
+    assert_eq!(
+        batch.lost().map(|l| (l.seqs.first, l.seqs.next)),
+        Some((intact_next, 300))
+    );
+    log.consume_until(301).expect("consume");
+    assert_eq!(log.stats().first_seq, 301);
+}
+
+#[test]
+fn flipped_bytes_in_the_synced_tail_chunk_are_reported_lost_and_the_seqs_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = common::write_closed_log(dir.path(), 200);
     let last = files.last().expect("a segment");
@@ -72,11 +150,19 @@ fn flipped_bytes_in_the_tail_chunk_are_cut_and_reported() {
     flip_byte(last, offset + CHUNK_HEADER_BYTES as u64 + 3);
 
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
+    let lost = &log.recovery_report().lost;
+    assert_eq!(lost.len(), 1, "{lost:?}");
     assert_eq!(
-        log.recovery_report().dropped_records,
-        u64::from(header.record_count)
+        (lost[0].seqs.first, lost[0].seqs.next),
+        (header.first_seq, 200)
     );
-    assert_records(log.as_ref(), header.first_seq);
+    assert_eq!(lost[0].offset, offset);
+    assert_eq!(log.recovery_report().truncated_bytes, 0);
+    assert_all_but(log.as_ref(), 200, header.first_seq..200, last);
+    assert_eq!(
+        log.append(&[b"next".as_slice()]).expect("append").first,
+        200
+    );
 }
 
 /// Removes the manifest's tail checkpoint, as if the process died before its first sync.
@@ -92,7 +178,7 @@ fn forget_tail_checkpoint(dir: &Path) {
 }
 
 #[test]
-fn without_a_checkpoint_damage_before_intact_chunks_refuses_to_open_and_changes_nothing() {
+fn without_a_checkpoint_damage_before_intact_chunks_is_reported_lost_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = common::write_closed_log(dir.path(), 200);
     let last = files.last().expect("a segment");
@@ -101,27 +187,30 @@ fn without_a_checkpoint_damage_before_intact_chunks_refuses_to_open_and_changes_
         all.len() >= 3,
         "the test needs chunks after the damaged one"
     );
-    let (offset, _) = all[1];
+    let (offset, header) = all[1];
     flip_byte(last, offset + CHUNK_HEADER_BYTES as u64 + 1);
     forget_tail_checkpoint(dir.path());
     let before = fs::read(last).expect("read");
 
-    match open(dir.path(), common::small_config(Backend::Segment)) {
-        Err(OpenError::Storage(StorageError::Corrupt(c))) => {
-            assert_eq!(c.location, last.display().to_string());
-            assert_eq!(c.offset, offset);
-        }
-        other => panic!("expected a corruption error, got {other:?}"),
-    }
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    let lost = &log.recovery_report().lost;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].location, last.display().to_string());
+    assert_eq!(lost[0].offset, offset);
+    assert_eq!(
+        (lost[0].seqs.first, lost[0].seqs.next),
+        (header.first_seq, header.next_seq())
+    );
     assert_eq!(
         fs::read(last).expect("read"),
         before,
-        "a refused open must not modify the file"
+        "damage in the middle must not modify the file"
     );
+    assert_all_but(log.as_ref(), 200, header.first_seq..header.next_seq(), last);
 }
 
 #[test]
-fn damage_in_synced_data_of_the_tail_segment_fails_the_read_with_file_and_offset() {
+fn damage_in_synced_data_of_the_tail_segment_is_skipped_by_reads_with_file_and_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = common::write_closed_log(dir.path(), 200);
     let last = files.last().expect("a segment");
@@ -134,26 +223,16 @@ fn damage_in_synced_data_of_the_tail_segment_fails_the_read_with_file_and_offset
     let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
     assert!(log.recovery_report().scanned_bytes < before.len() as u64);
     assert_eq!(fs::read(last).expect("read"), before);
-    let mut at = log.stats().first_seq;
-    while at < header.first_seq {
-        let batch = log
-            .read(at, 100, u64::MAX)
-            .expect("intact records before the damage");
-        at = batch.next_seq();
-    }
-    match log.read(header.first_seq, 10, u64::MAX) {
-        Err(ReadError::Storage(StorageError::Corrupt(c))) => {
-            assert_eq!(c.location, last.display().to_string());
-            assert_eq!(c.offset, offset);
-        }
-        other => panic!("expected a corruption error, got {other:?}"),
-    }
-    // Records after the damaged chunk are still reachable.
-    let (_, after) = all[2];
+    let batch = log.read(header.first_seq, 10, u64::MAX).expect("read");
+    let lost = batch.lost().expect("the damage is reported");
+    assert_eq!(lost.location, last.display().to_string());
+    assert_eq!(lost.offset, offset);
     assert_eq!(
-        log.read(after.first_seq, 1, 1).expect("read").get(0),
-        Some(common::payload(after.first_seq).as_slice())
+        (lost.seqs.first, lost.seqs.next),
+        (header.first_seq, header.next_seq())
     );
+    assert!(lost.reason.contains("checksum"), "{}", lost.reason);
+    assert_all_but(log.as_ref(), 200, header.first_seq..header.next_seq(), last);
 }
 
 #[test]
@@ -186,7 +265,7 @@ fn recovery_scans_only_what_was_written_since_the_last_sync() {
 }
 
 #[test]
-fn flipped_bytes_in_a_sealed_segment_fail_the_read_with_file_and_offset() {
+fn flipped_bytes_in_a_sealed_segment_are_skipped_by_reads_with_file_and_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = common::write_closed_log(dir.path(), 400);
     assert!(files.len() >= 3, "the test needs sealed segments");
@@ -196,42 +275,110 @@ fn flipped_bytes_in_a_sealed_segment_fail_the_read_with_file_and_offset() {
 
     let log = open(dir.path(), common::small_config(Backend::Segment))
         .expect("open: only the tail is scanned");
-    // Everything before the damaged chunk reads back.
-    let mut at = 0;
-    while at < header.first_seq {
-        let batch = log.read(at, 100, u64::MAX).expect("intact records");
-        for (seq, bytes) in batch.iter() {
-            assert_eq!(bytes, common::payload(seq));
-        }
-        at = batch.next_seq();
-    }
-    match log.read(header.first_seq, 10, u64::MAX) {
-        Err(ReadError::Storage(StorageError::Corrupt(c))) => {
-            assert_eq!(c.location, victim.display().to_string());
-            assert_eq!(c.offset, offset);
-        }
-        other => panic!("expected a corruption error, got {other:?}"),
-    }
-    // Records after the damaged chunk, in the next segment, are still readable.
-    let (_, later) = chunks(&files[2])[0];
-    let batch = log
-        .read(later.first_seq, 5, u64::MAX)
-        .expect("later records");
-    assert_eq!(
-        batch.get(0),
-        Some(common::payload(later.first_seq).as_slice())
+    let batch = log.read(header.first_seq, 10, u64::MAX).expect("read");
+    let lost = batch.lost().expect("the damage is reported");
+    assert_eq!(lost.location, victim.display().to_string());
+    assert_eq!(lost.offset, offset);
+    assert_all_but(
+        log.as_ref(),
+        400,
+        header.first_seq..header.next_seq(),
+        victim,
     );
 }
 
 #[test]
-fn a_missing_segment_is_a_typed_error_naming_it() {
+fn sixty_four_flipped_bytes_in_a_sealed_segment_lose_exactly_that_chunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::write_closed_log(dir.path(), 600);
+    assert!(files.len() >= 4, "the test needs several sealed segments");
+    let victim = &files[1];
+    // A chunk whose body holds 64 bytes well inside it.
+    let (offset, header) = chunks(victim)
+        .into_iter()
+        .skip(1)
+        .find(|(_, h)| h.body_bytes >= 128)
+        .expect("a chunk with a large body");
+    flip_bytes_in_body(victim, offset, &header);
+
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    assert_all_but(
+        log.as_ref(),
+        600,
+        header.first_seq..header.next_seq(),
+        victim,
+    );
+    // Consuming past the lost range works like any consume.
+    log.consume_until(header.next_seq()).expect("consume");
+    let (records, lost) = common::read_with_losses(log.as_ref(), header.next_seq());
+    assert!(lost.is_empty());
+    common::assert_every_seq(&records, &[], header.next_seq(), 600);
+}
+
+fn flip_bytes_in_body(path: &Path, offset: u64, header: &ChunkHeader) {
+    let middle = offset + CHUNK_HEADER_BYTES as u64 + u64::from(header.body_bytes) / 2 - 32;
+    common::flip_bytes(path, middle, 64);
+}
+
+#[test]
+fn sixty_four_flipped_bytes_in_a_sled_chunk_lose_exactly_that_chunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = open(dir.path(), common::small_config(Backend::Sled)).expect("open");
+    common::append_records(log.as_ref(), 0, 300);
+    log.flush().expect("flush");
+    drop(log);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Damage one chunk's body through sled itself (its own log has no checksum of our bodies).
+    let (first, next) = {
+        let db = sled::open(dir.path().join("sled")).expect("sled");
+        let chunks = db.open_tree("chunks").expect("chunks");
+        let (key, value) = chunks
+            .iter()
+            .map(|item| item.expect("item"))
+            .filter(|(_, v)| ChunkHeader::decode(v).is_ok_and(|h| h.body_bytes >= 128))
+            .nth(3)
+            .expect("a chunk with a large body");
+        let header = ChunkHeader::decode(&value).expect("header");
+        let mut damaged = value.to_vec();
+        let middle = CHUNK_HEADER_BYTES + header.body_bytes as usize / 2 - 32;
+        for byte in &mut damaged[middle..middle + 64] {
+            *byte ^= 0x5a;
+        }
+        chunks.insert(key, damaged).expect("insert");
+        db.flush().expect("flush");
+        (header.first_seq, header.next_seq())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let log = open(dir.path(), common::small_config(Backend::Sled)).expect("reopen");
+    let (records, lost) = common::read_with_losses(log.as_ref(), 0);
+    common::assert_every_seq(&records, std::slice::from_ref(&(first..next)), 0, 300);
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!((lost[0].seqs.first, lost[0].seqs.next), (first, next));
+    assert!(
+        lost[0].location.ends_with(&format!("chunk {first}")),
+        "{}",
+        lost[0].location
+    );
+    log.consume_until(next).expect("consume past the damage");
+    assert_eq!(log.stats().first_seq, next);
+}
+
+#[test]
+fn a_missing_segment_rebuilds_the_manifest_and_reports_its_records_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = common::write_closed_log(dir.path(), 400);
+    let missing = chunks(&files[1])[0].1.first_seq..chunks(&files[2])[0].1.first_seq;
     fs::remove_file(&files[1]).expect("remove");
-    match open(dir.path(), common::small_config(Backend::Segment)) {
-        Err(OpenError::MissingSegment { path, .. }) => assert_eq!(path, files[1]),
-        other => panic!("expected MissingSegment, got {other:?}"),
-    }
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    let report = log.recovery_report();
+    let why = report.manifest_rebuilt.as_deref().expect("rebuilt");
+    assert!(why.contains(&files[1].display().to_string()), "{why}");
+    assert_eq!(report.lost.len(), 1, "{:?}", report.lost);
+    assert_eq!(report.lost[0].seqs.first..report.lost[0].seqs.next, missing);
+    let (records, lost) = common::read_with_losses(log.as_ref(), 0);
+    common::assert_every_seq(&records, std::slice::from_ref(&missing), 0, 400);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].seqs.first..lost[0].seqs.next, missing);
     // Nothing else was touched.
     assert_eq!(common::segment_files(dir.path()).len(), files.len() - 1);
 }
@@ -315,4 +462,44 @@ fn a_new_segment_whose_header_never_reached_the_disk_is_removed() {
     assert!(!torn.exists());
     assert_records(log.as_ref(), 200);
     assert_eq!(common::segment_files(dir.path()), files);
+}
+
+#[test]
+fn a_sealed_segment_shorter_than_the_manifest_says_keeps_its_intact_chunks_and_reports_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::write_closed_log(dir.path(), 600);
+    assert!(files.len() >= 4, "the test needs sealed segments");
+    let victim = &files[1];
+    let next_file_first = chunks(&files[2])[0].1.first_seq;
+    let len = fs::metadata(victim).expect("meta").len();
+    OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .expect("open")
+        .set_len(len * 2 / 3)
+        .expect("truncate");
+    let intact_next = common::intact_chunks(victim)
+        .last()
+        .expect("an intact chunk")
+        .1
+        .next_seq();
+
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    let lost = &log.recovery_report().lost;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(
+        lost[0].seqs.first..lost[0].seqs.next,
+        intact_next..next_file_first
+    );
+    assert_eq!(lost[0].location, victim.display().to_string());
+    assert_all_but(log.as_ref(), 600, intact_next..next_file_first, victim);
+    // The next open finds the same state and reports nothing new; reads still report the gap.
+    drop(log);
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
+    assert!(
+        log.recovery_report().lost.is_empty(),
+        "{:?}",
+        log.recovery_report().lost
+    );
+    assert_all_but(log.as_ref(), 600, intact_next..next_file_first, victim);
 }

@@ -129,19 +129,80 @@ fn verify_names_each_damaged_range_and_keeps_checking_past_it() {
 }
 
 #[test]
-fn a_missing_segment_and_a_torn_tail_are_told_apart() {
+fn a_missing_segment_is_damage_with_its_range() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = common::write_closed_log(dir.path(), 600);
-    let last = files.last().expect("segment");
-    common::truncate_by(last, 5);
+    let starts: Vec<u64> = files
+        .iter()
+        .map(|f| common::intact_chunks(f)[0].1.first_seq)
+        .collect();
     fs::remove_file(&files[1]).expect("remove");
 
     let report = verify(dir.path());
+    assert!(
+        report
+            .damage
+            .iter()
+            .any(|d| d.reason.contains("damaged manifest")
+                && d.reason.contains(&files[1].display().to_string())),
+        "{:?}",
+        report.damage
+    );
+    assert!(
+        report
+            .damage
+            .iter()
+            .any(|d| d.seqs == (starts[1], Some(starts[2]))),
+        "the missing records {}..{} are named: {:?}",
+        starts[1],
+        starts[2],
+        report.damage
+    );
+    assert!(report.torn_tail.is_none());
+}
+
+#[test]
+fn a_file_shorter_than_its_synced_end_is_damage_and_bytes_past_it_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::write_closed_log(dir.path(), 600);
+    let last = files.last().expect("segment");
+    let (offset, header) = *common::intact_chunks(last).last().expect("a chunk");
+    common::truncate_by(last, 5);
+
+    let report = verify(dir.path());
     assert_eq!(report.damage.len(), 1, "{:?}", report.damage);
-    assert_eq!(report.damage[0].location, files[1].display().to_string());
-    assert!(report.damage[0].reason.contains("missing"));
+    let damage = &report.damage[0];
+    assert_eq!(damage.location, last.display().to_string());
+    assert_eq!(damage.offset, offset);
+    assert_eq!(damage.seqs, (header.first_seq, Some(600)));
+    assert!(
+        damage.reason.contains("below the synced end"),
+        "{}",
+        damage.reason
+    );
+    assert!(
+        report.torn_tail.is_none(),
+        "below the synced end it is not a torn tail"
+    );
+
+    // Bytes past the synced end that fail their checks are a torn tail, not damage.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::write_closed_log(dir.path(), 600);
+    let last = files.last().expect("segment");
+    let len = fs::metadata(last).expect("meta").len();
+    OpenOptions::new()
+        .append(true)
+        .open(last)
+        .expect("open")
+        .write_all_at(b"SPCK and the rest never reached the disk", len)
+        .expect("append");
+    let report = verify(dir.path());
+    assert!(report.damage.is_empty(), "{:?}", report.damage);
     let torn = report.torn_tail.expect("a torn tail");
-    assert_eq!(torn.location, last.display().to_string());
+    assert_eq!(
+        (torn.location, torn.offset),
+        (last.display().to_string(), len)
+    );
 }
 
 #[test]

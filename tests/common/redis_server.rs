@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    /// `requirepass`, if the server has one.
+    password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -21,6 +23,15 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, None)
+    }
+
+    /// A server with `requirepass password`; `url()` carries the password.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(free_port(), Some(password))
+    }
+
+    fn start_with(port: u16, password: Option<&str>) -> Self {
         let binary =
             std::env::var("REDIS_SERVER_FOR_TESTS").unwrap_or_else(|_| "redis-server".into());
         let dir = tempfile::tempdir().expect("tempdir");
@@ -28,6 +39,7 @@ impl RedisServer {
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .arg("--dir")
             .arg(dir.path())
+            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -35,6 +47,7 @@ impl RedisServer {
         let server = RedisServer {
             child,
             port,
+            password: password.map(str::to_string),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -50,7 +63,10 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// The redis-server's process id, for tests that stop it (SIGSTOP) to make a hung server.
