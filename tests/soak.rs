@@ -368,6 +368,8 @@ impl ReaderControl {
 struct Tally {
     /// Reads per seq, indexed by seq - BASE_SEQ.
     counts: Vec<u16>,
+    /// Seqs read at least once (kept as it goes: a scan of `counts` per read would cost a core).
+    distinct: u64,
     /// Seqs below BASE_SEQ or too far above it to index.
     foreign: Vec<u64>,
     /// Entries whose frame did not decode, or whose `seq` field was not the frame's.
@@ -463,10 +465,7 @@ fn read_stream(url: &str, knobs: &Knobs, control: &ReaderControl) -> Tally {
                 if id.is_some() {
                     last_id = id;
                 }
-                control.distinct.store(
-                    tally.counts.iter().filter(|n| **n > 0).count() as u64,
-                    Ordering::Relaxed,
-                );
+                control.distinct.store(tally.distinct, Ordering::Relaxed);
                 control.xlen.store(xlen, Ordering::Relaxed);
                 if got == 0 {
                     std::thread::sleep(Duration::from_millis(10));
@@ -519,6 +518,9 @@ fn read_once(
                 let i = i as usize;
                 if tally.counts.len() <= i {
                     tally.counts.resize(i + 1, 0);
+                }
+                if tally.counts[i] == 0 {
+                    tally.distinct += 1;
                 }
                 tally.counts[i] = tally.counts[i].saturating_add(1);
             }
