@@ -692,13 +692,20 @@ fn drop_faults(knobs: &Knobs) -> Vec<(u64, Fault)> {
 /// which are memory-tier events (log events are durable already), so at most the
 /// memory tier's content; and what arrived in one cursor-save interval plus one sync
 /// interval. The Redis outage adds one batch (a MULTI sent to the stopped server, timed
-/// out, retried, and run by the server when it resumes).
-fn duplicates_bound(restarts: u64, tier_events: u64, knobs: &Knobs) -> (u64, String) {
+/// out, retried, and run by the server when it resumes). A full disk can leave a manifest
+/// sled cannot open; its rebuild forgets the sink's position, so the records the log kept
+/// come again once: at most `rebuild_events`, the spill dir's peak in events.
+fn duplicates_bound(
+    restarts: u64,
+    tier_events: u64,
+    rebuild_events: u64,
+    knobs: &Knobs,
+) -> (u64, String) {
     let interval_events = knobs.events_per_sec * (CURSOR_SAVE_MS + DURABILITY_MS) / 1000;
     let per_restart = SINK_BATCH_EVENTS + tier_events + interval_events;
-    let bound = restarts * per_restart + SINK_BATCH_EVENTS;
+    let bound = restarts * per_restart + SINK_BATCH_EVENTS + rebuild_events;
     let why = format!(
-        "{restarts} restarts x ({SINK_BATCH_EVENTS} batch in flight + {tier_events} memory tier + {interval_events} in {CURSOR_SAVE_MS}+{DURABILITY_MS} ms) + {SINK_BATCH_EVENTS} outage batch"
+        "{restarts} restarts x ({SINK_BATCH_EVENTS} batch in flight + {tier_events} memory tier + {interval_events} in {CURSOR_SAVE_MS}+{DURABILITY_MS} ms) + {SINK_BATCH_EVENTS} outage batch + {rebuild_events} kept by the log, if a full disk makes a manifest rebuild"
     );
     (bound, why)
 }
@@ -733,6 +740,8 @@ struct Soak {
     expected: u64,
     /// Events the memory tier holds at most: part of the duplicates' bound.
     tier_events: u64,
+    /// The fixture frames' mean size.
+    frame_bytes_avg: u64,
     runtime: tokio::runtime::Runtime,
     redis: RedisServer,
     tmpfs: Result<Tmpfs, String>,
@@ -819,6 +828,7 @@ impl Soak {
             chaos: ChaosReport::default(),
             expected: 0,
             tier_events,
+            frame_bytes_avg,
             runtime,
             redis,
             tmpfs,
@@ -997,12 +1007,18 @@ impl Report {
             .filter(|n| **n > 0)
             .count() as u64
             + tally.foreign.len() as u64;
+        let chaos = &soak.chaos;
+        let rebuild_events = if chaos.disk_full_secs > 0.0 {
+            life.peak_disk_bytes / soak.frame_bytes_avg.max(1)
+        } else {
+            0
+        };
         let (bound, why) = duplicates_bound(
             life.kills + life.exits.len() as u64,
             soak.tier_events,
+            rebuild_events,
             knobs,
         );
-        let chaos = &soak.chaos;
         let disk = match &soak.tmpfs {
             Err(why) => format!("skipped: {why}"),
             Ok(_) if chaos.disk_full_secs == 0.0 => "not made (SOAK_DISK_FULL_SECS=0)".into(),
