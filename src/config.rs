@@ -78,6 +78,10 @@ pub struct Config {
     pub health_lost_events_secs: u64,
     /// Size at which a spill log segment file is sealed and a new one begun, in bytes.
     pub segment_bytes_max: u64,
+    /// Space each queue keeps allocated (`<queue>/reserve`) and gives up so it can open and drain on a full disk, in bytes (0: none).
+    pub disk_reserve_bytes: u64,
+    /// Free space a spill must leave on the filesystem, in bytes; a batch that would not is refused like a full budget.
+    pub disk_free_margin_bytes: u64,
 }
 
 impl Default for Config {
@@ -111,6 +115,8 @@ impl Default for Config {
             health_disk_full_ratio: 0.9,
             health_lost_events_secs: 3600,
             segment_bytes_max: 64 * 1024 * 1024,
+            disk_reserve_bytes: 4 * 1024 * 1024,
+            disk_free_margin_bytes: 1024 * 1024,
         }
     }
 }
@@ -263,8 +269,27 @@ impl Config {
             return invalid(
                 "segment_bytes_max",
                 format!(
-                    "{} is below the minimum of {segment_bytes_min} bytes (1 MiB, and twice frame_bytes_max so a segment holds the largest frame)",
+                    "{} is below the minimum of {segment_bytes_min} bytes (1 MiB, and twice the frame size limit so a segment holds the largest frame)",
                     self.segment_bytes_max
+                ),
+            );
+        }
+        if self.disk_reserve_bytes > crate::storage::config::RESERVE_BYTES_MAX {
+            return invalid(
+                "disk_reserve_bytes",
+                format!(
+                    "{} is over the maximum of {} bytes",
+                    self.disk_reserve_bytes,
+                    crate::storage::config::RESERVE_BYTES_MAX
+                ),
+            );
+        }
+        if self.disk_budget_bytes > 0 && self.disk_free_margin_bytes > self.disk_budget_bytes {
+            return invalid(
+                "disk_free_margin_bytes",
+                format!(
+                    "{} is more than the whole disk budget",
+                    self.disk_free_margin_bytes
                 ),
             );
         }
@@ -339,6 +364,8 @@ impl Config {
         config.log.backend = Backend::Segment;
         config.log.disk_budget_bytes = self.disk_budget_bytes / share;
         config.log.segment_bytes_max = self.segment_bytes_max;
+        config.log.reserve_bytes = self.disk_reserve_bytes;
+        config.log.disk_free_margin_bytes = self.disk_free_margin_bytes;
         config.log.durability =
             Durability::parse(&self.durability).unwrap_or(Durability::EveryBatch);
         config.log.record_bytes_max =

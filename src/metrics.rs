@@ -239,6 +239,12 @@ pub fn render(lanes: &[Lane], rates: &Rates) -> String {
         &mut per_lane(&|_, s| s.disk_budget_bytes as f64).into_iter(),
     );
     metric(
+        "spillway_disk_budget_effective_bytes",
+        "gauge",
+        "The disk budget as the filesystem's free space caps it.",
+        &mut per_lane(&|_, s| s.disk_budget_bytes_effective as f64).into_iter(),
+    );
+    metric(
         "spillway_disk_events",
         "gauge",
         "Unconsumed events in the spill log.",
@@ -355,10 +361,21 @@ pub fn health_reasons(lanes: &[Lane], rules: HealthRules) -> Vec<String> {
         if s.backlog_alert {
             reasons.push(format!("{}: backlog alert threshold crossed", lane.host));
         }
-        if s.disk_bytes as f64 >= s.disk_budget_bytes as f64 * rules.disk_full_ratio {
+        // The filesystem's free space caps the budget: a disk filled by others counts too.
+        let budget = s
+            .disk_budget_bytes
+            .min(s.disk_budget_bytes_effective.max(1));
+        if s.disk_bytes as f64 >= budget as f64 * rules.disk_full_ratio {
             reasons.push(format!(
-                "{}: disk budget nearly full ({} of {} bytes)",
-                lane.host, s.disk_bytes, s.disk_budget_bytes
+                "{}: disk budget nearly full ({} of {} bytes{})",
+                lane.host,
+                s.disk_bytes,
+                budget,
+                if budget < s.disk_budget_bytes {
+                    ", capped by the filesystem's free space"
+                } else {
+                    ""
+                }
             ));
         }
         let failing_since = lane.sink.failing_since_ms.load(Ordering::Relaxed);

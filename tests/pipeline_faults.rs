@@ -356,6 +356,8 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("health_disk_full_ratio", "1.5"),
         ("health_lost_events_secs", "soon"),
         ("segment_bytes_max", "4096"),
+        ("disk_reserve_bytes", "4294967296"),
+        ("disk_free_margin_bytes", "99999999999999"),
     ];
     // The table covers every key the configuration has.
     let every_key: std::collections::BTreeSet<String> = toml::Value::try_from(Config {

@@ -389,3 +389,167 @@ async fn a_removed_or_truncated_manifest_is_rebuilt_from_the_segments_and_nothin
         );
     }
 }
+
+/// A tmpfs of `size_mib` mounted on `dir` for the test, unmounted when dropped.
+struct SmallDisk {
+    dir: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts it, or says why it cannot (not root, no mount permission).
+    fn mount(dir: &Path, size_mib: u64) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !output.status.success() {
+            return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+        }
+        Ok(SmallDisk {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+const FULL_DISK_EVENTS: u64 = 12_000;
+
+/// Every seq of a run onto a small disk: the queue spills past what the filesystem holds.
+fn full_disk_config(data: &Path, relay_url: String) -> Config {
+    Config {
+        data_dir: data.to_path_buf(),
+        relays: vec![relay_url],
+        start_cursor: Some(BASE_SEQ - 1),
+        memory_budget_bytes: 32 * 1024 * 1024,
+        // Far above the 40 MiB filesystem: the free space is the real limit.
+        disk_budget_bytes: 1024 * 1024 * 1024,
+        segment_bytes_max: 4 * 1024 * 1024,
+        frame_bytes_max: 1024 * 1024,
+        sink: "jsonl".into(),
+        metrics_listen: String::new(),
+        ..Config::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_blocks_the_producer_keeps_draining_and_loses_nothing() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let _disk = match SmallDisk::mount(&data, 40) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            println!(
+                "SKIPPED a_full_filesystem_blocks_the_producer: cannot mount a tmpfs: {reason}"
+            );
+            return;
+        }
+    };
+    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, FULL_DISK_EVENTS))
+        .await
+        .expect("relay");
+    let out = dir.path().join("out.jsonl");
+    let config = Config {
+        jsonl_path: out.display().to_string(),
+        ..full_disk_config(&data, relay.url())
+    };
+    // The sink writes 2,500 events/s while the relay sends everything at once: the
+    // backlog (about 65 MB) outgrows the 40 MiB filesystem.
+    let pipeline = Pipeline::start(&config, 2_500).expect("pipeline");
+    let (stop, queue) = (pipeline.stopper(), pipeline.lanes[0].queue.clone());
+    let running = tokio::spawn(pipeline.join());
+    wait_for("the filesystem to fill and the producer to block", || {
+        queue.stats().blocked_pushes_total > 0
+    })
+    .await;
+    let stats = queue.stats();
+    assert!(
+        stats.disk_budget_bytes_effective < stats.disk_budget_bytes,
+        "the free space caps the budget: {stats:?}"
+    );
+    wait_for("every seq delivered", || {
+        seqs_in(&out).len() as u64 >= FULL_DISK_EVENTS
+    })
+    .await;
+    let _ = stop.send(true);
+    running
+        .await
+        .expect("join")
+        .expect("the full disk never stopped the pipeline");
+    assert_every_seq_once_in_order(&seqs_in(&out), BASE_SEQ..BASE_SEQ + FULL_DISK_EVENTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_stopped_on_a_full_filesystem_starts_again_while_full_and_drains() {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let _disk = match SmallDisk::mount(&data, 40) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            println!(
+                "SKIPPED a_queue_stopped_on_a_full_filesystem: cannot mount a tmpfs: {reason}"
+            );
+            return;
+        }
+    };
+    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, FULL_DISK_EVENTS))
+        .await
+        .expect("relay");
+    // Phase one: nothing consumes (Redis unreachable) until the filesystem is full.
+    let filling = Config {
+        sink: "redis".into(),
+        redis_url: "redis://127.0.0.1:1".into(),
+        ..full_disk_config(&data, relay.url())
+    };
+    let pipeline = Pipeline::start(&filling, 0).expect("pipeline");
+    let (stop, queue) = (pipeline.stopper(), pipeline.lanes[0].queue.clone());
+    let running = tokio::spawn(pipeline.join());
+    wait_for("the filesystem to fill", || {
+        queue.stats().blocked_pushes_total > 0
+    })
+    .await;
+    // Whatever else fits goes too: the restart must not rely on a byte left free.
+    let filler = data.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 * 1024 * 1024]);
+    let _ = stop.send(true);
+    running
+        .await
+        .expect("join")
+        .expect("a stop while blocked on a full disk is clean");
+    drop(queue);
+
+    // Phase two: start on the full filesystem and drain everything.
+    let out = dir.path().join("out.jsonl");
+    let draining = Config {
+        start_cursor: None,
+        jsonl_path: out.display().to_string(),
+        ..full_disk_config(&data, relay.url())
+    };
+    let pipeline = Pipeline::start(&draining, 0).expect("the queue opens on a full disk");
+    let stop = pipeline.stopper();
+    let running = tokio::spawn(pipeline.join());
+    // Space frees as the backlog drains; the filler goes too, as an operator would clear it.
+    wait_for("some of the backlog delivered", || {
+        !seqs_in(&out).is_empty()
+    })
+    .await;
+    let _ = std::fs::remove_file(&filler);
+    wait_for("every seq delivered", || {
+        seqs_in(&out).len() as u64 >= FULL_DISK_EVENTS
+    })
+    .await;
+    let _ = stop.send(true);
+    running.await.expect("join").expect("clean stop");
+    assert_every_seq_once_in_order(&seqs_in(&out), BASE_SEQ..BASE_SEQ + FULL_DISK_EVENTS);
+}

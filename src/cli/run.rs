@@ -49,7 +49,9 @@ const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in th
   health_sink_failure_secs = 60         /health fails when a sink has failed this long
   health_disk_full_ratio = 0.9          /health fails when the disk budget is this full
   health_lost_events_secs = 3600        /health fails this long after events were lost for good
-  segment_bytes_max = 67108864          spill log segment file size (at least 1 MiB and 2 x frame_bytes_max)";
+  segment_bytes_max = 67108864          spill log segment file size (at least 1 MiB and 2 x frame_bytes_max)
+  disk_reserve_bytes = 4194304          kept allocated per queue, given up to open and drain on a full disk (0: none)
+  disk_free_margin_bytes = 1048576      free space a spill leaves on the filesystem; past it the producer blocks";
 
 /// Arguments of `spillway demo`.
 #[derive(Debug, clap::Args)]

@@ -133,6 +133,8 @@ pub struct QueueStats {
     pub disk_bytes: u64,
     /// The configured disk budget.
     pub disk_budget_bytes: u64,
+    /// The disk budget as the filesystem's free space caps it (at most the configured one).
+    pub disk_budget_bytes_effective: u64,
     /// Whether new events go to the log.
     pub spilling: bool,
     /// Events accepted since open.
@@ -190,6 +192,8 @@ struct Counters {
     blocked: u64,
     superseded: u64,
     lost: u64,
+    /// Appends the filesystem refused for want of space.
+    no_space: u64,
     last_warn: Option<Instant>,
     unwarned_drops: u64,
 }
@@ -569,6 +573,7 @@ impl SpillQueue {
             disk_payload_bytes: log.payload_bytes,
             disk_bytes: log.disk_bytes,
             disk_budget_bytes: config.log.disk_budget_bytes,
+            disk_budget_bytes_effective: log.disk_budget_bytes_effective,
             spilling: state.spilling,
             pushed_events_total: c.pushed,
             spilled_events_total: c.spilled,
@@ -794,6 +799,42 @@ impl Core {
                         self.warn_rate_limited(
                             state,
                             "disk budget full: dropping the newest events",
+                        );
+                        report.dropped.extend(events);
+                        break Ok(());
+                    }
+                },
+                // The filesystem is full (not the budget): the same rule as a full budget, since
+                // the log refused the batch whole; space freed by the consumers' acks or from
+                // outside is found by the producer's wake-up or its timed retry.
+                Err(AppendError::NoSpace {
+                    path,
+                    needed_bytes,
+                    free_bytes,
+                }) => match self.config.full_policy {
+                    FullPolicy::Block => {
+                        state.counters.blocked += 1;
+                        state.counters.no_space += 1;
+                        if state.counters.no_space.is_power_of_two() {
+                            tracing::warn!(
+                                path = %path.display(),
+                                needed_bytes,
+                                free_bytes,
+                                refusals = state.counters.no_space,
+                                "the filesystem of the spill log is full: the producer is blocked until space frees"
+                            );
+                        }
+                        break Err(Refusal::Blocked(events));
+                    }
+                    FullPolicy::DropOldest if attempts < 64 && self.drop_oldest(state) => {
+                        attempts += 1
+                    }
+                    FullPolicy::DropNewest | FullPolicy::DropOldest => {
+                        state.counters.dropped_newest += events.len() as u64;
+                        state.counters.unwarned_drops += events.len() as u64;
+                        self.warn_rate_limited(
+                            state,
+                            "the filesystem of the spill log is full: dropping the newest events",
                         );
                         report.dropped.extend(events);
                         break Ok(());

@@ -345,8 +345,11 @@ where
                 Handled::Event(event) => batch.push(event),
                 Handled::Nothing => {}
                 Handled::Drop(reason) => {
-                    flush_batch(queue, &mut batch).await?;
+                    let pushed = flush_batch(queue, &mut batch, shutdown).await?;
                     let _ = socket.close(None).await;
+                    if !pushed {
+                        return Ok(Disconnect::Shutdown);
+                    }
                     return Ok(Disconnect::Retry(reason));
                 }
             }
@@ -357,7 +360,10 @@ where
             }
         }
         if !batch.is_empty() {
-            flush_batch(queue, &mut batch).await?;
+            if !flush_batch(queue, &mut batch, shutdown).await? {
+                let _ = socket.close(None).await;
+                return Ok(Disconnect::Shutdown);
+            }
             *failures = 0;
         }
         if last_save.elapsed() >= Duration::from_millis(config.cursor_save_interval_ms) {
@@ -367,20 +373,34 @@ where
     }
 }
 
-async fn flush_batch(queue: &SpillQueue, batch: &mut Vec<Event>) -> Result<(), SourceError> {
+/// Pushes the batch; `Ok(false)` when a shutdown came while the push waited for disk space.
+///
+/// A push waits only while the disk is full under the `block` policy. Giving it up on
+/// shutdown loses nothing: none of the batch was enqueued (`push_batch` is cancel-safe
+/// there), and the saved cursor, the durable watermark, is below it, so the relay sends
+/// it again after the restart.
+async fn flush_batch(
+    queue: &SpillQueue,
+    batch: &mut Vec<Event>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, SourceError> {
     if batch.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let events = std::mem::take(batch);
-    match queue.push_batch(events).await {
-        Ok(report) if report.dropped.is_empty() => Ok(()),
+    let pushed = tokio::select! {
+        pushed = queue.push_batch(events) => pushed,
+        _ = shutdown.changed() => return Ok(false),
+    };
+    match pushed {
+        Ok(report) if report.dropped.is_empty() => Ok(true),
         Ok(report) => {
             // drop_newest: the queue counted and logged them; nothing more to do here.
             tracing::debug!(
                 dropped = report.dropped.len(),
                 "the queue dropped events under its full policy"
             );
-            Ok(())
+            Ok(true)
         }
         Err(e) => Err(SourceError::Queue(e.to_string())),
     }

@@ -62,6 +62,9 @@ pub struct LogStats {
     pub disk_bytes: u64,
     /// Segment files (segment backend) or chunks (sled backend) stored.
     pub files: u64,
+    /// `min(disk_budget_bytes, disk_bytes + free space on the filesystem - disk_free_margin_bytes)`,
+    /// measured at most once a second (segment backend; the sled backend reports `disk_budget_bytes`).
+    pub disk_budget_bytes_effective: u64,
 }
 
 impl LogStats {

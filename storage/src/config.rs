@@ -3,6 +3,9 @@
 use crate::error::ConfigError;
 use crate::record;
 
+/// The largest `reserve_bytes` accepted: 1 GiB.
+pub const RESERVE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
 /// Which implementation stores the records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -99,6 +102,15 @@ pub struct LogConfig {
     pub sled_cache_bytes: u64,
     /// Most named consumer positions the log keeps.
     pub positions_max: u32,
+    /// Segment backend: bytes of `DIR/reserve`, a file kept so a full disk can still
+    /// open and drain the log (it is removed when open or a consume meets ENOSPC,
+    /// and made again when space allows); 0 disables it.
+    pub reserve_bytes: u64,
+    /// Segment backend: free space an append leaves on the filesystem (for the sled
+    /// manifest and other writers); an append that would leave less is refused with
+    /// `AppendError::NoSpace`, and the effective disk budget is capped to the log's
+    /// bytes plus the free space minus this margin.
+    pub disk_free_margin_bytes: u64,
 }
 
 impl LogConfig {
@@ -124,6 +136,8 @@ impl LogConfig {
                 Backend::Sled => 16 * 1024 * 1024,
             },
             positions_max: 128,
+            reserve_bytes: 4 * 1024 * 1024,
+            disk_free_margin_bytes: 1024 * 1024,
         }
     }
 
@@ -206,6 +220,15 @@ impl LogConfig {
                     reason: format!(
                         "{} is smaller than the largest chunk ({chunk_max} bytes); raise it or lower record_bytes_max",
                         self.read_window_bytes
+                    ),
+                });
+            }
+            if self.reserve_bytes > RESERVE_BYTES_MAX {
+                return Err(ConfigError::Invalid {
+                    field: "reserve_bytes",
+                    reason: format!(
+                        "{} is over the limit of {RESERVE_BYTES_MAX} (a reserve only needs room for the manifest and one segment header)",
+                        self.reserve_bytes
                     ),
                 });
             }

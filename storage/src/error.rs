@@ -63,6 +63,14 @@ pub enum StorageError {
         /// The configured limit.
         positions_max: u32,
     },
+    /// An earlier failure left the log's end unknown; it refuses writes until reopened.
+    #[error("the spill log at {path} refuses writes until it is reopened: {reason}")]
+    Poisoned {
+        /// The file whose state is unknown.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl StorageError {
@@ -76,14 +84,14 @@ impl StorageError {
         move |source| StorageError::Sled { path, source }
     }
 
-    /// Whether the disk (not the configured budget) ran out of space.
+    /// Whether the disk (not the configured budget) ran out of space or quota (ENOSPC, EDQUOT).
     pub fn is_disk_full(&self) -> bool {
         match self {
-            StorageError::Io { source, .. } => source.raw_os_error() == Some(28), // ENOSPC
+            StorageError::Io { source, .. } => crate::fs::is_no_space(source),
             StorageError::Sled {
                 source: sled::Error::Io(source),
                 ..
-            } => source.raw_os_error() == Some(28),
+            } => crate::fs::is_no_space(source),
             _ => false,
         }
     }
@@ -162,6 +170,20 @@ pub enum AppendError {
         available_bytes: u64,
         /// The configured `disk_budget_bytes`.
         budget_bytes: u64,
+    },
+    /// The filesystem is out of space (or quota): nothing of the batch was written.
+    ///
+    /// The log is as it was before the batch and stays usable: an append succeeds
+    /// again once space frees (consuming records frees it). Treat it like
+    /// [`AppendError::Full`]: hold the batch and retry later.
+    #[error("the filesystem holding {path} has {free_bytes} bytes free, the batch needs {needed_bytes}; nothing of the batch was written; it is refused until space frees")]
+    NoSpace {
+        /// The log's segment directory.
+        path: PathBuf,
+        /// Encoded size of the refused batch, plus the free-space margin the log keeps.
+        needed_bytes: u64,
+        /// Free bytes on that filesystem when the batch was refused (0 if unknown).
+        free_bytes: u64,
     },
     /// A record exceeds `record_bytes_max`.
     #[error("record {index} of the batch is {len} bytes, over the limit of {max} bytes")]

@@ -28,13 +28,27 @@ pub(crate) fn for_durability<T: Flushable>(
         return Ok(None);
     };
     let weak = Arc::downgrade(shared);
+    // Failures in a row; a full disk fails every interval, so only some are logged.
+    let failures = std::sync::atomic::AtomicU64::new(0);
     let flusher = Flusher::start(Duration::from_millis(interval_ms), move || {
         let Some(shared) = weak.upgrade() else { return };
         // A panic elsewhere leaves the state as consistent as the disk: keep syncing.
         let mut state = shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if state.is_dirty() {
-            if let Err(error) = state.flush_now() {
-                tracing::error!(%error, "periodic flush of the spill log failed; retrying next interval");
+        if !state.is_dirty() {
+            return;
+        }
+        match state.flush_now() {
+            Ok(_) => {
+                let failed = failures.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if failed > 0 {
+                    tracing::info!(failed_flushes = failed, "periodic flush of the spill log succeeds again");
+                }
+            }
+            Err(error) => {
+                let failed = failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if failed.is_power_of_two() {
+                    tracing::error!(%error, failed_flushes = failed, disk_full = error.is_disk_full(), "periodic flush of the spill log failed; retrying next interval");
+                }
             }
         }
     })

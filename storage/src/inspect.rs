@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::batch::RecoveryReport;
 use crate::config::{Backend, LogConfig};
 use crate::error::{InspectError, OpenError, StorageError};
+use crate::fs::RealFs;
 use crate::manifest::{Manifest, SegmentEntry, TailCheckpoint};
 use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::recovery::{self, ScanStart};
@@ -133,7 +134,7 @@ pub struct VerifyReport {
 pub fn inspect(dir: &Path, options: InspectOptions) -> Result<Inspection, InspectError> {
     // Listed before the manifest is copied: with the listing after it, a live process's
     // reclaim or roll in between cannot make a sound manifest look damaged.
-    let files_before_copy = recovery::list_segment_files(&dir.join("segments"))?;
+    let files_before_copy = recovery::list_segment_files(&RealFs, &dir.join("segments"))?;
     let has_segments = !files_before_copy.is_empty();
     let (backend, store) = if dir.join("manifest").is_dir() || has_segments {
         (Backend::Segment, dir.join("manifest"))
@@ -295,17 +296,17 @@ pub fn repair(dir: &Path, config: LogConfig) -> Result<RepairReport, OpenError> 
             .into());
         }
         let mut moved = RecoveryReport::default();
-        for (first_seq, path) in recovery::list_segment_files(&dir.join("segments"))? {
+        for (first_seq, path) in recovery::list_segment_files(&RealFs, &dir.join("segments"))? {
             let len = std::fs::metadata(&path)
                 .map_err(StorageError::io(&path))?
                 .len();
-            let unreadable = match recovery::scan_whole_file(&path, first_seq)? {
+            let unreadable = match recovery::scan_whole_file(&RealFs, &path, first_seq)? {
                 None => true,
                 // A new segment holding only its header is sound; one with bytes but no intact chunk is not.
                 Some(scan) => scan.first_intact_seq.is_none() && len > SEGMENT_HEADER_BYTES as u64,
             };
             if unreadable {
-                recovery::set_aside(dir, &path, &mut moved)?;
+                recovery::set_aside(&RealFs, dir, &path, &mut moved)?;
             }
         }
         report.moved_aside = moved.moved_aside;
@@ -448,14 +449,14 @@ impl Inspection {
 
     /// Describes the segment files from their own headers and chunks, as a rebuild would.
     fn describe_files_alone(&mut self) -> Result<(), InspectError> {
-        let files = recovery::list_segment_files(&self.dir.join("segments"))?;
+        let files = recovery::list_segment_files(&RealFs, &self.dir.join("segments"))?;
         self.disk_bytes = 0;
         self.segments.clear();
         let count = files.len();
         for (index, (first_seq, path)) in files.into_iter().enumerate() {
             let file_bytes = std::fs::metadata(&path).ok().map(|m| m.len());
             self.disk_bytes += file_bytes.unwrap_or(0);
-            let next_seq = recovery::scan_whole_file(&path, first_seq)
+            let next_seq = recovery::scan_whole_file(&RealFs, &path, first_seq)
                 .map_err(|e| match e {
                     OpenError::Storage(s) => InspectError::Storage(s),
                     other => InspectError::Open(other),

@@ -11,6 +11,7 @@ mod batch;
 pub mod config;
 pub mod error;
 mod flusher;
+pub mod fs;
 pub mod inspect;
 mod manifest;
 pub mod record;
@@ -18,12 +19,16 @@ mod recovery;
 mod segment;
 mod segment_log;
 mod sled_log;
+mod space;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use batch::{LogStats, LostRange, ReadBatch, RecoveryReport, SeqRange};
 pub use config::{Backend, Durability, LogConfig};
 pub use error::{
     AppendError, ConfigError, Corruption, Error, InspectError, OpenError, ReadError, StorageError,
 };
+pub use fs::{FileHandle, Filesystem, RealFs};
 pub use segment_log::SegmentLog;
 pub use sled_log::SledLog;
 
@@ -43,8 +48,11 @@ pub trait SpillLog: Send + Sync + std::fmt::Debug {
     /// otherwise it is durable after the next periodic or explicit [`SpillLog::flush`].
     ///
     /// # Errors
-    /// [`AppendError::Full`] past `disk_budget_bytes`, [`AppendError::RecordTooLarge`],
-    /// or a storage failure. On any error nothing of the batch was acknowledged.
+    /// [`AppendError::Full`] past `disk_budget_bytes`, [`AppendError::NoSpace`] when the
+    /// filesystem is full (segment backend: the log is left as before the batch and an
+    /// append succeeds again once space frees), [`AppendError::RecordTooLarge`], or a
+    /// storage failure. On any error nothing of the batch was acknowledged, and the
+    /// segment backend undoes whatever of it was written.
     fn append(&self, records: &[&[u8]]) -> Result<SeqRange, AppendError>;
 
     /// Reads up to `max_records` records and about `max_bytes` payload bytes from `from_seq`.

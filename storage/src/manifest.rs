@@ -5,10 +5,12 @@
 //! never a silent default: open rebuilds such a manifest from the segment files.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::batch::{LostRange, SeqRange};
 use crate::config::Backend;
 use crate::error::{Corruption, OpenError, StorageError};
+use crate::fs::Filesystem;
 use crate::record::FORMAT_VERSION;
 
 const KEY_VERSION: &[u8] = b"format_version";
@@ -119,6 +121,8 @@ pub(crate) struct Manifest {
     positions_max: u32,
     /// Whether this open created the manifest (no format version was stored).
     created: bool,
+    /// The file layer's hooks around flushes (sled does its own I/O).
+    fs: Option<Arc<dyn Filesystem>>,
 }
 
 impl Manifest {
@@ -128,6 +132,17 @@ impl Manifest {
         cache_bytes: u64,
         backend: Backend,
         positions_max: u32,
+    ) -> Result<Self, OpenError> {
+        Self::open_with(path, cache_bytes, backend, positions_max, None)
+    }
+
+    /// [`Manifest::open`], calling `fs`'s manifest hooks around every flush.
+    pub(crate) fn open_with(
+        path: &Path,
+        cache_bytes: u64,
+        backend: Backend,
+        positions_max: u32,
+        fs: Option<Arc<dyn Filesystem>>,
     ) -> Result<Self, OpenError> {
         let db = open_sled(path, cache_bytes)?;
         let tree = |name: &str| db.open_tree(name).map_err(StorageError::sled(path));
@@ -140,6 +155,7 @@ impl Manifest {
             db,
             positions_max,
             created: false,
+            fs,
         };
         manifest.created = manifest.check_or_init(backend)?;
         Ok(manifest)
@@ -210,7 +226,14 @@ impl Manifest {
 
     /// Makes every change so far durable.
     pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        if let Some(fs) = &self.fs {
+            fs.manifest_flushing(&self.path)
+                .map_err(|e| StorageError::sled(&self.path)(sled::Error::Io(e)))?;
+        }
         self.db.flush().map_err(StorageError::sled(&self.path))?;
+        if let Some(fs) = &self.fs {
+            fs.manifest_flushed(&self.path);
+        }
         Ok(())
     }
 

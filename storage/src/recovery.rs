@@ -23,14 +23,14 @@
 //! of every file happens only when the manifest is rebuilt.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Read};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::batch::{LostRange, RecoveryReport, SeqRange};
 use crate::config::{Backend, LogConfig};
 use crate::error::{Corruption, OpenError, StorageError};
+use crate::fs::{Cursor, Filesystem, ReadAt};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
 use crate::record::{
     self, ChunkHeader, FormatFault, CHUNK_ALIGN_BYTES, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
@@ -58,6 +58,8 @@ pub(crate) struct Recovered {
 /// The manifest's state once it is trusted.
 #[derive(Debug)]
 pub(crate) struct ManifestState {
+    /// The file layer every segment-file operation goes through.
+    pub fs: Arc<dyn Filesystem>,
     pub manifest: Manifest,
     pub consumed_seq: u64,
     pub entries: BTreeMap<u64, SegmentEntry>,
@@ -67,19 +69,28 @@ pub(crate) struct ManifestState {
 }
 
 /// Opens the segment log in `dir`: the recipe in the module docs.
-pub(crate) fn recover(dir: &Path, config: &LogConfig) -> Result<Recovered, OpenError> {
+pub(crate) fn recover(
+    fs: &Arc<dyn Filesystem>,
+    dir: &Path,
+    config: &LogConfig,
+) -> Result<Recovered, OpenError> {
     let segments_dir = dir.join("segments");
-    std::fs::create_dir_all(&segments_dir).map_err(StorageError::io(&segments_dir))?;
+    fs.create_dir_all(&segments_dir)
+        .map_err(StorageError::io(&segments_dir))?;
     let mut report = RecoveryReport::default();
-    let mut state = match load_manifest(dir, config)? {
+    let mut state = match load_manifest(fs, dir, config)? {
         Ok(state) => state,
-        Err(reason) => rebuild_manifest(dir, config, &reason, &mut report)?,
+        Err(reason) => rebuild_manifest(fs, dir, config, &reason, &mut report)?,
     };
+    // The entries of segments/ and manifest/ must outlive a power loss like the files
+    // in them (without this a power loss after the first open could keep the manifest
+    // listing a segment and lose the directory holding it).
+    segment::sync_dir(&**fs, dir)?;
     reconcile_listed_segments(&mut state, &mut report)?;
     adopt_or_set_aside_unlisted_files(dir, &mut state, &mut report)?;
 
     let (sealed, active, next_seq_floor) = recover_listed_segments(&mut state, &mut report)?;
-    let active = ensure_active_segment(dir, &state.manifest, active, next_seq_floor)?;
+    let active = ensure_active_segment(&*state.fs, dir, &state.manifest, active, next_seq_floor)?;
     record_gaps(&mut state, &sealed, &report)?;
     if state.consumed_seq > active.next_seq {
         return Err(StorageError::Corrupt(Corruption {
@@ -144,11 +155,12 @@ fn recover_listed_segments(
 /// Another format version or backend, or an I/O failure (a held lock, a full disk):
 /// those are not damage, and moving the manifest aside would make things worse.
 pub(crate) fn load_manifest(
+    fs: &Arc<dyn Filesystem>,
     dir: &Path,
     config: &LogConfig,
 ) -> Result<Result<ManifestState, String>, OpenError> {
     let segments_dir = dir.join("segments");
-    let files = list_segment_files(&segments_dir)?;
+    let files = list_segment_files(&**fs, &segments_dir)?;
     let path = dir.join("manifest");
     if !path.exists() && !files.is_empty() {
         return Ok(Err(format!(
@@ -157,11 +169,12 @@ pub(crate) fn load_manifest(
             files.len()
         )));
     }
-    let manifest = match Manifest::open(
+    let manifest = match Manifest::open_with(
         &path,
         config.sled_cache_bytes,
         Backend::Segment,
         config.positions_max,
+        Some(Arc::clone(fs)),
     ) {
         Ok(manifest) => manifest,
         Err(OpenError::Storage(error)) if is_damage(&error) => {
@@ -196,6 +209,7 @@ pub(crate) fn load_manifest(
         return Ok(Err(why));
     }
     Ok(Ok(ManifestState {
+        fs: Arc::clone(fs),
         manifest,
         consumed_seq,
         entries,
@@ -309,6 +323,7 @@ fn proven_consumed(
 /// The consumed position becomes the oldest intact record's seq (re-delivery is the safe
 /// direction); named positions are lost, which the report says.
 pub(crate) fn rebuild_manifest(
+    fs: &Arc<dyn Filesystem>,
     dir: &Path,
     config: &LogConfig,
     reason: &str,
@@ -316,7 +331,7 @@ pub(crate) fn rebuild_manifest(
 ) -> Result<ManifestState, OpenError> {
     let path = dir.join("manifest");
     let moved = if path.exists() {
-        Some(move_manifest_aside(dir)?)
+        Some(move_manifest_aside(&**fs, dir)?)
     } else {
         None
     };
@@ -326,27 +341,29 @@ pub(crate) fn rebuild_manifest(
         %reason,
         "the manifest is damaged or missing; rebuilding it from the segment files (named positions are lost)"
     );
-    let manifest = Manifest::open(
+    let manifest = Manifest::open_with(
         &path,
         config.sled_cache_bytes,
         Backend::Segment,
         config.positions_max,
+        Some(Arc::clone(fs)),
     )?;
     let segments_dir = dir.join("segments");
-    let mut files = list_segment_files(&segments_dir)?;
+    let mut files = list_segment_files(&**fs, &segments_dir)?;
     let mut entries = BTreeMap::new();
     let mut consumed_seq = None;
     let mut scanned = Vec::new();
     for (&first_seq, file_path) in files.clone().iter() {
-        let len = std::fs::metadata(file_path)
-            .map_err(StorageError::io(file_path))?
-            .len();
-        let scan = scan_whole_file(file_path, first_seq)?
+        let len = fs
+            .open(file_path, false)
+            .and_then(|file| file.len())
+            .map_err(StorageError::io(file_path))?;
+        let scan = scan_whole_file(&**fs, file_path, first_seq)?
             // Bytes but no intact chunk: listing it would let the consumed position pass it
             // and a reclaim delete it; it is kept aside instead.
             .filter(|scan| scan.first_intact_seq.is_some() || len <= SEGMENT_HEADER_BYTES as u64);
         let Some(scan) = scan else {
-            set_aside(dir, file_path, report)?;
+            set_aside(&**fs, dir, file_path, report)?;
             files.remove(&first_seq);
             continue;
         };
@@ -393,6 +410,7 @@ pub(crate) fn rebuild_manifest(
         )),
     ));
     Ok(ManifestState {
+        fs: Arc::clone(fs),
         manifest,
         consumed_seq,
         entries,
@@ -403,7 +421,7 @@ pub(crate) fn rebuild_manifest(
 }
 
 /// Renames `DIR/manifest` to `DIR/manifest.damaged-<unix_secs>[-n]`; returns the new path.
-fn move_manifest_aside(dir: &Path) -> Result<PathBuf, StorageError> {
+fn move_manifest_aside(fs: &dyn Filesystem, dir: &Path) -> Result<PathBuf, StorageError> {
     let from = dir.join("manifest");
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -414,26 +432,33 @@ fn move_manifest_aside(dir: &Path) -> Result<PathBuf, StorageError> {
         to = dir.join(format!("manifest.damaged-{secs}-{n}"));
         n += 1;
     }
-    std::fs::rename(&from, &to).map_err(StorageError::io(&from))?;
-    segment::sync_dir(dir)?;
+    fs.rename(&from, &to).map_err(StorageError::io(&from))?;
+    segment::sync_dir(fs, dir)?;
     Ok(to)
 }
 
 /// Moves a file into `DIR/damaged/` (never deletes it) and reports it.
 pub(crate) fn set_aside(
+    fs: &dyn Filesystem,
     dir: &Path,
     path: &Path,
     report: &mut RecoveryReport,
 ) -> Result<PathBuf, StorageError> {
     let damaged = dir.join(DAMAGED_DIR);
-    std::fs::create_dir_all(&damaged).map_err(StorageError::io(&damaged))?;
+    let created = fs
+        .create_dir_all(&damaged)
+        .map_err(StorageError::io(&damaged))?;
+    if created {
+        // damaged/ itself must survive a power loss, or the file moved into it would not.
+        segment::sync_dir(fs, dir)?;
+    }
     let name = path.file_name().unwrap_or_default();
     let to = damaged.join(name);
     tracing::warn!(path = %path.display(), to = %to.display(), "moving a segment file that holds nothing readable aside");
-    std::fs::rename(path, &to).map_err(StorageError::io(path))?;
-    segment::sync_dir(&damaged)?;
+    fs.rename(path, &to).map_err(StorageError::io(path))?;
+    segment::sync_dir(fs, &damaged)?;
     if let Some(parent) = path.parent() {
-        segment::sync_dir(parent)?;
+        segment::sync_dir(fs, parent)?;
     }
     report.moved_aside.push(to.clone());
     Ok(to)
@@ -441,15 +466,16 @@ pub(crate) fn set_aside(
 
 /// Scans a whole segment file; `None` when its header is damaged (a version mismatch is an error).
 pub(crate) fn scan_whole_file(
+    fs: &dyn Filesystem,
     path: &Path,
     first_seq: u64,
 ) -> Result<Option<SegmentScan>, OpenError> {
-    let file = File::open(path).map_err(StorageError::io(path))?;
-    let len = file.metadata().map_err(StorageError::io(path))?.len();
-    if !has_intact_header(&file, path, len, first_seq)? {
+    let file = fs.open(path, false).map_err(StorageError::io(path))?;
+    let len = file.len().map_err(StorageError::io(path))?;
+    if !has_intact_header(&*file, path, len, first_seq)? {
         return Ok(None);
     }
-    Ok(Some(scan_segment(&file, path, first_seq, len, None)?))
+    Ok(Some(scan_segment(&*file, path, first_seq, len, None)?))
 }
 
 /// Drops listed segments whose file is gone because a reclaim removed it before the manifest.
@@ -494,10 +520,13 @@ pub(crate) fn adopt_or_set_aside_unlisted_files(
         if state.entries.contains_key(&first_seq) {
             continue;
         }
-        let file = File::open(&path).map_err(StorageError::io(&path))?;
-        let len = file.metadata().map_err(StorageError::io(&path))?.len();
+        let file = state
+            .fs
+            .open(&path, false)
+            .map_err(StorageError::io(&path))?;
+        let len = file.len().map_err(StorageError::io(&path))?;
         let newest = newest_listed.is_none_or(|newest| first_seq > newest);
-        if newest && has_intact_header(&file, &path, len, first_seq)? {
+        if newest && has_intact_header(&*file, &path, len, first_seq)? {
             let entry = SegmentEntry {
                 first_seq,
                 sealed: None,
@@ -511,10 +540,13 @@ pub(crate) fn adopt_or_set_aside_unlisted_files(
             // Killed inside its creation (no record in it), or left behind by a reclaim
             // after every record in it was consumed: nothing to keep.
             tracing::warn!(path = %path.display(), "removing a segment file the manifest does not list and that holds no unconsumed record");
-            std::fs::remove_file(&path).map_err(StorageError::io(&path))?;
+            state
+                .fs
+                .remove_file(&path)
+                .map_err(StorageError::io(&path))?;
             report.removed_files += 1;
         } else {
-            set_aside(dir, &path, report)?;
+            set_aside(&*state.fs, dir, &path, report)?;
         }
         state.files.remove(&first_seq);
     }
@@ -538,16 +570,19 @@ pub(crate) fn recover_segment(
     is_last: bool,
     report: &mut RecoveryReport,
 ) -> Result<Segment, OpenError> {
-    let file = File::open(&path).map_err(StorageError::io(&path))?;
-    let file_len = file.metadata().map_err(StorageError::io(&path))?.len();
-    let header_ok = has_intact_header(&file, &path, file_len, entry.first_seq)?;
+    let file = state
+        .fs
+        .open(&path, false)
+        .map_err(StorageError::io(&path))?;
+    let file_len = file.len().map_err(StorageError::io(&path))?;
+    let header_ok = has_intact_header(&*file, &path, file_len, entry.first_seq)?;
     match entry.sealed {
         Some(info) if header_ok && file_len == info.file_bytes => {
             Ok(Segment::Sealed(entry.first_seq, info, path, false))
         }
         Some(info) => {
             let scan = if header_ok {
-                scan_segment(&file, &path, entry.first_seq, file_len, None)?
+                scan_segment(&*file, &path, entry.first_seq, file_len, None)?
             } else {
                 SegmentScan::empty(entry.first_seq)
             };
@@ -582,7 +617,7 @@ pub(crate) fn recover_segment(
         None => recover_unsealed(
             state,
             entry.first_seq,
-            &file,
+            &*file,
             path,
             file_len,
             is_last,
@@ -595,7 +630,7 @@ pub(crate) fn recover_segment(
 fn recover_unsealed(
     state: &ManifestState,
     first_seq: u64,
-    file: &File,
+    file: &dyn crate::fs::FileHandle,
     path: PathBuf,
     file_len: u64,
     is_last: bool,
@@ -670,10 +705,11 @@ fn recover_unsealed(
         return Ok(Segment::Sealed(first_seq, info, path, true));
     }
     if let Some(torn) = &scan.torn {
-        cut_torn_tail(&path, file_len, &scan, torn, report)?;
+        cut_torn_tail(&*state.fs, &path, file_len, &scan, torn, report)?;
     }
     if is_last {
         let mut active = ActiveSegment::reopen(
+            &*state.fs,
             path,
             first_seq,
             scan.next_seq,
@@ -728,6 +764,7 @@ fn lose(
 
 /// Cuts bytes past the synced end that fail their checks: an interrupted write.
 fn cut_torn_tail(
+    fs: &dyn Filesystem,
     path: &Path,
     file_len: u64,
     scan: &SegmentScan,
@@ -743,10 +780,7 @@ fn cut_torn_tail(
         fault = %torn.fault,
         "cutting a torn tail (written after the last sync) from the spill log"
     );
-    let writable = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(StorageError::io(path))?;
+    let writable = fs.open(path, true).map_err(StorageError::io(path))?;
     writable
         .set_len(scan.valid_end)
         .and_then(|()| writable.sync_all())
@@ -759,6 +793,7 @@ fn cut_torn_tail(
 
 /// The active segment recovery found, or a new one starting at `next_seq` (where the log ends).
 pub(crate) fn ensure_active_segment(
+    fs: &dyn Filesystem,
     dir: &Path,
     manifest: &Manifest,
     active: Option<ActiveSegment>,
@@ -767,7 +802,7 @@ pub(crate) fn ensure_active_segment(
     if let Some(active) = active {
         return Ok(active);
     }
-    let active = segment::create(&dir.join("segments"), next_seq)?;
+    let active = segment::create(fs, &dir.join("segments"), next_seq)?;
     manifest.put_segment(SegmentEntry {
         first_seq: next_seq,
         sealed: None,
@@ -803,24 +838,29 @@ fn record_gaps(
 }
 
 /// Lists `DIR/segments/*.seg` by first seq.
-pub(crate) fn list_segment_files(dir: &Path) -> Result<BTreeMap<u64, PathBuf>, StorageError> {
+pub(crate) fn list_segment_files(
+    fs: &dyn Filesystem,
+    dir: &Path,
+) -> Result<BTreeMap<u64, PathBuf>, StorageError> {
     let mut files = BTreeMap::new();
     if !dir.is_dir() {
         return Ok(files);
     }
-    for entry in std::fs::read_dir(dir).map_err(StorageError::io(dir))? {
-        let entry = entry.map_err(StorageError::io(dir))?;
-        let name = entry.file_name();
-        if let Some(first_seq) = name.to_str().and_then(segment::parse_file_name) {
-            files.insert(first_seq, entry.path());
+    for path in fs.read_dir(dir).map_err(StorageError::io(dir))? {
+        let first_seq = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(segment::parse_file_name);
+        if let Some(first_seq) = first_seq {
+            files.insert(first_seq, path);
         }
     }
     Ok(files)
 }
 
 /// Whether a segment file's header is complete and names `first_seq` (a version mismatch is an error).
-pub(crate) fn has_intact_header(
-    file: &File,
+pub(crate) fn has_intact_header<F: ReadAt + ?Sized>(
+    file: &F,
     path: &Path,
     len: u64,
     first_seq: u64,
@@ -893,8 +933,8 @@ pub(crate) struct TornTail {
 /// Scans a segment's chunks from `start` (default: its first chunk) to `file_len`,
 /// checking both checksums and the numbering; a damaged chunk followed by an intact
 /// one is noted and skipped, failing bytes after the last intact chunk are the torn tail.
-pub(crate) fn scan_segment(
-    file: &File,
+pub(crate) fn scan_segment<F: ReadAt + ?Sized>(
+    file: &F,
     path: &Path,
     first_seq: u64,
     file_len: u64,
@@ -906,7 +946,7 @@ pub(crate) fn scan_segment(
         seq: first_seq,
         payload_before: 0,
     });
-    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, Cursor::new(file));
     reader
         .seek(std::io::SeekFrom::Start(start.offset))
         .map_err(StorageError::io(path))?;
@@ -977,7 +1017,7 @@ pub(crate) fn scan_segment(
 
 /// Reads one chunk; the outer error is an I/O failure, the inner one a format fault.
 pub(crate) fn next_chunk(
-    reader: &mut BufReader<&File>,
+    reader: &mut impl Read,
     path: &Path,
     remaining: u64,
     expected_seq: u64,
@@ -1014,8 +1054,8 @@ pub(crate) fn next_chunk(
 
 /// The first chunk after a damaged one at `bad_offset` that passes every check and is
 /// numbered at or after `seq`: where reading resumes. Bounded by the file's size.
-pub(crate) fn next_intact_chunk(
-    file: &File,
+pub(crate) fn next_intact_chunk<F: ReadAt + ?Sized>(
+    file: &F,
     path: &Path,
     bad_offset: u64,
     file_len: u64,
@@ -1045,14 +1085,14 @@ pub(crate) fn next_intact_chunk(
 }
 
 /// Looks past a damaged chunk for any valid chunk header numbered at or after `seq`.
-pub(crate) fn valid_chunk_after(
-    file: &File,
+pub(crate) fn valid_chunk_after<F: ReadAt + ?Sized>(
+    file: &F,
     path: &Path,
     bad_offset: u64,
     file_len: u64,
     seq: u64,
 ) -> Result<Option<u64>, StorageError> {
-    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
+    let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, Cursor::new(file));
     let mut start = bad_offset + CHUNK_ALIGN_BYTES as u64;
     let mut window = vec![0u8; SCAN_BUFFER_BYTES + CHUNK_HEADER_BYTES];
     use std::io::Seek;

@@ -1,13 +1,12 @@
 //! One append-only segment file: creation, buffered appends, header walks and bounded mapped windows.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::Mmap;
 
 use crate::error::StorageError;
+use crate::fs::{FileHandle, Filesystem};
 use crate::record::{self, SEGMENT_HEADER_BYTES};
 
 /// The file name of the segment whose first record is `first_seq`.
@@ -22,28 +21,34 @@ pub(crate) fn parse_file_name(name: &str) -> Option<u64> {
 }
 
 /// Syncs a directory so that file creations and removals in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(StorageError::io(dir))
+pub(crate) fn sync_dir(fs: &dyn Filesystem, dir: &Path) -> Result<(), StorageError> {
+    fs.sync_dir(dir).map_err(StorageError::io(dir))
 }
 
 /// Creates a new segment file holding only its header, durably.
-pub(crate) fn create(dir: &Path, first_seq: u64) -> Result<ActiveSegment, StorageError> {
+///
+/// A failure removes the new file again (best effort), so a full disk leaves no
+/// headerless file behind for the next open to sort out.
+pub(crate) fn create(
+    fs: &dyn Filesystem,
+    dir: &Path,
+    first_seq: u64,
+) -> Result<ActiveSegment, StorageError> {
     let path = dir.join(file_name(first_seq));
-    let mut file = OpenOptions::new()
-        .create_new(true)
-        .read(true)
-        .append(true)
-        .open(&path)
-        .map_err(StorageError::io(&path))?;
-    file.write_all(&record::encode_segment_header(first_seq))
+    let file = fs.create_new(&path).map_err(StorageError::io(&path))?;
+    let written = file
+        .write_all_at(&record::encode_segment_header(first_seq), 0)
         .and_then(|()| file.sync_all())
-        .map_err(StorageError::io(&path))?;
-    sync_dir(dir)?;
+        .map_err(StorageError::io(&path))
+        .and_then(|()| sync_dir(fs, dir));
+    if let Err(error) = written {
+        if let Err(cleanup) = fs.remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %cleanup, "removing a segment file whose creation failed");
+        }
+        return Err(error);
+    }
     Ok(ActiveSegment {
-        reader: Arc::new(file.try_clone().map_err(StorageError::io(&path))?),
-        file,
+        reader: Arc::clone(&file),
         path,
         first_seq,
         next_seq: first_seq,
@@ -57,9 +62,8 @@ pub(crate) fn create(dir: &Path, first_seq: u64) -> Result<ActiveSegment, Storag
 /// The segment appends go to.
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
-    file: File,
-    /// A handle shared with read windows.
-    pub reader: Arc<File>,
+    /// The handle appends write through, shared with read windows.
+    pub reader: Arc<dyn FileHandle>,
     pub path: PathBuf,
     pub first_seq: u64,
     pub next_seq: u64,
@@ -72,23 +76,31 @@ pub(crate) struct ActiveSegment {
     pub last_chunk: Option<(u64, u64, u64)>,
 }
 
+/// The state of the active segment before a batch, to undo the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AppendMark {
+    /// The segment the batch started in.
+    pub first_seq: u64,
+    pub next_seq: u64,
+    pub payload_bytes: u64,
+    pub last_chunk: Option<(u64, u64, u64)>,
+    /// The segment's logical length (file plus buffer) before the batch.
+    pub len: u64,
+}
+
 impl ActiveSegment {
     /// Reopens an existing segment for appends after recovery found its valid end.
     pub(crate) fn reopen(
+        fs: &dyn Filesystem,
         path: PathBuf,
         first_seq: u64,
         next_seq: u64,
         file_bytes: u64,
         payload_bytes: u64,
     ) -> Result<Self, StorageError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(StorageError::io(&path))?;
+        let file = fs.open(&path, true).map_err(StorageError::io(&path))?;
         Ok(ActiveSegment {
-            reader: Arc::new(file.try_clone().map_err(StorageError::io(&path))?),
-            file,
+            reader: file,
             path,
             first_seq,
             next_seq,
@@ -109,6 +121,40 @@ impl ActiveSegment {
         self.next_seq > self.first_seq
     }
 
+    /// Where a batch starts, to undo it with [`ActiveSegment::rollback`].
+    pub(crate) fn mark(&self) -> AppendMark {
+        AppendMark {
+            first_seq: self.first_seq,
+            next_seq: self.next_seq,
+            payload_bytes: self.payload_bytes,
+            last_chunk: self.last_chunk,
+            len: self.len(),
+        }
+    }
+
+    /// Undoes every append after `mark` (taken in this segment): buffered bytes past it are
+    /// dropped and the file is cut back to what it held, so earlier records are kept.
+    ///
+    /// The cut is synced before this returns.
+    pub(crate) fn rollback(&mut self, mark: AppendMark) -> Result<(), StorageError> {
+        debug_assert_eq!(mark.first_seq, self.first_seq, "a mark of another segment");
+        let keep_file_bytes = self.file_bytes.min(mark.len);
+        // Bytes below the mark that are still buffered stay buffered; the rest goes.
+        self.buffer
+            .truncate(mark.len.saturating_sub(keep_file_bytes) as usize);
+        // A failed write may have left part of the buffer in the file past file_bytes.
+        // Synced at once: a batch refused as unwritten must not come back after a power loss.
+        self.reader
+            .set_len(keep_file_bytes)
+            .and_then(|()| self.reader.sync_data())
+            .map_err(StorageError::io(&self.path))?;
+        self.file_bytes = keep_file_bytes;
+        self.next_seq = mark.next_seq;
+        self.payload_bytes = mark.payload_bytes;
+        self.last_chunk = mark.last_chunk;
+        Ok(())
+    }
+
     /// Encodes one chunk into the write buffer, writing the buffer out when it passes `write_buffer_bytes`.
     pub(crate) fn append_chunk(
         &mut self,
@@ -126,12 +172,15 @@ impl ActiveSegment {
     }
 
     /// Hands buffered bytes to the OS (not yet durable).
+    ///
+    /// Positioned at `file_bytes`: after a failed write, the next one overwrites
+    /// whatever part of the buffer reached the file.
     pub(crate) fn write_out(&mut self) -> Result<(), StorageError> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        self.file
-            .write_all(&self.buffer)
+        self.reader
+            .write_all_at(&self.buffer, self.file_bytes)
             .map_err(StorageError::io(&self.path))?;
         self.file_bytes += self.buffer.len() as u64;
         self.buffer.clear();
@@ -141,20 +190,18 @@ impl ActiveSegment {
     /// Writes out and syncs: everything appended so far is durable.
     pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
         self.write_out()?;
-        self.file.sync_data().map_err(StorageError::io(&self.path))
+        self.reader
+            .sync_data()
+            .map_err(StorageError::io(&self.path))
     }
 }
 
 /// Maps `len` bytes of `file` from `offset` read-only.
 pub(crate) fn map_window(
-    file: &File,
+    file: &dyn FileHandle,
     path: &Path,
     offset: u64,
     len: usize,
 ) -> Result<Mmap, StorageError> {
-    // SAFETY: segment files are only appended to while open, and truncated only by
-    // recovery before any map exists; the mapped range lies below the length already
-    // written. Removing a file keeps existing maps valid. Another process truncating
-    // the file would break this, which is why the manifest's lock keeps one owner.
-    unsafe { MmapOptions::new().offset(offset).len(len).map(file) }.map_err(StorageError::io(path))
+    file.map(offset, len).map_err(StorageError::io(path))
 }

@@ -19,14 +19,21 @@
 //!   the consumed position proves every record in it consumed, and moves any other
 //!   file it cannot use into `DIR/damaged/`: recovery never deletes a record;
 //! - a manifest that cannot be opened or read, or disagrees with the files, is moved
-//!   aside (`manifest.damaged-<unix_secs>`) and rebuilt from the segment files.
+//!   aside (`manifest.damaged-<unix_secs>`) and rebuilt from the segment files;
+//! - a failed append is undone before it returns (the batch's bytes cut from the
+//!   file and the buffer and the cut synced, segments it created forgotten by the
+//!   manifest before their files go), so an append that returned an error leaves no
+//!   record visible; where the undo itself fails the log refuses writes until reopened.
+//!
+//! Every segment-file and directory operation goes through a [`Filesystem`]
+//! ([`RealFs`] unless [`SegmentLog::open_with`] is given another), so tests can
+//! fail any of them or drop unsynced bytes. A full disk is handled in `space.rs`.
 //!
 //! Memory: the write buffer (`write_buffer_bytes` plus one chunk), one cached
 //! read window of at most `read_window_bytes` mapped (plus windows still held by
 //! live `ReadBatch`es), sled's `cache_capacity`, and one small entry per segment.
 
 use std::collections::VecDeque;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,10 +42,12 @@ use crate::batch::{Backing, LogStats, LostRange, ReadBatch, RecoveryReport, SeqR
 use crate::config::{Backend, Durability, LogConfig};
 use crate::error::{AppendError, OpenError, ReadError, StorageError};
 use crate::flusher::{self, Flushable, Flusher};
+use crate::fs::{FileHandle, Filesystem, ReadAt, RealFs};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
 use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::recovery::{self, Recovered};
-use crate::segment::{self, ActiveSegment};
+use crate::segment::{self, ActiveSegment, AppendMark};
+use crate::space::{Reserve, SpaceGauge};
 use crate::SpillLog;
 
 /// Read positions remembered so sequential readers skip the header walk.
@@ -58,7 +67,7 @@ struct SealedSegment {
     first_seq: u64,
     info: SealedInfo,
     path: PathBuf,
-    reader: Option<Arc<File>>,
+    reader: Option<Arc<dyn FileHandle>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +84,7 @@ struct SegmentRef {
     end: u64,
     /// The first seq after it: the next segment's first, or the log's end.
     next_seq: u64,
-    reader: Arc<File>,
+    reader: Arc<dyn FileHandle>,
     path: PathBuf,
 }
 
@@ -114,14 +123,13 @@ enum Located {
 /// Walks chunk headers from `(offset, seq)` to the chunk holding `target`, stepping over
 /// damaged chunks to the next intact one. Bounded by the segment's size.
 fn locate_chunk(
-    file: &File,
+    file: &dyn FileHandle,
     path: &Path,
     mut offset: u64,
     mut seq: u64,
     target: u64,
     end: u64,
 ) -> Result<Located, StorageError> {
-    use std::os::unix::fs::FileExt;
     while offset < end {
         let mut bytes = [0u8; CHUNK_HEADER_BYTES];
         let decoded = if offset + CHUNK_HEADER_BYTES as u64 <= end {
@@ -189,6 +197,12 @@ struct Inner {
     durable_next_seq: Arc<AtomicU64>,
     /// Unconsumed ranges of records that no file holds (lost to damage), oldest first.
     gaps: Vec<LostRange>,
+    fs: Arc<dyn Filesystem>,
+    /// Free space and the effective disk budget.
+    space: SpaceGauge,
+    reserve: Reserve,
+    /// Set when an undo failed: the active segment's end is unknown, writes are refused.
+    poisoned: Option<String>,
 }
 
 impl SegmentLog {
@@ -197,6 +211,21 @@ impl SegmentLog {
     /// # Errors
     /// See [`crate::open`].
     pub fn open(dir: &Path, config: LogConfig) -> Result<Self, OpenError> {
+        Self::open_with(dir, config, Arc::new(RealFs))
+    }
+
+    /// [`SegmentLog::open`] with every segment-file and directory operation going through `fs`.
+    ///
+    /// When opening meets a full disk (ENOSPC or EDQUOT), the reserve file
+    /// (`reserve_bytes`) is removed and the open retried once.
+    ///
+    /// # Errors
+    /// See [`crate::open`].
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        fs: Arc<dyn Filesystem>,
+    ) -> Result<Self, OpenError> {
         config.validate()?;
         if config.backend != Backend::Segment {
             return Err(crate::ConfigError::Invalid {
@@ -205,8 +234,28 @@ impl SegmentLog {
             }
             .into());
         }
-        let recovered = recovery::recover(dir, &config)?;
-        let (inner, recovery) = Inner::from_recovered(dir.join("segments"), config, recovered)?;
+        let reserve = Reserve::new(dir, config.reserve_bytes);
+        let (mut inner, recovery) = match Self::open_once(dir, &config, &fs, &reserve) {
+            Err(OpenError::Storage(error)) if error.is_disk_full() && reserve.release(&*fs)? => {
+                tracing::warn!(dir = %dir.display(), %error, "opening the spill log met a full disk; retrying without the reserve");
+                Self::open_once(dir, &config, &fs, &reserve)?
+            }
+            other => other?,
+        };
+        // Best effort: a log on a full disk opens without its reserve and makes it once space frees.
+        match reserve.ensure(&*fs, config.disk_free_margin_bytes) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                dir = %dir.display(),
+                reserve_bytes = config.reserve_bytes,
+                "not enough free space for the reserve file; it is made once space frees"
+            ),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "could not make the reserve file")
+            }
+        }
+        let disk_bytes = inner.disk_bytes();
+        inner.space.measure(&*fs, disk_bytes);
         let durability = inner.config.durability;
         let inner = Arc::new(Mutex::new(inner));
         let flusher = flusher::for_durability(durability, &inner, dir)?;
@@ -215,6 +264,22 @@ impl SegmentLog {
             recovery,
             flusher,
         })
+    }
+
+    fn open_once(
+        dir: &Path,
+        config: &LogConfig,
+        fs: &Arc<dyn Filesystem>,
+        reserve: &Reserve,
+    ) -> Result<(Inner, RecoveryReport), OpenError> {
+        let recovered = recovery::recover(fs, dir, config)?;
+        Inner::from_recovered(
+            Arc::clone(fs),
+            dir.join("segments"),
+            config.clone(),
+            reserve.clone(),
+            recovered,
+        )
     }
 
     /// Syncs everything and closes the log, reporting a failure that `Drop` could only log.
@@ -244,8 +309,10 @@ impl Drop for SegmentLog {
 
 impl Inner {
     fn from_recovered(
+        fs: Arc<dyn Filesystem>,
         segments_dir: PathBuf,
         config: LogConfig,
+        reserve: Reserve,
         recovered: Recovered,
     ) -> Result<(Self, RecoveryReport), OpenError> {
         let sealed: VecDeque<SealedSegment> = recovered
@@ -261,7 +328,16 @@ impl Inner {
         let sealed_bytes = sealed.iter().map(|s| s.info.file_bytes).sum();
         let sealed_payload_bytes = sealed.iter().map(|s| s.info.payload_bytes).sum();
         let durable = Arc::new(AtomicU64::new(recovered.active.next_seq));
+        let space = SpaceGauge::new(
+            &segments_dir,
+            config.disk_budget_bytes,
+            config.disk_free_margin_bytes,
+        );
         let mut inner = Inner {
+            fs,
+            space,
+            reserve,
+            poisoned: None,
             segments_dir,
             config,
             manifest: recovered.manifest,
@@ -289,6 +365,7 @@ impl Inner {
 
     fn append(&mut self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
         self.config.check_record_sizes(records)?;
+        self.check_writable()?;
         let first = self.active.next_seq;
         if records.is_empty() {
             return Ok(SeqRange { first, next: first });
@@ -303,6 +380,32 @@ impl Inner {
                 budget_bytes: budget,
             });
         }
+        if let Err(free_bytes) = self.space.check_fits(&*self.fs, used, needed) {
+            return Err(AppendError::NoSpace {
+                path: self.segments_dir.clone(),
+                needed_bytes: needed + self.space.margin_bytes(),
+                free_bytes,
+            });
+        }
+        let mark = self.active.mark();
+        let written = self.append_chunks(records).and_then(|()| {
+            self.dirty = true;
+            if self.config.durability == Durability::EveryBatch {
+                self.flush()?;
+            }
+            Ok(())
+        });
+        if let Err(error) = written {
+            return Err(self.undo_batch(mark, needed, error));
+        }
+        Ok(SeqRange {
+            first,
+            next: self.active.next_seq,
+        })
+    }
+
+    /// Writes a batch's chunks, rolling to new segments as they fill.
+    fn append_chunks(&mut self, records: &[&[u8]]) -> Result<(), StorageError> {
         let mut rest = records;
         while !rest.is_empty() {
             let take = record::records_for_chunk(rest, self.config.chunk_bytes_target);
@@ -318,14 +421,154 @@ impl Inner {
                 .append_chunk(chunk, self.config.write_buffer_bytes)?;
             rest = tail;
         }
-        self.dirty = true;
-        if self.config.durability == Durability::EveryBatch {
-            self.flush()?;
+        Ok(())
+    }
+
+    /// Refuses writes once an undo failed: the active segment's end is unknown.
+    fn check_writable(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            Some(reason) => Err(StorageError::Poisoned {
+                path: self.active.path.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
         }
-        Ok(SeqRange {
-            first,
-            next: self.active.next_seq,
-        })
+    }
+
+    /// Undoes a failed batch and says why it failed: `NoSpace` for a full disk.
+    fn undo_batch(&mut self, mark: AppendMark, needed: u64, error: StorageError) -> AppendError {
+        if self.poisoned.is_some() {
+            // A roll left the manifest's view unknown: cutting now could contradict it.
+            return error.into();
+        }
+        if error.is_disk_full() && self.active.first_seq != mark.first_seq {
+            // Undoing a roll writes the manifest: make room for it.
+            if let Err(release) = self.reserve.release(&*self.fs) {
+                tracing::warn!(%release, "could not remove the reserve file");
+            }
+        }
+        if let Err(undo) = self.rollback_to(mark) {
+            tracing::error!(
+                path = %self.active.path.display(),
+                %error,
+                %undo,
+                "undoing a failed append failed; the log refuses writes until reopened"
+            );
+            self.poisoned = Some(format!("undoing a failed append ({error}) failed: {undo}"));
+            return error.into();
+        }
+        if !error.is_disk_full() {
+            return error.into();
+        }
+        let disk_bytes = self.disk_bytes();
+        self.space.measure(&*self.fs, disk_bytes);
+        let free_bytes = match self.space.last_free_bytes() {
+            u64::MAX => 0,
+            free => free,
+        };
+        tracing::warn!(
+            path = %self.segments_dir.display(),
+            %error,
+            needed_bytes = needed,
+            free_bytes,
+            "the disk is full: the batch was refused and undone"
+        );
+        AppendError::NoSpace {
+            path: self.segments_dir.clone(),
+            needed_bytes: needed + self.space.margin_bytes(),
+            free_bytes,
+        }
+    }
+
+    /// Brings the log back to `mark`: segments created since are forgotten (the manifest
+    /// first, then their files), and the mark's segment is cut back to its length then.
+    fn rollback_to(&mut self, mark: AppendMark) -> Result<(), StorageError> {
+        self.window = None;
+        self.hints.clear();
+        if self.active.first_seq != mark.first_seq {
+            // The manifest first, memory after: a failure here changes nothing but the manifest's cache.
+            let created: Vec<u64> = std::iter::once(self.active.first_seq)
+                .chain(
+                    self.sealed
+                        .iter()
+                        .map(|s| s.first_seq)
+                        .filter(|&first| first > mark.first_seq),
+                )
+                .collect();
+            if !self.sealed.iter().any(|s| s.first_seq == mark.first_seq) {
+                return Err(StorageError::Poisoned {
+                    path: self.segments_dir.join(segment::file_name(mark.first_seq)),
+                    reason: "the batch's first segment is gone".into(),
+                });
+            }
+            for first_seq in &created {
+                self.manifest.remove_segment(*first_seq)?;
+            }
+            let forgotten = self
+                .manifest
+                .put_segment(SegmentEntry {
+                    first_seq: mark.first_seq,
+                    sealed: None,
+                })
+                .and_then(|()| self.manifest.flush());
+            if let Err(error) = forgotten {
+                // Put the manifest's cache back as memory has it, so a later flush cannot
+                // persist a view the files do not match.
+                let listed = self
+                    .sealed
+                    .iter()
+                    .filter(|s| s.first_seq >= mark.first_seq)
+                    .map(|s| SegmentEntry {
+                        first_seq: s.first_seq,
+                        sealed: Some(s.info),
+                    })
+                    .chain(std::iter::once(SegmentEntry {
+                        first_seq: self.active.first_seq,
+                        sealed: None,
+                    }));
+                for entry in listed {
+                    if let Err(restore) = self.manifest.put_segment(entry) {
+                        tracing::error!(%restore, "restoring a manifest entry failed");
+                    }
+                }
+                return Err(error);
+            }
+            let mut paths = vec![self.active.path.clone()];
+            let mut base = None;
+            while let Some(segment) = self.sealed.pop_back() {
+                self.sealed_bytes -= segment.info.file_bytes;
+                self.sealed_payload_bytes -= segment.info.payload_bytes;
+                if segment.first_seq == mark.first_seq {
+                    base = Some(segment);
+                    break;
+                }
+                paths.push(segment.path);
+            }
+            let base = base.ok_or_else(|| StorageError::Poisoned {
+                path: self.segments_dir.join(segment::file_name(mark.first_seq)),
+                reason: "the batch's first segment is gone".into(),
+            })?;
+            self.active = ActiveSegment::reopen(
+                &*self.fs,
+                base.path,
+                base.first_seq,
+                base.info.next_seq,
+                base.info.file_bytes,
+                base.info.payload_bytes,
+            )?;
+            for path in paths {
+                self.fs
+                    .remove_file(&path)
+                    .map_err(StorageError::io(&path))?;
+            }
+            segment::sync_dir(&*self.fs, &self.segments_dir)?;
+        }
+        self.active.rollback(mark)?;
+        // The cut is durable with the next sync.
+        self.dirty = true;
+        self.durable_next_seq
+            .fetch_min(mark.next_seq, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Upper bound of the bytes `records` will take on disk, new segment headers included.
@@ -350,16 +593,23 @@ impl Inner {
             payload_bytes: self.active.payload_bytes,
             file_bytes: self.active.file_bytes,
         };
-        let next = segment::create(&self.segments_dir, info.next_seq)?;
-        self.manifest.put_segment(SegmentEntry {
-            first_seq: self.active.first_seq,
-            sealed: Some(info),
-        })?;
-        self.manifest.put_segment(SegmentEntry {
-            first_seq: next.first_seq,
-            sealed: None,
-        })?;
-        self.manifest.flush()?;
+        let next = segment::create(&*self.fs, &self.segments_dir, info.next_seq)?;
+        let listed = self
+            .manifest
+            .put_segment(SegmentEntry {
+                first_seq: self.active.first_seq,
+                sealed: Some(info),
+            })
+            .and_then(|()| {
+                self.manifest.put_segment(SegmentEntry {
+                    first_seq: next.first_seq,
+                    sealed: None,
+                })
+            })
+            .and_then(|()| self.manifest.flush());
+        // The files are consistent whatever the manifest holds (the old segment is synced, the
+        // new one created and synced, and open adopts an unlisted newest file), so memory moves
+        // on even when listing failed; an append undoes the roll, a consume retries the flush.
         let old = std::mem::replace(&mut self.active, next);
         self.sealed_bytes += info.file_bytes;
         self.sealed_payload_bytes += info.payload_bytes;
@@ -371,23 +621,28 @@ impl Inner {
         });
         self.durable_next_seq
             .fetch_max(info.next_seq, Ordering::AcqRel);
-        Ok(())
+        listed
     }
 
     fn flush(&mut self) -> Result<u64, StorageError> {
         // Data first, then the manifest: a durable consumed position never runs ahead of
         // durable data, and the tail checkpoint never points past synced bytes.
         self.active.sync()?;
-        if let Some((chunk_offset, chunk_first_seq, payload_before)) = self.active.last_chunk {
-            self.manifest.set_tail_checkpoint(TailCheckpoint {
-                segment_first_seq: self.active.first_seq,
-                chunk_offset,
-                chunk_first_seq,
-                payload_before,
-                synced_next_seq: self.active.next_seq,
-                synced_file_bytes: self.active.file_bytes,
-            })?;
-        }
+        // Written at every flush, even for a segment without chunks: an undone append may have
+        // left a checkpoint past the cut in the manifest's cache, which must not become durable.
+        let (chunk_offset, chunk_first_seq, payload_before) = self.active.last_chunk.unwrap_or((
+            SEGMENT_HEADER_BYTES as u64,
+            self.active.first_seq,
+            0,
+        ));
+        self.manifest.set_tail_checkpoint(TailCheckpoint {
+            segment_first_seq: self.active.first_seq,
+            chunk_offset,
+            chunk_first_seq,
+            payload_before,
+            synced_next_seq: self.active.next_seq,
+            synced_file_bytes: self.active.file_bytes,
+        })?;
         self.manifest.flush()?;
         self.dirty = false;
         let next = self.active.next_seq;
@@ -395,6 +650,8 @@ impl Inner {
         Ok(next)
     }
 
+    /// Consuming frees space, so it must work on a full disk: a step that meets
+    /// ENOSPC is retried once after removing the reserve file.
     fn consume_until(&mut self, seq: u64) -> Result<(), StorageError> {
         let seq = seq.min(self.active.next_seq);
         if seq <= self.consumed_seq {
@@ -403,8 +660,24 @@ impl Inner {
         self.consumed_seq = seq;
         self.manifest.set_consumed_seq(seq)?;
         self.dirty = true;
+        match self.persist_consumed() {
+            Err(error) if error.is_disk_full() && self.reserve.release(&*self.fs)? => {
+                tracing::warn!(%error, "consuming met a full disk; retrying without the reserve");
+                self.persist_consumed()?;
+            }
+            other => other?,
+        }
+        Ok(())
+    }
+
+    /// Rolls a fully consumed active segment, reclaims consumed files, and syncs under `EveryBatch`.
+    fn persist_consumed(&mut self) -> Result<(), StorageError> {
+        let seq = self.consumed_seq;
         // A fully consumed active segment of some size is rolled so its space can go.
-        if seq == self.active.next_seq && self.active.len() >= self.config.segment_bytes_max / 8 {
+        if self.poisoned.is_none()
+            && seq == self.active.next_seq
+            && self.active.len() >= self.config.segment_bytes_max / 8
+        {
             self.roll()?;
         }
         self.reclaim()?;
@@ -434,11 +707,22 @@ impl Inner {
         self.gaps.retain(|g| g.seqs.next > consumed);
         self.flush()?;
         for segment in self.sealed.drain(..freed) {
-            std::fs::remove_file(&segment.path).map_err(StorageError::io(&segment.path))?;
+            self.fs
+                .remove_file(&segment.path)
+                .map_err(StorageError::io(&segment.path))?;
             self.sealed_bytes -= segment.info.file_bytes;
             self.sealed_payload_bytes -= segment.info.payload_bytes;
             tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
         }
+        // Space just freed: make the reserve again if a full disk took it (best effort).
+        if let Err(error) = self
+            .reserve
+            .ensure(&*self.fs, self.config.disk_free_margin_bytes)
+        {
+            tracing::warn!(%error, "could not make the reserve file again");
+        }
+        let disk_bytes = self.disk_bytes();
+        self.space.measure(&*self.fs, disk_bytes);
         // Hints and the cached window into removed segments are the only stale state;
         // a hint below the consumed position in a live segment still leads reads to their chunk.
         let oldest_live = self
@@ -453,7 +737,7 @@ impl Inner {
         {
             self.window = None;
         }
-        segment::sync_dir(&self.segments_dir)
+        segment::sync_dir(&*self.fs, &self.segments_dir)
     }
 
     fn read(
@@ -486,7 +770,7 @@ impl Inner {
                 (h.chunk_offset, h.chunk_first_seq)
             });
         let chunk_offset = match locate_chunk(
-            &seg.reader,
+            &*seg.reader,
             &seg.path,
             start_offset,
             start_seq,
@@ -508,7 +792,13 @@ impl Inner {
             }
         };
         let mut batch = ReadBatch::new(from);
-        let map = self.window_for(seg.first_seq, &seg.reader, &seg.path, chunk_offset, seg.end)?;
+        let map = self.window_for(
+            seg.first_seq,
+            &*seg.reader,
+            &seg.path,
+            chunk_offset,
+            seg.end,
+        )?;
         let backing = batch.add_backing(Backing::Mapped(Arc::clone(&map.0)));
         let window_start = map.1;
         let window_end = window_start + map.0.len() as u64;
@@ -560,7 +850,7 @@ impl Inner {
                     let resume_seq = match ChunkHeader::decode(&bytes[at..]) {
                         Ok(h) if h.first_seq <= seq && seq < h.next_seq() => h.next_seq(),
                         _ => recovery::next_intact_chunk(
-                            &seg.reader,
+                            &*seg.reader,
                             &seg.path,
                             offset,
                             seg.end,
@@ -649,7 +939,10 @@ impl Inner {
         let reader = match &seg.reader {
             Some(reader) => Arc::clone(reader),
             None => {
-                let file = Arc::new(File::open(&seg.path).map_err(StorageError::io(&seg.path))?);
+                let file = self
+                    .fs
+                    .open(&seg.path, false)
+                    .map_err(StorageError::io(&seg.path))?;
                 seg.reader = Some(Arc::clone(&file));
                 file
             }
@@ -667,7 +960,7 @@ impl Inner {
     fn window_for(
         &mut self,
         seg_first: u64,
-        reader: &File,
+        reader: &dyn FileHandle,
         path: &Path,
         chunk_offset: u64,
         seg_end: u64,
@@ -710,8 +1003,11 @@ impl Inner {
         self.hints.push_back(hint);
     }
 
-    fn stats(&self) -> LogStats {
+    fn stats(&mut self) -> LogStats {
+        let disk_bytes = self.disk_bytes();
+        self.space.refresh(&*self.fs, disk_bytes);
         LogStats {
+            disk_budget_bytes_effective: self.space.effective_budget_bytes(),
             first_seq: self.consumed_seq,
             next_seq: self.active.next_seq,
             durable_next_seq: self.durable_next_seq.load(Ordering::Acquire),

@@ -407,6 +407,7 @@ impl Inner {
             payload_bytes: self.payload_bytes,
             disk_bytes: self.manifest.db().size_on_disk().unwrap_or(0),
             files: self.chunks.len() as u64,
+            disk_budget_bytes_effective: self.config.disk_budget_bytes,
         }
     }
 
