@@ -87,18 +87,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .env("EMBED_QUEUE_DIR", dir.path())
         .stdout(Stdio::piped())
         .spawn()?;
-    let mut acked = None;
-    for line in BufReader::new(run.stdout.take().ok_or("no child stdout")?).lines() {
-        let line = line?;
+    let stdout = BufReader::new(run.stdout.take().ok_or("no child stdout")?);
+    let acked = stdout.lines().map_while(Result::ok).find_map(|line| {
         println!("  child: {line}");
-        if let Some(position) = line.strip_prefix("acked=") {
-            acked = Some(position.parse::<u64>()?);
-            break;
-        }
-    }
-    let acked = acked.ok_or("the child stopped before it acked")?;
+        line.strip_prefix("acked=").map(str::to_owned)
+    });
     run.kill()?; // SIGKILL: no destructor, no flush, no clean close.
     run.wait()?;
+    let acked: u64 = acked.ok_or("the child stopped before it acked")?.parse()?;
     println!("killed the child (SIGKILL)");
 
     let queue = SpillQueue::open(dir.path(), config())?;
