@@ -2,11 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::cbor::{Budget, Reader, Value};
 use super::cid::cid_string;
 use super::event::{decode_frame, Decoded};
 use super::json::{push_str, push_value, rfc3339_utc, Dialect};
-use crate::source::frame::FrameError;
+use crate::cbor::{Budget, FrameError, Reader, Value};
 
 /// What a sink writes for each event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
