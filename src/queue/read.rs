@@ -8,8 +8,9 @@ use super::envelope;
 use super::error::QueueError;
 use super::event::Delivery;
 use super::lost::{LostEvents, Read};
+use super::memory::MemoryTier;
 use super::replay::ReplayRule;
-use super::shared::{Core, State};
+use super::shared::{Core, Counters, State};
 
 /// Lost ranges that join into one report at most, so a scan past damage stays bounded.
 pub(super) const GAP_MERGES_MAX: usize = 64;
@@ -77,40 +78,7 @@ impl Core {
             .and_then(|i| memory.get(i))
             .filter(|e| e.log_before <= cursor.log_next);
         if let (Some(start), Some(_)) = (next_memory, memory_first) {
-            // Consecutive memory events that no unread log record precedes.
-            let log_at = cursor.log_next;
-            let mut bytes = 0u64;
-            let mut index = start;
-            while let Some(entry) = memory.get(index) {
-                if entry.log_before > log_at
-                    || out.len() >= max_records
-                    || (bytes >= max_bytes && !out.is_empty())
-                {
-                    break;
-                }
-                if out
-                    .last()
-                    .is_some_and(|d: &Delivery| d.seq + 1 != entry.seq)
-                {
-                    break;
-                }
-                bytes += entry.payload.len() as u64;
-                out.push(Delivery {
-                    seq: entry.seq,
-                    position: entry.position,
-                    pushed_at_us: entry.pushed_at_us,
-                    payload: entry.payload.clone(),
-                });
-                index += 1;
-            }
-            let (first, next) = (out[0].seq, out[out.len() - 1].seq + 1);
-            cursor.delivered(Stretch {
-                seq_first: first,
-                seq_next: next,
-                origin: Origin::Memory { log_at },
-            });
-            cursor.seq_next = next;
-            cursor.last_position = out.last().map(|d| d.position);
+            out = read_memory(cursor, memory, start, max_records, max_bytes);
         } else {
             // Log records before the next memory event, if any; superseded ones are skipped,
             // so keep reading until something is delivered or the stretch ends.
@@ -196,30 +164,7 @@ impl Core {
                     log_end,
                     next_memory_position,
                 )?;
-                return Ok(match found {
-                    GapFound::Lost(lost) => Some({
-                        counters.lost += lost.log_records;
-                        cursor.log_next = lost.log_next;
-                        tracing::warn!(
-                            log_first = lost.log_first,
-                            log_next = lost.log_next,
-                            after_position = ?lost.after_position,
-                            before_position = ?lost.before_position,
-                            location = %lost.location,
-                            offset = lost.offset,
-                            reason = %lost.reason,
-                            "events in the spill log are lost (damaged or missing)"
-                        );
-                        Read::Lost(lost)
-                    }),
-                    GapFound::Superseded { log_next, records } => {
-                        counters.superseded += records;
-                        cursor.log_next = log_next;
-                        // Progress without events: the caller reads again at once.
-                        Some(Read::Events(Vec::new()))
-                    }
-                    GapFound::NotYetBounded => None,
-                });
+                return Ok(settle_gap(found, cursor, counters));
             }
         }
         counters.delivered += out.len() as u64;
@@ -229,6 +174,7 @@ impl Core {
         self.maybe_stop_spilling(&mut state);
         Ok((!out.is_empty()).then_some(Read::Events(out)))
     }
+
     /// Bounds a damaged range a consumer met with the source positions around it.
     fn lost_range(
         &self,
@@ -314,5 +260,80 @@ impl Core {
             tracing::info!("disk backlog drained; new events stay in memory again");
             state.spilling = false;
         }
+    }
+}
+
+/// Consecutive memory events from `start` that no unread log record precedes, delivered
+/// to `cursor` as one stretch (at least one: the caller checked the first).
+fn read_memory(
+    cursor: &mut CursorState,
+    memory: &MemoryTier,
+    start: usize,
+    max_records: usize,
+    max_bytes: u64,
+) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    let log_at = cursor.log_next;
+    let mut bytes = 0u64;
+    let mut index = start;
+    while let Some(entry) = memory.get(index) {
+        if entry.log_before > log_at
+            || out.len() >= max_records
+            || (bytes >= max_bytes && !out.is_empty())
+        {
+            break;
+        }
+        if out
+            .last()
+            .is_some_and(|d: &Delivery| d.seq + 1 != entry.seq)
+        {
+            break;
+        }
+        bytes += entry.payload.len() as u64;
+        out.push(Delivery {
+            seq: entry.seq,
+            position: entry.position,
+            pushed_at_us: entry.pushed_at_us,
+            payload: entry.payload.clone(),
+        });
+        index += 1;
+    }
+    let (first, next) = (out[0].seq, out[out.len() - 1].seq + 1);
+    cursor.delivered(Stretch {
+        seq_first: first,
+        seq_next: next,
+        origin: Origin::Memory { log_at },
+    });
+    cursor.seq_next = next;
+    cursor.last_position = out.last().map(|d| d.position);
+    out
+}
+
+/// Moves `cursor` past a bounded damaged range: reported as lost, or skipped when a
+/// replay delivers its events again; `None` while the range is not bounded yet.
+fn settle_gap(found: GapFound, cursor: &mut CursorState, counters: &mut Counters) -> Option<Read> {
+    match found {
+        GapFound::Lost(lost) => Some({
+            counters.lost += lost.log_records;
+            cursor.log_next = lost.log_next;
+            tracing::warn!(
+                log_first = lost.log_first,
+                log_next = lost.log_next,
+                after_position = ?lost.after_position,
+                before_position = ?lost.before_position,
+                location = %lost.location,
+                offset = lost.offset,
+                reason = %lost.reason,
+                "events in the spill log are lost (damaged or missing)"
+            );
+            Read::Lost(lost)
+        }),
+        GapFound::Superseded { log_next, records } => {
+            counters.superseded += records;
+            cursor.log_next = log_next;
+            // Progress without events: the caller reads again at once.
+            Some(Read::Events(Vec::new()))
+        }
+        GapFound::NotYetBounded => None,
     }
 }
