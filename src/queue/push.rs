@@ -1,5 +1,5 @@
 //! The write path's front: a push checks its events, takes the memory path while the
-//! queue is not spilling and the events fit, hands the rest to [`super::spill`], and
+//! queue is not spilling and the events fit, hands the rest to the spill (`spill.rs`), and
 //! waits under [`FullPolicy::Block`](super::FullPolicy::Block) until space frees.
 
 use std::time::Duration;
