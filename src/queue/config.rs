@@ -109,7 +109,15 @@ impl QueueConfig {
                 reason: format!("each consumer stores two log positions, replay rules two each and the queue {} of its own; raise log.positions_max to {positions_needed}", QUEUE_OWN_POSITIONS),
             });
         }
-        MemoryBudget::new(self.memory_budget_bytes, &self.log).map(|_| ())
+        self.memory_budget().map(|_| ())
+    }
+
+    /// How `memory_budget_bytes` splits between the log's buffers and the memory tier.
+    ///
+    /// # Errors
+    /// A budget too small for the log's own buffers.
+    pub fn memory_budget(&self) -> Result<MemoryBudget, QueueConfigError> {
+        MemoryBudget::new(self.memory_budget_bytes, &self.log)
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use spillway_storage::{LogStats, SpillLog};
 use tokio::sync::Notify;
 
-use super::budget::MemoryBudget;
 use super::config::{QueueConfig, SpillMode};
 use super::cursor::saved_cursors;
 use super::envelope;
@@ -26,7 +25,7 @@ impl SpillQueue {
     /// A refused configuration, or the log's open errors (damage, another version, ...).
     pub fn open(dir: &Path, config: QueueConfig) -> Result<Self, QueueError> {
         config.validate()?;
-        let budget = MemoryBudget::new(config.memory_budget_bytes, &config.log)?;
+        let budget = config.memory_budget()?;
         let log = spillway_storage::open(dir, config.log.clone())?;
         let stats = log.stats();
         // Restore every saved consumer; they hold back reclaim until removed.
