@@ -9,6 +9,7 @@
 //! With the `pipeline` feature (on by default):
 //!
 //! - `source`: the relay firehose source and its frame decoding.
+//! - `cbor`: the bounded DAG-CBOR reader and the frame error, below `source` and `decode`.
 //! - `decode`: frames decoded in full to Jetstream or rsky JSON, with filters.
 //! - `sink`: the Redis stream and JSON-lines sinks.
 //! - `pipeline`: source -> queue -> sink wiring and shutdown; `config`: its settings;
@@ -21,6 +22,8 @@
 
 #[cfg(feature = "pipeline")]
 pub mod bench;
+#[cfg(feature = "pipeline")]
+pub mod cbor;
 #[cfg(feature = "pipeline")]
 pub mod config;
 pub mod data_dir_lock;

@@ -804,7 +804,10 @@ impl Soak {
             &knobs,
             disk_budget_bytes,
         );
-        let tier_bytes = spillway::queue::MemoryBudget::new(&binary.config().queue_config(0))
+        let tier_bytes = binary
+            .config()
+            .queue_config(0)
+            .memory_budget()
             .expect("the memory budget fits the log's buffers")
             .memory_tier_bytes;
         let tier_events =

@@ -25,12 +25,9 @@ pub fn small_queue_config(memory_tier_bytes: u64) -> QueueConfig {
     log.sled_cache_bytes = 64 * 1024;
     log.disk_budget_bytes = 256 * 1024 * 1024;
     config.spill_mode = SpillMode::MemoryFirst;
-    let reserved = spillway::queue::MemoryBudget::new(&QueueConfig {
-        memory_budget_bytes: u64::MAX / 4,
-        ..config.clone()
-    })
-    .expect("budget")
-    .log_reserved_bytes;
+    let reserved = spillway::queue::MemoryBudget::new(u64::MAX / 4, &config.log)
+        .expect("budget")
+        .log_reserved_bytes;
     config.memory_budget_bytes = reserved + memory_tier_bytes;
     config
 }
