@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::pipeline::Lane;
+use crate::lane::Lane;
 use crate::sink::now_ms;
 
 /// Largest request read.
