@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};
 use crate::sink::redis::RedisSink;
 use crate::sink::{Sink, SinkError};
-use crate::source::firehose::FirehoseSource;
+use crate::source::firehose_source::FirehoseSource;
 use crate::source::Source;
 
 /// The configured sources: one relay firehose per `relays` entry, in order.

@@ -11,6 +11,21 @@ use crate::decode::json::{base64_std, json_string};
 use crate::decode::OutputFormat;
 use crate::queue::Delivery;
 
+/// Its line of `spillway run --help`: the key of the JSON-lines sink.
+pub const CONFIG_HELP: &str = "  jsonl_path = \"-\"                      - for stdout, or a file
+";
+
+/// Checks the `jsonl_path` key.
+///
+/// # Errors
+/// The key and why, for the configuration to report.
+pub fn check_path(path: &str) -> Result<(), (&'static str, String)> {
+    if path.is_empty() {
+        return Err(("jsonl_path", "must not be empty (- for stdout)".into()));
+    }
+    Ok(())
+}
+
 /// Where the lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JsonlTarget {

@@ -67,6 +67,47 @@ impl RedisSinkConfig {
     }
 }
 
+/// Its lines of `spillway run --help`: the keys of the Redis sink.
+pub const CONFIG_HELP: &str = "  redis_url = \"redis://127.0.0.1:6379\"  redis://:PASSWORD@host:port/db; printed as redis://:***@...
+  redis_stream = \"firehose_live\"       cursor key: <stream>:cursor:<host>
+  redis_high_water_events = 100000      pause writing at this XLEN (0: never)
+  redis_low_water_events = 50000        resume below it
+";
+
+/// Checks the Redis sink's keys: the low-water mark below the high-water mark (when
+/// there is one), a stream name, and a URL the client can parse (printed redacted).
+///
+/// # Errors
+/// The key and why, for the configuration to report.
+pub fn check_keys(
+    url: &str,
+    stream: &str,
+    high_water_events: u64,
+    low_water_events: u64,
+) -> Result<(), (&'static str, String)> {
+    if high_water_events > 0 && low_water_events >= high_water_events {
+        return Err((
+            "redis_low_water_events",
+            format!(
+                "{low_water_events} must be below redis_high_water_events ({high_water_events})"
+            ),
+        ));
+    }
+    if stream.is_empty() {
+        return Err(("redis_stream", "must not be empty".into()));
+    }
+    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
+        return Err((
+            "redis_url",
+            format!(
+                "{}: {e} (expected redis://[user:password@]host:port[/db])",
+                redact_url(url)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `url` with any password replaced by `***` (`redis://user:***@host:port/db`), for
 /// every log line, error and report: the only form of a Redis URL that may be printed.
 pub fn redact_url(url: &str) -> String {

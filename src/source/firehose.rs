@@ -75,6 +75,36 @@ impl FirehoseConfig {
 
 pub use super::SourceStats;
 
+/// Its lines of `spillway run --help`: the keys of the relay firehose source.
+pub const CONFIG_HELP: &str = "  relays = [\"wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos\"]   one source + queue each
+  start_cursor = <seq>                  resume here instead of the saved cursor (default: saved, else live)
+";
+
+/// Checks the `relays` key: at least one, each a `ws://` or `wss://` URL, no two sharing a
+/// queue directory (each relay owns one, and a cursor file, named after it).
+///
+/// # Errors
+/// The key and why, for the configuration to report.
+pub fn check_relays(urls: &[String]) -> Result<(), (&'static str, String)> {
+    if urls.is_empty() {
+        return Err(("relays", "at least one relay URL is needed".into()));
+    }
+    let mut names = std::collections::BTreeMap::new();
+    for url in urls {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(("relays", format!("{url:?} is not a ws:// or wss:// URL")));
+        }
+        let name = RelayId::of_url(url).file_name();
+        if let Some(other) = names.insert(name.clone(), url) {
+            return Err((
+                "relays",
+                format!("{other:?} and {url:?} would share the queue directory queue-{name}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub use super::SourceError;
 
 enum Disconnect {
@@ -483,58 +513,5 @@ pub(crate) fn handle(
             tracing::error!(host, error = %e, after_seq = ?cursor, "invalid frame from the relay; dropping the connection");
             Ok(Handled::Drop(format!("invalid frame: {e}")))
         }
-    }
-}
-
-/// The relay firehose as a [`super::Source`]: its settings and its cursor file.
-#[derive(Debug, Clone)]
-pub struct FirehoseSource {
-    config: FirehoseConfig,
-    cursor_file: CursorFile,
-}
-
-impl FirehoseSource {
-    /// The source of `config`, keeping its cursor file in `data_dir`.
-    pub fn new(config: FirehoseConfig, data_dir: &std::path::Path) -> Self {
-        let cursor_file = CursorFile::for_relay(data_dir, &config.relay_id());
-        FirehoseSource {
-            config,
-            cursor_file,
-        }
-    }
-}
-
-impl super::Source for FirehoseSource {
-    fn label(&self) -> String {
-        self.config.host()
-    }
-
-    fn file_name(&self) -> String {
-        self.config.relay_id().file_name()
-    }
-
-    fn resume_point(&mut self, queue: &SpillQueue) -> Result<Option<u64>, SourceError> {
-        resume_point(&self.config, queue, &self.cursor_file)
-    }
-
-    fn run(
-        self: Box<Self>,
-        queue: SpillQueue,
-        resume: Option<u64>,
-        stats: Arc<SourceStats>,
-        stop: watch::Receiver<bool>,
-    ) -> futures_util::future::BoxFuture<'static, Result<(), SourceError>> {
-        let FirehoseSource {
-            config,
-            cursor_file,
-        } = *self;
-        Box::pin(run(config, queue, cursor_file, resume, stats, stop))
-    }
-
-    fn refetcher(&self) -> Option<Box<dyn super::Refetch>> {
-        Some(Box::new(super::refetch::FirehoseRefetch {
-            config: self.config.clone(),
-            limits: super::refetch::RefetchLimits::default(),
-        }))
     }
 }

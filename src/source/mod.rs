@@ -7,7 +7,7 @@
 //! lost, says so with [`Source::refetcher`]; one that cannot returns `None`, and a lost
 //! range is then counted as lost for good.
 //!
-//! Members: the AT Protocol relay firehose ([`firehose::FirehoseSource`]). A new kind is a
+//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]). A new kind is a
 //! new file here, its keys in the configuration, and one line in [`crate::pipeline::kinds`].
 //!
 //! The traits return boxed futures rather than `async fn`: the kind is chosen at run time
@@ -17,6 +17,7 @@
 
 pub mod cursor;
 pub mod firehose;
+pub mod firehose_source;
 pub mod frame;
 pub mod refetch;
 pub mod relay;
