@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::redis_server::{drain_seqs, RedisServer};
 use spillway::config::Config;
@@ -28,27 +28,8 @@ fn jsonl_config(dir: &std::path::Path, relay: &LoopbackRelay, out: &std::path::P
     }
 }
 
-fn seqs_in(out: &std::path::Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    text.lines()
-        .map(|line| {
-            let rest = line
-                .strip_prefix("{\"seq\":")
-                .expect("a JSON line starting with seq");
-            rest[..rest.find(',').expect("comma")].parse().expect("seq")
-        })
-        .collect()
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    common::wait_until(what, Duration::from_secs(60), done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,12 +58,12 @@ async fn garbage_truncated_and_dropped_connections_lose_nothing() {
     let (stop, source) = (pipeline.stopper(), pipeline.lanes[0].source.clone());
     let running = tokio::spawn(pipeline.join());
     wait_for("every event in the file", || {
-        seqs_in(&out).len() as u64 >= total
+        common::jsonl_seqs(&out).len() as u64 >= total
     })
     .await;
     let _ = stop.send(true);
     running.await.expect("join").expect("clean stop");
-    let seqs = seqs_in(&out);
+    let seqs = common::jsonl_seqs(&out);
     let unique: BTreeSet<u64> = seqs.iter().copied().collect();
     assert_eq!(unique.len() as u64, total, "every seq arrived");
     assert_eq!(unique.first(), Some(&BASE_SEQ));
@@ -119,12 +100,12 @@ async fn an_oversized_frame_is_dropped_counted_and_the_rest_arrives() {
     let (stop, source) = (pipeline.stopper(), pipeline.lanes[0].source.clone());
     let running = tokio::spawn(pipeline.join());
     wait_for("the frames after the oversized one", || {
-        seqs_in(&out).last() == Some(&(BASE_SEQ + total - 1))
+        common::jsonl_seqs(&out).last() == Some(&(BASE_SEQ + total - 1))
     })
     .await;
     let _ = stop.send(true);
     running.await.expect("join").expect("clean stop");
-    let seqs: BTreeSet<u64> = seqs_in(&out).into_iter().collect();
+    let seqs: BTreeSet<u64> = common::jsonl_seqs(&out).into_iter().collect();
     assert_eq!(source.oversized_total.load(Ordering::Relaxed), 1);
     assert!(
         !seqs.contains(&(BASE_SEQ + 100)),

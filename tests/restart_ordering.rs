@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use spillway::config::Config;
 use spillway::pipeline::{Pipeline, SINK_CONSUMER};
@@ -23,27 +23,8 @@ const CURSOR: u64 = BASE_SEQ + 999;
 /// The relay holds BASE_SEQ..RELAY_END.
 const RELAY_END: u64 = BASE_SEQ + 4_000;
 
-fn seqs_in(out: &std::path::Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    text.lines()
-        .map(|line| {
-            let rest = line
-                .strip_prefix("{\"seq\":")
-                .expect("a JSON line starting with seq");
-            rest[..rest.find(',').expect("comma")].parse().expect("seq")
-        })
-        .collect()
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    common::wait_until(what, Duration::from_secs(60), done).await
 }
 
 /// The backlog a crash leaves: real frames (seq rewritten) stored in the lane's queue
@@ -123,7 +104,7 @@ async fn stored_events_above_the_cursor_wait_for_a_relay_that_answers_late() {
     let (stop, source) = (pipeline.stopper(), pipeline.lanes[0].source.clone());
     let running = tokio::spawn(pipeline.join());
     wait_for("the stored events up to the cursor", || {
-        seqs_in(&out).len() as u64 == CURSOR + 1 - STORED_FIRST
+        common::jsonl_seqs(&out).len() as u64 == CURSOR + 1 - STORED_FIRST
     })
     .await;
     // The relay is still down: the source keeps failing to connect, and the sink, having
@@ -135,7 +116,7 @@ async fn stored_events_above_the_cursor_wait_for_a_relay_that_answers_late() {
             >= 2
     })
     .await;
-    let before = seqs_in(&out);
+    let before = common::jsonl_seqs(&out);
     assert!(
         before.iter().all(|&seq| seq <= CURSOR),
         "no stored event above the cursor before the replay: {:?}",
@@ -144,12 +125,12 @@ async fn stored_events_above_the_cursor_wait_for_a_relay_that_answers_late() {
 
     let relay = start_relay_on(relay_addr).await;
     wait_for("every seq up to the relay's end", || {
-        seqs_in(&out).last() == Some(&(RELAY_END - 1))
+        common::jsonl_seqs(&out).last() == Some(&(RELAY_END - 1))
     })
     .await;
     let _ = stop.send(true);
     running.await.expect("join").expect("clean stop");
-    let seqs = seqs_in(&out);
+    let seqs = common::jsonl_seqs(&out);
     assert!(
         seqs == (STORED_FIRST..RELAY_END).collect::<Vec<_>>(),
         "every seq once, in order (the stored ones up to the cursor, then the replay); got {} from {:?}, first out of order after {:?}",

@@ -47,25 +47,8 @@ fn draining_config(data: &Path, relay_url: String, out: &Path) -> Config {
     }
 }
 
-fn seqs_in(out: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix("{\"seq\":")?;
-            rest[..rest.find(',')?].parse().ok()
-        })
-        .collect()
-}
-
-async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+async fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    common::wait_until(what, Duration::from_secs(90), done).await
 }
 
 /// Runs phase one to its end: every event of the relay durably in the log.
@@ -136,7 +119,11 @@ async fn drain(data: &Path, relay_url: String, out: &Path, expected: u64) -> Dra
     let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
     let running = tokio::spawn(pipeline.join());
     wait_for("every deliverable seq in the file", || {
-        seqs_in(out).iter().collect::<BTreeSet<_>>().len() as u64 >= expected
+        common::jsonl_seqs(out)
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .len() as u64
+            >= expected
     })
     .await;
     let health = http_get(addr, "/health").await;
@@ -144,7 +131,7 @@ async fn drain(data: &Path, relay_url: String, out: &Path, expected: u64) -> Dra
     let _ = stop.send(true);
     running.await.expect("join").expect("clean stop");
     Drained {
-        seqs: seqs_in(out),
+        seqs: common::jsonl_seqs(out),
         sink,
         health,
         metrics,
@@ -295,7 +282,7 @@ async fn a_damaged_range_the_relay_no_longer_holds_is_counted_lost_and_health_sa
     let running = tokio::spawn(pipeline.join());
     wait_for("the loss counted and the last seq out", || {
         sink.lost_outside_window_total.load(Ordering::Relaxed) > 0
-            && seqs_in(&out).last() == Some(&(BASE_SEQ + TOTAL - 1))
+            && common::jsonl_seqs(&out).last() == Some(&(BASE_SEQ + TOTAL - 1))
     })
     .await;
     let health = http_get(metrics_addr, "/health").await;
@@ -306,7 +293,7 @@ async fn a_damaged_range_the_relay_no_longer_holds_is_counted_lost_and_health_sa
     let lost = sink.lost_outside_window_total.load(Ordering::Relaxed);
     let damaged = sink.damaged_events_total.load(Ordering::Relaxed);
     assert_eq!(lost, damaged, "every damaged record is counted lost");
-    let seqs = seqs_in(&out);
+    let seqs = common::jsonl_seqs(&out);
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),
         "in order, no duplicates"
@@ -424,6 +411,27 @@ impl Drop for SmallDisk {
 
 const FULL_DISK_EVENTS: u64 = 12_000;
 
+/// A test directory with `data/` on a 40 MiB tmpfs, and a relay of `FULL_DISK_EVENTS`;
+/// `None` (the skip printed with its reason) where a tmpfs cannot be mounted.
+async fn small_disk_with_relay(
+    test: &str,
+) -> Option<(tempfile::TempDir, PathBuf, SmallDisk, LoopbackRelay)> {
+    init_logs();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let disk = match SmallDisk::mount(&data, 40) {
+        Ok(disk) => disk,
+        Err(reason) => {
+            println!("SKIPPED {test}: cannot mount a tmpfs: {reason}");
+            return None;
+        }
+    };
+    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, FULL_DISK_EVENTS))
+        .await
+        .expect("relay");
+    Some((dir, data, disk, relay))
+}
+
 /// Every seq of a run onto a small disk: the queue spills past what the filesystem holds.
 fn full_disk_config(data: &Path, relay_url: String) -> Config {
     Config {
@@ -443,21 +451,11 @@ fn full_disk_config(data: &Path, relay_url: String) -> Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_filesystem_blocks_the_producer_keeps_draining_and_loses_nothing() {
-    init_logs();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let _disk = match SmallDisk::mount(&data, 40) {
-        Ok(disk) => disk,
-        Err(reason) => {
-            println!(
-                "SKIPPED a_full_filesystem_blocks_the_producer: cannot mount a tmpfs: {reason}"
-            );
-            return;
-        }
+    let Some((dir, data, _disk, relay)) =
+        small_disk_with_relay("a_full_filesystem_blocks_the_producer").await
+    else {
+        return;
     };
-    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, FULL_DISK_EVENTS))
-        .await
-        .expect("relay");
     let out = dir.path().join("out.jsonl");
     let config = Config {
         jsonl_path: out.display().to_string(),
@@ -478,7 +476,7 @@ async fn a_full_filesystem_blocks_the_producer_keeps_draining_and_loses_nothing(
         "the free space caps the budget: {stats:?}"
     );
     wait_for("every seq delivered", || {
-        seqs_in(&out).len() as u64 >= FULL_DISK_EVENTS
+        common::jsonl_seqs(&out).len() as u64 >= FULL_DISK_EVENTS
     })
     .await;
     let _ = stop.send(true);
@@ -486,26 +484,19 @@ async fn a_full_filesystem_blocks_the_producer_keeps_draining_and_loses_nothing(
         .await
         .expect("join")
         .expect("the full disk never stopped the pipeline");
-    assert_every_seq_once_in_order(&seqs_in(&out), BASE_SEQ..BASE_SEQ + FULL_DISK_EVENTS);
+    assert_every_seq_once_in_order(
+        &common::jsonl_seqs(&out),
+        BASE_SEQ..BASE_SEQ + FULL_DISK_EVENTS,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_stopped_on_a_full_filesystem_starts_again_while_full_and_drains() {
-    init_logs();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let _disk = match SmallDisk::mount(&data, 40) {
-        Ok(disk) => disk,
-        Err(reason) => {
-            println!(
-                "SKIPPED a_queue_stopped_on_a_full_filesystem: cannot mount a tmpfs: {reason}"
-            );
-            return;
-        }
+    let Some((dir, data, _disk, relay)) =
+        small_disk_with_relay("a_queue_stopped_on_a_full_filesystem").await
+    else {
+        return;
     };
-    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, FULL_DISK_EVENTS))
-        .await
-        .expect("relay");
     // Phase one: nothing consumes (Redis unreachable) until the filesystem is full.
     let filling = Config {
         sink: "redis".into(),
@@ -541,15 +532,18 @@ async fn a_queue_stopped_on_a_full_filesystem_starts_again_while_full_and_drains
     let running = tokio::spawn(pipeline.join());
     // Space frees as the backlog drains; the filler goes too, as an operator would clear it.
     wait_for("some of the backlog delivered", || {
-        !seqs_in(&out).is_empty()
+        !common::jsonl_seqs(&out).is_empty()
     })
     .await;
     let _ = std::fs::remove_file(&filler);
     wait_for("every seq delivered", || {
-        seqs_in(&out).len() as u64 >= FULL_DISK_EVENTS
+        common::jsonl_seqs(&out).len() as u64 >= FULL_DISK_EVENTS
     })
     .await;
     let _ = stop.send(true);
     running.await.expect("join").expect("clean stop");
-    assert_every_seq_once_in_order(&seqs_in(&out), BASE_SEQ..BASE_SEQ + FULL_DISK_EVENTS);
+    assert_every_seq_once_in_order(
+        &common::jsonl_seqs(&out),
+        BASE_SEQ..BASE_SEQ + FULL_DISK_EVENTS,
+    );
 }

@@ -1,6 +1,7 @@
 //! The memory budget: one number of bytes, split between the log's buffers and the memory tier.
 
-use super::config::QueueConfig;
+use spillway_storage::LogConfig;
+
 use super::error::QueueConfigError;
 
 /// Bytes charged per event in memory besides its payload: the deque slot (64 B) and
@@ -24,28 +25,28 @@ pub struct MemoryBudget {
 }
 
 impl MemoryBudget {
-    /// Splits the budget, refusing one too small for the log's own buffers.
-    pub fn new(config: &QueueConfig) -> Result<Self, QueueConfigError> {
-        let log = &config.log;
+    /// Splits `total_bytes` (a queue's `memory_budget_bytes`) between the buffers of a log
+    /// with settings `log` and the memory tier, refusing a budget too small for the log.
+    pub fn new(total_bytes: u64, log: &LogConfig) -> Result<Self, QueueConfigError> {
         let log_reserved_bytes = u64::from(log.write_buffer_bytes)
             + log.chunk_bytes_max()
             + u64::from(log.read_window_bytes)
             + log.sled_cache_bytes
             + SLED_FIXED_BYTES;
         let needed = log_reserved_bytes + MEMORY_TIER_BYTES_MIN;
-        if config.memory_budget_bytes < needed {
+        if total_bytes < needed {
             return Err(QueueConfigError::Invalid {
                 field: "memory_budget_bytes",
                 reason: format!(
                     "{} is below the minimum of {needed}: the log's buffers take {log_reserved_bytes} (write buffer + largest chunk + read window + sled cache + sled's fixed structures) and the memory tier needs {MEMORY_TIER_BYTES_MIN}",
-                    config.memory_budget_bytes
+                    total_bytes
                 ),
             });
         }
         Ok(MemoryBudget {
-            total_bytes: config.memory_budget_bytes,
+            total_bytes,
             log_reserved_bytes,
-            memory_tier_bytes: config.memory_budget_bytes - log_reserved_bytes,
+            memory_tier_bytes: total_bytes - log_reserved_bytes,
         })
     }
 }

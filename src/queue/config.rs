@@ -4,6 +4,10 @@ use spillway_storage::{Backend, LogConfig};
 
 use super::budget::MemoryBudget;
 use super::error::QueueConfigError;
+use super::replay::REPLAY_RULES_MAX;
+
+/// Named log positions the queue keeps for itself: the envelope layout and the source position.
+pub const QUEUE_OWN_POSITIONS: u32 = 2;
 
 /// What a push does when the disk budget is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,16 +101,23 @@ impl QueueConfig {
             });
         }
         // Two per consumer, two per replay rule, and the queue's own keys (envelope layout, source position).
-        let positions_needed = self.consumers_max * 2
-            + 2 * super::REPLAY_RULES_MAX as u32
-            + super::QUEUE_OWN_POSITIONS;
+        let positions_needed =
+            self.consumers_max * 2 + 2 * REPLAY_RULES_MAX as u32 + QUEUE_OWN_POSITIONS;
         if self.log.positions_max < positions_needed {
             return Err(QueueConfigError::Invalid {
                 field: "consumers_max",
-                reason: format!("each consumer stores two log positions, replay rules two each and the queue {} of its own; raise log.positions_max to {positions_needed}", super::QUEUE_OWN_POSITIONS),
+                reason: format!("each consumer stores two log positions, replay rules two each and the queue {} of its own; raise log.positions_max to {positions_needed}", QUEUE_OWN_POSITIONS),
             });
         }
-        MemoryBudget::new(self).map(|_| ())
+        self.memory_budget().map(|_| ())
+    }
+
+    /// How `memory_budget_bytes` splits between the log's buffers and the memory tier.
+    ///
+    /// # Errors
+    /// A budget too small for the log's own buffers.
+    pub fn memory_budget(&self) -> Result<MemoryBudget, QueueConfigError> {
+        MemoryBudget::new(self.memory_budget_bytes, &self.log)
     }
 }
 

@@ -1,6 +1,6 @@
 //! A consumer's position: what it has read, what it has acked, and how acks map to log positions.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Where a stretch of delivered events came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +134,36 @@ impl CursorState {
             }
         }
     }
+}
+
+/// The named log positions holding a consumer's durable ack: `seq.{name}` (the queue
+/// seq after it) and `log.{name}` (the log record after it).
+pub(crate) fn position_keys(consumer: &str) -> (String, String) {
+    (format!("seq.{consumer}"), format!("log.{consumer}"))
+}
+
+/// The consumers saved among the log's named positions, each at its last durable ack,
+/// its log position kept within the log's live range `first_seq..=next_seq`.
+pub(crate) fn saved_cursors(
+    positions: &[(String, u64)],
+    first_seq: u64,
+    next_seq: u64,
+) -> BTreeMap<String, CursorState> {
+    let mut saved: BTreeMap<String, (Option<u64>, Option<u64>)> = BTreeMap::new();
+    for (name, value) in positions {
+        if let Some(consumer) = name.strip_prefix("seq.") {
+            saved.entry(consumer.to_string()).or_default().0 = Some(*value);
+        } else if let Some(consumer) = name.strip_prefix("log.") {
+            saved.entry(consumer.to_string()).or_default().1 = Some(*value);
+        }
+    }
+    saved
+        .into_iter()
+        .map(|(name, (seq, log))| {
+            let log = log.unwrap_or(first_seq).clamp(first_seq, next_seq);
+            (name, CursorState::at(seq.unwrap_or(0), log))
+        })
+        .collect()
 }
 
 #[cfg(test)]

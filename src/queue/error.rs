@@ -1,8 +1,8 @@
 //! The queue's typed errors.
 
-use spillway_storage::{ConfigError, OpenError, ReadError, StorageError};
+use spillway_storage::{AppendError, ConfigError, OpenError, ReadError, StorageError};
 
-use super::Event;
+use super::event::Event;
 
 /// A configuration the queue refuses.
 #[derive(Debug, thiserror::Error)]
@@ -82,9 +82,15 @@ pub enum QueueError {
         /// Stretches held.
         unacked: u32,
     },
-    /// A blocking task failed to run.
-    #[error("a blocking storage task failed: {0}")]
-    Task(String),
+    /// A task the queue ran beside the caller's (a blocking storage step) failed to finish.
+    #[error("the queue's task {task} failed: {source}")]
+    Task {
+        /// What the task was doing.
+        task: &'static str,
+        /// Why it did not finish (it panicked or was cancelled).
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 /// A push that was refused; the events are handed back, nothing is lost silently.
@@ -123,4 +129,7 @@ pub enum PushFailure {
     /// The log failed (a full disk, an I/O error).
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The log refused the batch for a reason the queue does not handle by name.
+    #[error("the spill log refused the batch: {0}")]
+    Append(#[source] AppendError),
 }

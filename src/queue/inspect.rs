@@ -5,7 +5,7 @@ use std::path::Path;
 use spillway_storage::inspect::{self, InspectOptions, Inspection};
 use spillway_storage::InspectError;
 
-use super::position_names;
+use super::cursor::position_keys;
 
 /// One consumer's saved position.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -41,7 +41,7 @@ pub fn inspect(dir: &Path, options: InspectOptions) -> Result<QueueInspection, I
     let mut replay_rules = 0;
     for (name, value) in &log.positions {
         if let Some(consumer) = name.strip_prefix("seq.") {
-            let (_, log_key) = position_names(consumer);
+            let (_, log_key) = position_keys(consumer);
             let log_position = log
                 .positions
                 .iter()

@@ -5,6 +5,8 @@
 //! write them in their place before it goes on: order is kept. The source positions
 //! that bound the range come from the events on either side of it.
 
+use super::event::Delivery;
+
 /// A range of the backlog whose records are lost, met by a consumer where they stood.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostEvents {
@@ -41,7 +43,7 @@ impl LostEvents {
 #[derive(Debug)]
 pub enum Read {
     /// Events, in order (at least one).
-    Events(Vec<super::Delivery>),
+    Events(Vec<Delivery>),
     /// A lost range; the events after it come with the next read.
     Lost(LostEvents),
 }

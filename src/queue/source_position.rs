@@ -5,7 +5,9 @@
 //! live then would skip or repeat events silently. So every checkpoint is also saved
 //! here, durable with the log's positions, and a start without the file resumes from it.
 
-use super::{blocking, QueueError, SpillQueue};
+use super::error::QueueError;
+use super::shared::blocking;
+use super::SpillQueue;
 
 /// The named log position holding the source's checkpoint.
 pub const SOURCE_POSITION_KEY: &str = "source.position";

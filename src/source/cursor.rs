@@ -167,6 +167,13 @@ impl CursorFile {
             })
     }
 
+    /// Where `save` writes before renaming: this file's whole name plus `.tmp`.
+    fn temporary_path(&self) -> PathBuf {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        name.push(".tmp");
+        self.path.with_file_name(name)
+    }
+
     /// Saves `cursor` durably, replacing the old value atomically.
     ///
     /// # Errors
@@ -176,7 +183,9 @@ impl CursorFile {
             let path = self.path.clone();
             move |source| CursorFileError::Io { path, what, source }
         };
-        let tmp = self.path.with_extension("tmp");
+        // The whole name plus `.tmp`: `with_extension` would cut `cursor-127.0.0.1_8443` at
+        // its last dot, and two relays on one host would share `cursor-127.0.0.tmp`.
+        let tmp = self.temporary_path();
         let mut file = std::fs::File::create(&tmp).map_err(io("creating its temporary copy"))?;
         writeln!(file, "{cursor}").map_err(io("writing its temporary copy"))?;
         file.sync_all().map_err(io("syncing its temporary copy"))?;
@@ -209,6 +218,18 @@ pub fn parse_cursor(bytes: &[u8]) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn relays_on_one_host_save_through_their_own_temporary_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = CursorFile::at(dir.path().join("cursor-127.0.0.1_8443"));
+        let b = CursorFile::at(dir.path().join("cursor-127.0.0.1_8444"));
+        assert_ne!(a.temporary_path(), b.temporary_path());
+        a.save(1).expect("save a");
+        b.save(2).expect("save b");
+        assert_eq!(a.load().expect("load a"), Some(1));
+        assert_eq!(b.load().expect("load b"), Some(2));
+    }
+
     use super::*;
 
     #[test]

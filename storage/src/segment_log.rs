@@ -203,6 +203,8 @@ struct Inner {
     reserve: Reserve,
     /// Set when an undo failed: the active segment's end is unknown, writes are refused.
     poisoned: Option<String>,
+    /// Consumes and position saves whose durability waited for a full disk, since open.
+    deferred_on_full_disk: u64,
 }
 
 impl SegmentLog {
@@ -338,6 +340,7 @@ impl Inner {
             space,
             reserve,
             poisoned: None,
+            deferred_on_full_disk: 0,
             segments_dir,
             config,
             manifest: recovered.manifest,
@@ -660,14 +663,32 @@ impl Inner {
         self.consumed_seq = seq;
         self.manifest.set_consumed_seq(seq)?;
         self.dirty = true;
-        match self.persist_consumed() {
+        let persisted = match self.persist_consumed() {
             Err(error) if error.is_disk_full() && self.reserve.release(&*self.fs)? => {
                 tracing::warn!(%error, "consuming met a full disk; retrying without the reserve");
-                self.persist_consumed()?;
+                self.persist_consumed()
             }
-            other => other?,
+            other => other,
+        };
+        match persisted {
+            // A consume only frees space: on a full disk the position stands in memory (reads
+            // and reclaim go by it) and becomes durable with the next flush that gets through.
+            // A crash before then re-delivers, never skips.
+            Err(error) if error.is_disk_full() => {
+                self.dirty = true;
+                self.deferred_on_full_disk += 1;
+                if self.deferred_on_full_disk.is_power_of_two() {
+                    tracing::warn!(
+                        %error,
+                        consumed_seq = seq,
+                        deferred = self.deferred_on_full_disk,
+                        "the disk is full: the consumed position is made durable later"
+                    );
+                }
+                Ok(())
+            }
+            other => other,
         }
-        Ok(())
     }
 
     /// Rolls a fully consumed active segment, reclaims consumed files, and syncs under `EveryBatch`.
@@ -1020,7 +1041,16 @@ impl Inner {
     fn after_position_change(&mut self) -> Result<(), StorageError> {
         self.dirty = true;
         if self.config.durability == Durability::EveryBatch {
-            self.manifest.flush()?;
+            match self.manifest.flush() {
+                // As for a consume: durable with the next flush that gets through.
+                Err(error) if error.is_disk_full() => {
+                    self.deferred_on_full_disk += 1;
+                    if self.deferred_on_full_disk.is_power_of_two() {
+                        tracing::warn!(%error, deferred = self.deferred_on_full_disk, "the disk is full: a saved position is made durable later");
+                    }
+                }
+                other => other?,
+            }
         }
         Ok(())
     }

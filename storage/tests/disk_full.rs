@@ -203,6 +203,39 @@ fn consuming_on_a_full_disk_gives_up_the_reserve_and_frees_space() {
     assert_eq!(reopened.stats().next_seq, 200);
 }
 
+#[test]
+fn consuming_on_a_full_disk_without_a_reserve_left_defers_durability_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FailingFs::new();
+    let mut no_reserve = config(Durability::EveryBatch);
+    no_reserve.reserve_bytes = 0;
+    let log =
+        SegmentLog::open_with(dir.path(), no_reserve.clone(), Arc::new(fs.clone())).expect("open");
+    common::append_records(&log, 0, 200);
+    fs.set_free_bytes(Some(0));
+    // Every flush of the manifest and every write fails while the disk is full.
+    let (flushes, writes) = (fs.count(Op::ManifestFlush), fs.count(Op::Write));
+    for n in 1..=8 {
+        fs.fail_nth(Op::ManifestFlush, flushes + n, libc::ENOSPC);
+        fs.fail_nth(Op::Write, writes + n, libc::ENOSPC);
+    }
+    log.consume_until(150)
+        .expect("an ack on a full disk is not an error");
+    assert!(fs.fired() > 0, "the full disk was met");
+    assert_eq!(log.stats().first_seq, 150, "the position stands in memory");
+    log.save_position("sink", 150)
+        .expect("a position save on a full disk is not an error");
+    // Space frees: the next flush makes both durable.
+    fs.disarm();
+    fs.set_free_bytes(None);
+    log.flush().expect("flush once space is back");
+    drop(log);
+    let reopened = SegmentLog::open(dir.path(), no_reserve).expect("reopen");
+    assert_eq!(reopened.stats().first_seq, 150);
+    assert_eq!(reopened.position("sink").expect("position"), Some(150));
+    assert_eq!(reopened.stats().next_seq, 200);
+}
+
 /// A small tmpfs, unmounted when dropped.
 struct Tmpfs {
     dir: tempfile::TempDir,

@@ -23,12 +23,9 @@ pub fn small_queue_config(memory_tier_bytes: u64) -> QueueConfig {
     log.sled_cache_bytes = 64 * 1024;
     log.disk_budget_bytes = 256 * 1024 * 1024;
     config.spill_mode = SpillMode::MemoryFirst;
-    let reserved = spillway::queue::MemoryBudget::new(&QueueConfig {
-        memory_budget_bytes: u64::MAX / 4,
-        ..config.clone()
-    })
-    .expect("budget")
-    .log_reserved_bytes;
+    let reserved = spillway::queue::MemoryBudget::new(u64::MAX / 4, &config.log)
+        .expect("budget")
+        .log_reserved_bytes;
     config.memory_budget_bytes = reserved + memory_tier_bytes;
     config
 }
@@ -39,4 +36,29 @@ pub fn payload(position: u64) -> Vec<u8> {
     let mut out = position.to_le_bytes().to_vec();
     out.extend((0..len).map(|i| (position as usize + i) as u8));
     out
+}
+
+/// The `seq` of every complete line of a raw-format JSON-lines sink file (none while it does not exist).
+pub fn jsonl_seqs(out: &std::path::Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    // A line still being written (no newline yet) is left for the next look.
+    let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    complete
+        .lines()
+        .map(|line| {
+            let rest = line
+                .strip_prefix("{\"seq\":")
+                .expect("a JSON line starting with seq");
+            rest[..rest.find(',').expect("comma")].parse().expect("seq")
+        })
+        .collect()
+}
+
+/// Polls `done` until it holds; panics naming `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

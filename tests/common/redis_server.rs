@@ -69,6 +69,11 @@ impl RedisServer {
         }
     }
 
+    /// The redis-server's process id, for tests that stop it (SIGSTOP) to make a hung server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection())
