@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use spillway::config::Config;
 use spillway::pipeline::{Pipeline, PipelineError};
-use spillway::source::firehose::SourceError;
 use spillway::source::relay::{LoopbackRelay, RelayConfig};
+use spillway::source::SourceError;
 
 /// Arguments of `spillway run`.
 #[derive(Debug, clap::Args)]
