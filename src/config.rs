@@ -156,9 +156,12 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
-    /// A part (queue, log) refused its settings; its message names the field.
-    #[error("{0}")]
-    Refused(String),
+    /// The queue refused its settings; its error names the field.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueConfigError),
+    /// The spill log refused its settings; its error names the field.
+    #[error(transparent)]
+    Log(#[from] crate::storage::ConfigError),
 }
 
 /// The environment prefix of overrides: `SPILLWAY_MEMORY_BUDGET_BYTES=...`.
@@ -297,8 +300,8 @@ impl Config {
         }
         component(crate::metrics::check_listen(&self.metrics_listen))?;
         component(self.health_rules().check())?;
-        Durability::parse(&self.durability).map_err(|e| ConfigError::Refused(e.to_string()))?;
-        FullPolicy::parse(&self.full_policy).map_err(|e| ConfigError::Refused(e.to_string()))?;
+        Durability::parse(&self.durability)?;
+        FullPolicy::parse(&self.full_policy)?;
         if !matches!(self.spill_mode.as_str(), "memory-first" | "write-through") {
             return invalid(
                 "spill_mode",
@@ -309,9 +312,7 @@ impl Config {
             );
         }
         for relay in 0..self.relays.len() {
-            self.queue_config(relay)
-                .validate()
-                .map_err(|e| ConfigError::Refused(e.to_string()))?;
+            self.queue_config(relay).validate()?;
         }
         Ok(())
     }

@@ -464,3 +464,95 @@ async fn refetch_into(
     }
     Ok(Some(fetch.end()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Delivery, Event};
+    use crate::source::RangeBatches;
+    use futures_util::future::BoxFuture;
+
+    /// A sink that keeps what it is given: a member of the family in a dozen lines.
+    #[derive(Default)]
+    struct Kept(Vec<u64>);
+
+    impl Sink for Kept {
+        fn write<'a>(
+            &'a mut self,
+            batch: &'a [Delivery],
+            _stats: &'a SinkStats,
+            _stop: &'a watch::Receiver<bool>,
+        ) -> BoxFuture<'a, Result<bool, SinkError>> {
+            self.0.extend(batch.iter().map(|d| d.position));
+            Box::pin(async { Ok(true) })
+        }
+    }
+
+    /// A source's refetch that holds positions `held` and hands them over in one batch.
+    struct Holding(Vec<u64>);
+
+    struct Batches(Option<Vec<Event>>);
+
+    impl Refetch for Holding {
+        fn fetch(
+            &self,
+            after: u64,
+            before: u64,
+        ) -> BoxFuture<'_, Result<Box<dyn RangeBatches>, RefetchError>> {
+            let events = self
+                .0
+                .iter()
+                .filter(|&&p| p > after && p < before)
+                .map(|&p| Event::new(p, bytes::Bytes::from_static(b"x")))
+                .collect();
+            Box::pin(async move { Ok(Box::new(Batches(Some(events))) as Box<dyn RangeBatches>) })
+        }
+    }
+
+    impl RangeBatches for Batches {
+        fn next_batch(&mut self) -> BoxFuture<'_, Result<Option<Vec<Event>>, RefetchError>> {
+            let next = self.0.take();
+            Box::pin(async move { Ok(next) })
+        }
+
+        fn end(&self) -> RefetchEnd {
+            RefetchEnd::Complete
+        }
+    }
+
+    fn lost(after: u64, before: u64) -> LostEvents {
+        LostEvents {
+            log_records: before - after - 1,
+            log_first: 10,
+            log_next: 10 + before - after - 1,
+            after_position: Some(after),
+            before_position: Some(before),
+            location: "segment-0".into(),
+            offset: 0,
+            reason: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_range_is_fetched_again_from_any_source_that_can_and_written_in_place() {
+        let (_stop, stopped) = watch::channel(false);
+        let (mut sink, stats) = (Kept::default(), SinkStats::default());
+        let source = Holding((1..=20).collect());
+        let done = repair_lost(&lost(5, 9), Some(&source), &mut sink, &stats, &stopped).await;
+        assert!(matches!(done, Ok(true)));
+        assert_eq!(sink.0, vec![6, 7, 8]);
+        assert_eq!(stats.refetched_events_total.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.damaged_events_total.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_source_that_cannot_fetch_again_loses_the_range_for_good() {
+        let (_stop, stopped) = watch::channel(false);
+        let (mut sink, stats) = (Kept::default(), SinkStats::default());
+        let done = repair_lost(&lost(5, 9), None, &mut sink, &stats, &stopped).await;
+        assert!(matches!(done, Ok(true)));
+        assert!(sink.0.is_empty());
+        assert_eq!(stats.lost_refetch_failed_total.load(Ordering::Relaxed), 3);
+        assert_ne!(stats.last_loss_ms.load(Ordering::Relaxed), 0);
+    }
+}
