@@ -1,7 +1,7 @@
 //! Wiring: for each source, source -> its own queue -> a sink consuming it; and shutdown.
 //!
 //! The pipeline names no concrete source or sink: it takes the members of the
-//! [`Source`] and [`Sink`] families that [`kinds`] makes of the configuration.
+//! [`Source`](crate::source::Source) and [`Sink`] families that [`kinds`] makes of the configuration.
 //!
 //! On shutdown the sources stop reading and save their cursors, the sinks finish the
 //! batch in hand (or leave it unacked), and the queues flush.
