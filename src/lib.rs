@@ -4,6 +4,7 @@
 //! - [`storage`]: the durable spill log (the `spillway-storage` crate).
 //! - [`source`]: the relay firehose source and its frame decoding.
 //! - [`decode`]: frames decoded in full to Jetstream or rsky JSON, with filters.
+//! - [`cbor`]: the bounded DAG-CBOR reader and the frame error, below `source` and `decode`.
 //! - [`sink`]: the Redis stream and JSON-lines sinks.
 //! - [`pipeline`]: source -> queue -> sink wiring and shutdown; [`config`]: its settings;
 //!   [`metrics`]: `/metrics` and `/health`.
@@ -11,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod cbor;
 pub mod config;
 pub mod data_dir_lock;
 pub mod decode;

@@ -90,4 +90,104 @@ fn rsky_output_matches_the_rsky_ingesters_stream_entries() {
     for (index, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         assert_eq!(without(a, "time"), without(b, "time"), "entry {index}");
     }
+
+    // Past the sample come the fixture's `#identity` and `#account` frames (and more
+    // commits, whose kind the sample covers). Their entries are what the ingester would
+    // write, built with its own serde definitions (`IngesterEvent`) from a production
+    // Jetstream server's view of the same events (`expected_v1.jsonl`).
+    let jetstream: Vec<serde_json::Value> = fixture("expected_v1.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let expected: Vec<String> = jetstream.iter().filter_map(ingester_entry).collect();
+    assert_eq!(
+        expected.len(),
+        1,
+        "the identity carries no handle; the account does"
+    );
+    let kind = |line: &str| {
+        let rest = &line["{\"type\":\"".len()..];
+        rest[..rest.find('"').expect("type")].to_string()
+    };
+    let not_ops: Vec<&String> = ours
+        .iter()
+        .filter(|l| !["create", "update", "delete"].contains(&kind(l).as_str()))
+        .collect();
+    assert_eq!(not_ops.len(), expected.len());
+    for (a, b) in not_ops.iter().zip(&expected) {
+        assert_eq!(without(a, "time"), without(b, "time"));
+    }
+    // Every wanted record operation is there too, and all in frame order: the account
+    // frame is the fixture's last.
+    let wanted_ops = jetstream
+        .iter()
+        .filter(|e| {
+            e["commit"]["collection"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("app.bsky.") || c.starts_with("chat.bsky."))
+        })
+        .count();
+    assert_eq!(ours.len(), wanted_ops + expected.len());
+    assert_eq!(ours.last(), not_ops.last().copied());
+}
+
+/// The rsky ingester's `StreamEvent` (rsky-ingester/src/lib.rs), the variants its
+/// non-commit frames become, declared as it declares them: serde writes an internally
+/// tagged enum's `type` first, then the fields in declaration order, and an `Option`
+/// without `skip_serializing_if` as `null` when it is `None`.
+#[derive(serde::Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum IngesterEvent {
+    Account {
+        seq: i64,
+        time: String,
+        did: String,
+        active: bool,
+        status: Option<String>,
+    },
+    Identity {
+        seq: i64,
+        time: String,
+        did: String,
+        handle: String,
+    },
+}
+
+/// The entry the ingester writes for a Jetstream `identity` or `account` event, as its
+/// `process_message` (rsky-ingester/src/firehose.rs) fills `IngesterEvent`: `seq` from the
+/// body, `time` its receive time (masked in the comparison), an identity only if it carries
+/// a handle, and `status` as `format!("{:?}", AccountStatus)`, the variant name: the
+/// lexicon's lower-case value, capitalised (`takendown` becomes `Takendown`).
+fn ingester_entry(jetstream: &serde_json::Value) -> Option<String> {
+    let time = "receive time".to_string();
+    let text = |v: &serde_json::Value| v.as_str().expect("text").to_string();
+    let event = match jetstream["kind"].as_str()? {
+        "identity" => {
+            let identity = &jetstream["identity"];
+            IngesterEvent::Identity {
+                seq: identity["seq"].as_i64().expect("seq"),
+                time,
+                did: text(&identity["did"]),
+                handle: identity["handle"].as_str()?.to_string(),
+            }
+        }
+        "account" => {
+            let account = &jetstream["account"];
+            IngesterEvent::Account {
+                seq: account["seq"].as_i64().expect("seq"),
+                time,
+                did: text(&account["did"]),
+                active: account["active"].as_bool().expect("active"),
+                status: account["status"].as_str().map(|s| {
+                    let mut chars = s.chars();
+                    chars
+                        .next()
+                        .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                        .unwrap_or_default()
+                }),
+            }
+        }
+        _ => return None,
+    };
+    Some(serde_json::to_string(&event).expect("serialises"))
 }

@@ -2,9 +2,8 @@
 
 use std::collections::HashMap;
 
-use super::cbor::{Budget, Reader};
 use super::cid::{cid_len, varint};
-use crate::source::frame::FrameError;
+use crate::cbor::{Budget, CborError, Reader, Value};
 
 /// Heap the CAR header's value may take (`{version: 1, roots: [cid, ...]}`).
 const HEADER_BYTES_MAX: usize = 4096;
@@ -21,15 +20,15 @@ impl<'a> Car<'a> {
     /// # Errors
     /// A truncated or malformed section, a header that is not CAR v1, a bad CID, or an
     /// index over the budget.
-    pub fn parse(bytes: &'a [u8], budget: &mut Budget) -> Result<Self, FrameError> {
-        let (header_len, at) = varint(bytes).ok_or(FrameError::Malformed { at: 0 })?;
+    pub fn parse(bytes: &'a [u8], budget: &mut Budget) -> Result<Self, CborError> {
+        let (header_len, at) = varint(bytes).ok_or(CborError::Malformed { at: 0 })?;
         let header = bytes
             .get(at..)
             .and_then(|rest| rest.get(..usize::try_from(header_len).ok()?))
-            .ok_or(FrameError::Truncated { at: bytes.len() })?;
+            .ok_or(CborError::Truncated { at: bytes.len() })?;
         let parsed = Reader::new(header).value(0, &mut Budget::new(HEADER_BYTES_MAX))?;
-        if !matches!(parsed.get("version"), Some(super::cbor::Value::Int(1))) {
-            return Err(FrameError::WrongType {
+        if !matches!(parsed.get("version"), Some(Value::Int(1))) {
+            return Err(CborError::WrongType {
                 what: "CAR header version (only v1 is read)",
                 at,
             });
@@ -52,15 +51,15 @@ impl<'a> Car<'a> {
         bytes: &'a [u8],
         mut offset: usize,
         mut each: impl FnMut(&'a [u8], &'a [u8]),
-    ) -> Result<(), FrameError> {
+    ) -> Result<(), CborError> {
         while offset < bytes.len() {
             let (section_len, len_bytes) =
-                varint(&bytes[offset..]).ok_or(FrameError::Malformed { at: offset })?;
+                varint(&bytes[offset..]).ok_or(CborError::Malformed { at: offset })?;
             let start = offset + len_bytes;
             let section = usize::try_from(section_len)
                 .ok()
                 .and_then(|len| bytes.get(start..start.checked_add(len)?))
-                .ok_or(FrameError::Truncated { at: bytes.len() })?;
+                .ok_or(CborError::Truncated { at: bytes.len() })?;
             let cid_bytes = cid_len(section, start)?;
             each(&section[..cid_bytes], &section[cid_bytes..]);
             offset = start + section.len();

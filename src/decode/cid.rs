@@ -1,6 +1,6 @@
 //! Binary CIDs: their length inside a byte stream, and their text form (base32 `b...` for CIDv1).
 
-use crate::source::frame::FrameError;
+use crate::cbor::CborError;
 
 /// The longest digest accepted in a multihash (sha2-512 is 64 bytes).
 const DIGEST_BYTES_MAX: u64 = 128;
@@ -20,14 +20,14 @@ pub(crate) fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
 /// The length of the binary CID at the start of `bytes` (v1: version, codec, multihash; v0: a bare sha2-256 multihash).
 ///
 /// # Errors
-/// [`FrameError::Malformed`] (with `at` = `offset`) for anything else.
-pub fn cid_len(bytes: &[u8], offset: usize) -> Result<usize, FrameError> {
-    let bad = FrameError::Malformed { at: offset };
+/// [`CborError::Malformed`] (with `at` = `offset`) for anything else.
+pub fn cid_len(bytes: &[u8], offset: usize) -> Result<usize, CborError> {
+    let bad = CborError::Malformed { at: offset };
     if bytes.starts_with(&[0x12, 0x20]) {
         return if bytes.len() >= 34 { Ok(34) } else { Err(bad) };
     }
     let mut at = 0;
-    let mut next = || -> Result<u64, FrameError> {
+    let mut next = || -> Result<u64, CborError> {
         let (value, len) = varint(bytes.get(at..).unwrap_or_default()).ok_or(bad.clone())?;
         at += len;
         Ok(value)
@@ -37,7 +37,7 @@ pub fn cid_len(bytes: &[u8], offset: usize) -> Result<usize, FrameError> {
     let _hash = next()?;
     let digest = next()?;
     if version != 1 || digest > DIGEST_BYTES_MAX || at + digest as usize > bytes.len() {
-        return Err(FrameError::Malformed { at: offset });
+        return Err(CborError::Malformed { at: offset });
     }
     Ok(at + digest as usize)
 }
@@ -126,7 +126,7 @@ mod tests {
         cid.extend([0u8; 32]);
         assert_eq!(cid_len(&cid, 0), Ok(36));
         assert!(cid_string(&cid).starts_with("bafyrei"));
-        assert_eq!(cid_len(&cid[..20], 0), Err(FrameError::Malformed { at: 0 }));
+        assert_eq!(cid_len(&cid[..20], 0), Err(CborError::Malformed { at: 0 }));
         let mut v0 = vec![0x12, 0x20];
         v0.extend([0u8; 32]);
         assert_eq!(cid_len(&v0, 0), Ok(34));

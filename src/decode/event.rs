@@ -2,8 +2,7 @@
 //! CAR blocks, `#identity` and `#account`.
 
 use super::car::Car;
-use super::cbor::{Budget, Reader, Value};
-use crate::source::frame::FrameError;
+use crate::cbor::{Budget, FrameError, Reader, Value};
 
 /// One record operation of a `#commit`.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,11 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::cbor::{Budget, Reader, Value};
 use super::cid::cid_string;
 use super::event::{decode_frame, Decoded};
 use super::json::{push_str, push_value, rfc3339_utc, Dialect};
-use crate::source::frame::FrameError;
+use crate::cbor::{Budget, FrameError, Reader, Value};
 
 /// What a sink writes for each event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,7 +14,8 @@ pub enum OutputFormat {
     Raw,
     /// One Jetstream v1 JSON object per record operation, identity or account event.
     Jetstream,
-    /// One rsky `StreamEvent` JSON object per record operation (field `event`).
+    /// One rsky `StreamEvent` JSON object per record operation, `#account` event and
+    /// `#identity` event that carries a handle (field `event`).
     Rsky,
 }
 
@@ -306,8 +306,170 @@ pub fn render(
                 out.push(line);
             }
         }
-        // rsky wrote record operations only; Jetstream events of unwanted DIDs are skipped.
+        (
+            OutputFormat::Rsky,
+            Decoded::Identity {
+                seq,
+                did,
+                handle: Some(handle),
+                ..
+            },
+        ) if filter.wants_did(did) => {
+            let mut line = String::with_capacity(160);
+            let _ = write!(
+                line,
+                "{{\"type\":\"identity\",\"seq\":{seq},\"time\":\"{}\",\"did\":",
+                rfc3339_utc(received_at_us)
+            );
+            push_str(&mut line, did, Dialect::Ascii);
+            line.push_str(",\"handle\":");
+            push_str(&mut line, handle, Dialect::Ascii);
+            line.push('}');
+            out.push(line);
+        }
+        (
+            OutputFormat::Rsky,
+            Decoded::Account {
+                seq,
+                did,
+                active,
+                status,
+                ..
+            },
+        ) if filter.wants_did(did) => {
+            let mut line = String::with_capacity(160);
+            let _ = write!(
+                line,
+                "{{\"type\":\"account\",\"seq\":{seq},\"time\":\"{}\",\"did\":",
+                rfc3339_utc(received_at_us)
+            );
+            push_str(&mut line, did, Dialect::Ascii);
+            let _ = write!(line, ",\"active\":{active},\"status\":");
+            match status {
+                Some(status) => push_str(&mut line, rsky_account_status(status), Dialect::Ascii),
+                None => line.push_str("null"),
+            }
+            line.push('}');
+            out.push(line);
+        }
+        // rsky wrote no line for an `#identity` without a handle; Jetstream and rsky events
+        // of unwanted DIDs are skipped.
         _ => {}
     }
     Ok(out.len() - before)
+}
+
+/// An `#account` status as the rsky ingester writes it: it parses the lexicon's lower-case
+/// value into rsky-lexicon's `AccountStatus` and writes that enum's `Debug` form, the
+/// variant name (`takendown` becomes `Takendown`).
+///
+/// A value that enum does not know makes the ingester drop the whole frame; here it is
+/// written as received, so the account's `active` change still reaches the stream.
+fn rsky_account_status(status: &str) -> &str {
+    match status {
+        "takendown" => "Takendown",
+        "suspended" => "Suspended",
+        "deleted" => "Deleted",
+        "deactivated" => "Deactivated",
+        "desynchronized" => "Desynchronized",
+        "throttled" => "Throttled",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CBOR text string (short enough for a one- or two-byte head).
+    fn text(out: &mut Vec<u8>, s: &str) {
+        match s.len() {
+            len @ 0..=23 => out.push(0x60 | len as u8),
+            len => out.extend([0x78, len as u8]),
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// A message frame `{op: 1, t}` `{seq, did, time, ...fields}`; a field is text, or a
+    /// bool when its value is `"true"` or `"false"`.
+    fn frame(kind: &str, seq: u64, fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = vec![0xa2];
+        text(&mut out, "op");
+        out.push(0x01);
+        text(&mut out, "t");
+        text(&mut out, kind);
+        out.push(0xa0 | (3 + fields.len()) as u8);
+        text(&mut out, "seq");
+        out.push(0x1b);
+        out.extend(seq.to_be_bytes());
+        text(&mut out, "did");
+        text(&mut out, "did:plc:hqvhxrowqbemo5e4wjnj6zao");
+        text(&mut out, "time");
+        text(&mut out, "2026-07-04T14:38:07.877Z");
+        for (key, value) in fields {
+            text(&mut out, key);
+            match *value {
+                "true" => out.push(0xf5),
+                "false" => out.push(0xf4),
+                value => text(&mut out, value),
+            }
+        }
+        out
+    }
+
+    fn rsky(frame: &[u8]) -> Vec<String> {
+        let mut lines = Vec::new();
+        render(
+            frame,
+            1_783_175_888_000_000,
+            OutputFormat::Rsky,
+            &Filter::default(),
+            1 << 20,
+            &mut lines,
+        )
+        .expect("decodes");
+        lines
+    }
+
+    #[test]
+    fn rsky_writes_account_statuses_as_the_ingesters_debug_names_and_null_without_one() {
+        let time = "\"time\":\"2026-07-04T14:38:08.000000000+00:00\"";
+        let did = "\"did\":\"did:plc:hqvhxrowqbemo5e4wjnj6zao\"";
+        for (status, written) in [
+            ("takendown", "\"Takendown\""),
+            ("suspended", "\"Suspended\""),
+            ("deleted", "\"Deleted\""),
+            ("deactivated", "\"Deactivated\""),
+            ("desynchronized", "\"Desynchronized\""),
+            ("throttled", "\"Throttled\""),
+            ("someday", "\"someday\""),
+        ] {
+            let lines = rsky(&frame(
+                "#account",
+                7,
+                &[("active", "false"), ("status", status)],
+            ));
+            assert_eq!(
+                lines,
+                [format!(
+                    "{{\"type\":\"account\",\"seq\":7,{time},{did},\"active\":false,\"status\":{written}}}"
+                )]
+            );
+        }
+        assert_eq!(
+            rsky(&frame("#account", 8, &[("active", "true")])),
+            [format!(
+                "{{\"type\":\"account\",\"seq\":8,{time},{did},\"active\":true,\"status\":null}}"
+            )]
+        );
+    }
+
+    #[test]
+    fn rsky_writes_an_identity_with_a_handle_and_nothing_for_one_without() {
+        assert_eq!(
+            rsky(&frame("#identity", 9, &[("handle", "alice.bsky.social")])),
+            ["{\"type\":\"identity\",\"seq\":9,\"time\":\"2026-07-04T14:38:08.000000000+00:00\",\"did\":\"did:plc:hqvhxrowqbemo5e4wjnj6zao\",\"handle\":\"alice.bsky.social\"}"]
+        );
+        assert!(rsky(&frame("#identity", 10, &[])).is_empty());
+    }
 }

@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::cbor::Value;
 use super::cid::cid_string;
+use crate::cbor::Value;
 
 /// Which encoder's conventions to follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

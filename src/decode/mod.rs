@@ -2,7 +2,7 @@
 //! and the rsky ingester's `StreamEvent`, with collection and DID filters.
 //!
 //! Everything here is bounded by the frame size limit: the CBOR reader checks every
-//! length against the bytes left and refuses nesting past [`cbor::CBOR_DEPTH_MAX`], and a
+//! length against the bytes left and refuses nesting past [`CBOR_DEPTH_MAX`](crate::cbor::CBOR_DEPTH_MAX), and a
 //! frame's decoded values together take at most the frame limit in memory. Strings,
 //! bytes and CIDs are borrowed from the frame, not copied.
 //!
@@ -12,7 +12,6 @@
 //! base32, CAR v1 sections) is a few hundred lines with their own tests and fuzzing.
 
 pub mod car;
-pub mod cbor;
 pub mod cid;
 pub mod event;
 pub mod format;

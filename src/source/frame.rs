@@ -3,84 +3,12 @@
 //! `repo`/`did` and `time`, skipping everything else (CAR blocks included) without
 //! allocating; the raw frame stays the event's payload.
 //!
-//! Every length is checked against the bytes left before it is used, nesting is
-//! bounded by [`CBOR_DEPTH_MAX`], and indefinite lengths (forbidden in DAG-CBOR)
-//! are refused, so no input can make this panic, loop or allocate.
+//! The reader in [`crate::cbor`] checks every length against the bytes left before it is
+//! used, bounds nesting by [`CBOR_DEPTH_MAX`] and refuses indefinite lengths (forbidden in
+//! DAG-CBOR), so no input can make this panic, loop or allocate.
 
-use crate::decode::cbor::Reader;
-pub use crate::decode::cbor::CBOR_DEPTH_MAX;
-
-/// Why a frame could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FrameError {
-    /// The frame ends inside a value.
-    #[error("frame truncated at byte {at}")]
-    Truncated {
-        /// Offset where more bytes were needed.
-        at: usize,
-    },
-    /// An indefinite-length item, which DAG-CBOR forbids.
-    #[error("indefinite-length item at byte {at} (not DAG-CBOR)")]
-    Indefinite {
-        /// Its offset.
-        at: usize,
-    },
-    /// A reserved additional-information value.
-    #[error("malformed CBOR head at byte {at}")]
-    Malformed {
-        /// Its offset.
-        at: usize,
-    },
-    /// Nesting deeper than [`CBOR_DEPTH_MAX`].
-    #[error("nesting deeper than {CBOR_DEPTH_MAX} levels")]
-    TooDeep,
-    /// A value of the wrong type.
-    #[error("{what} at byte {at} has the wrong CBOR type")]
-    WrongType {
-        /// Which value.
-        what: &'static str,
-        /// Its offset.
-        at: usize,
-    },
-    /// A text string that is not UTF-8.
-    #[error("text at byte {at} is not UTF-8")]
-    NotUtf8 {
-        /// Its offset.
-        at: usize,
-    },
-    /// A required field is absent.
-    #[error("the frame has no {0}")]
-    Missing(&'static str),
-    /// The header's `op` is neither 1 nor -1.
-    #[error("unknown frame op {0}")]
-    UnknownOp(i64),
-    /// Bytes after the body.
-    #[error("{0} bytes after the frame body")]
-    TrailingBytes(usize),
-    /// The frame exceeds the configured size limit.
-    #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLarge {
-        /// Its size.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// Decoding would allocate more than its budget (the frame size limit).
-    #[error("decoding needs more memory than the frame size limit allows")]
-    TooManyValues,
-    /// A CBOR tag other than 42 (CID), which DAG-CBOR forbids.
-    #[error("CBOR tag {tag} at byte {at} (DAG-CBOR allows only tag 42)")]
-    UnsupportedTag {
-        /// The tag.
-        tag: u64,
-        /// Its offset.
-        at: usize,
-    },
-    /// `seq` is not encoded as an 8-byte unsigned integer, so it cannot be rewritten in place.
-    #[error("seq is not an 8-byte unsigned integer")]
-    SeqNotRewritable,
-}
+use crate::cbor::Reader;
+pub use crate::cbor::{FrameError, CBOR_DEPTH_MAX};
 
 /// What a frame says, as far as the queue and the sinks need.
 #[derive(Debug, Clone, PartialEq, Eq)]
