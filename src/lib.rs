@@ -16,6 +16,7 @@ pub mod cbor;
 pub mod config;
 pub mod data_dir_lock;
 pub mod decode;
+pub mod lane;
 pub mod metrics;
 pub mod pipeline;
 pub mod queue;
