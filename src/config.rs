@@ -2,6 +2,13 @@
 //!
 //! Every key is optional; the defaults are safe (bounded memory and disk, durable cursors).
 //! Unknown keys and out-of-range values are refused with the key named.
+//!
+//! The keys stay one flat table (their names and `SPILLWAY_<KEY>` forms are the
+//! interface), but each component checks its own and owns its `--help` lines: the relay
+//! source's in [`crate::source::firehose`], the sinks' in [`crate::sink::redis`] and
+//! [`crate::sink::jsonl`], `/metrics` and `/health`'s in [`crate::metrics`]. This file
+//! composes them, and checks what belongs to no single component (the budgets shared
+//! between queues, the frame limit that queue, source and decoder share).
 
 use std::path::PathBuf;
 
@@ -149,9 +156,12 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
-    /// A part (queue, log) refused its settings; its message names the field.
-    #[error("{0}")]
-    Refused(String),
+    /// The queue refused its settings; its error names the field.
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueConfigError),
+    /// The spill log refused its settings; its error names the field.
+    #[error(transparent)]
+    Log(#[from] crate::storage::ConfigError),
 }
 
 /// The environment prefix of overrides: `SPILLWAY_MEMORY_BUDGET_BYTES=...`.
@@ -207,23 +217,10 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
-        if self.relays.is_empty() {
-            return invalid("relays", "at least one relay URL is needed".into());
-        }
-        let mut names = std::collections::BTreeMap::new();
-        for url in &self.relays {
-            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-                return invalid("relays", format!("{url:?} is not a ws:// or wss:// URL"));
-            }
-            // Each relay owns a queue directory and a cursor file named after it.
-            let name = crate::source::cursor::RelayId::of_url(url).file_name();
-            if let Some(other) = names.insert(name.clone(), url) {
-                return invalid(
-                    "relays",
-                    format!("{other:?} and {url:?} would share the queue directory queue-{name}"),
-                );
-            }
-        }
+        let component = |checked: Result<(), (&'static str, String)>| {
+            checked.map_err(|(key, reason)| ConfigError::Invalid { key, reason })
+        };
+        component(crate::source::firehose::check_relays(&self.relays))?;
         if !matches!(self.sink.as_str(), "redis" | "jsonl") {
             return invalid("sink", format!("{:?}: expected redis or jsonl", self.sink));
         }
@@ -236,17 +233,12 @@ impl Config {
         if let Err(reason) = Filter::new(&[], &self.wanted_dids) {
             return invalid("wanted_dids", reason);
         }
-        if self.redis_high_water_events > 0
-            && self.redis_low_water_events >= self.redis_high_water_events
-        {
-            return invalid(
-                "redis_low_water_events",
-                format!(
-                    "{} must be below redis_high_water_events ({})",
-                    self.redis_low_water_events, self.redis_high_water_events
-                ),
-            );
-        }
+        component(crate::sink::redis::check_keys(
+            &self.redis_url,
+            &self.redis_stream,
+            self.redis_high_water_events,
+            self.redis_low_water_events,
+        ))?;
         if self.sink_batch_events_max == 0 {
             return invalid("sink_batch_events_max", "must be greater than zero".into());
         }
@@ -293,21 +285,7 @@ impl Config {
                 ),
             );
         }
-        if self.redis_stream.is_empty() {
-            return invalid("redis_stream", "must not be empty".into());
-        }
-        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis_url.as_str()) {
-            return invalid(
-                "redis_url",
-                format!(
-                    "{}: {e} (expected redis://[user:password@]host:port[/db])",
-                    crate::sink::redis::redact_url(&self.redis_url)
-                ),
-            );
-        }
-        if self.jsonl_path.is_empty() {
-            return invalid("jsonl_path", "must not be empty (- for stdout)".into());
-        }
+        component(crate::sink::jsonl::check_path(&self.jsonl_path))?;
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty".into());
         }
@@ -320,25 +298,10 @@ impl Config {
                 format!("{:?}: expected text or json", self.log_format),
             );
         }
-        if !self.metrics_listen.is_empty()
-            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return invalid(
-                "metrics_listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:9464 (empty turns it off)",
-                    self.metrics_listen
-                ),
-            );
-        }
-        if !(self.health_disk_full_ratio > 0.0 && self.health_disk_full_ratio <= 1.0) {
-            return invalid(
-                "health_disk_full_ratio",
-                format!("{} is not in (0, 1]", self.health_disk_full_ratio),
-            );
-        }
-        Durability::parse(&self.durability).map_err(|e| ConfigError::Refused(e.to_string()))?;
-        FullPolicy::parse(&self.full_policy).map_err(|e| ConfigError::Refused(e.to_string()))?;
+        component(crate::metrics::check_listen(&self.metrics_listen))?;
+        component(self.health_rules().check())?;
+        Durability::parse(&self.durability)?;
+        FullPolicy::parse(&self.full_policy)?;
         if !matches!(self.spill_mode.as_str(), "memory-first" | "write-through") {
             return invalid(
                 "spill_mode",
@@ -349,9 +312,7 @@ impl Config {
             );
         }
         for relay in 0..self.relays.len() {
-            self.queue_config(relay)
-                .validate()
-                .map_err(|e| ConfigError::Refused(e.to_string()))?;
+            self.queue_config(relay).validate()?;
         }
         Ok(())
     }
@@ -429,4 +390,39 @@ impl Config {
         config.output = self.output_options();
         config
     }
+}
+
+/// `spillway run --help`'s list of keys: this file's, composed with each component's own
+/// lines (the source's, the sinks', the metrics'), in the order the file lists the keys.
+pub fn help() -> String {
+    [
+        "Configuration keys (TOML file or SPILLWAY_<KEY> in the environment; units in the names):
+  data_dir = \"spillway-data\"          queues, relay cursors and the lock (one run per directory)
+",
+        crate::source::firehose::CONFIG_HELP,
+        "  memory_budget_bytes = 268435456       all event bytes in RAM, split between relays
+  disk_budget_bytes = 21474836480       spill logs on disk, split between relays
+  durability = \"periodic:100\"          every-batch | periodic:<ms> | manual
+  full_policy = \"block\"                block | drop_newest | drop_oldest (when the disk budget is full)
+  spill_mode = \"memory-first\"          memory-first | write-through
+  frame_bytes_max = 4194304             larger relay frames are dropped and logged
+  sink = \"redis\"                       redis | jsonl
+  output_format = \"raw\"                raw (fields seq, type, did, frame) | jetstream | rsky (decoded JSON; Redis field `event`)
+  wanted_collections = []               keep only these (app.bsky.feed.post, app.bsky.feed.*); rsky defaults to app.bsky.*, chat.bsky.*
+  wanted_dids = []                      keep only these DIDs
+",
+        crate::sink::redis::CONFIG_HELP,
+        crate::sink::jsonl::CONFIG_HELP,
+        "  sink_batch_events_max = 500           events per sink batch
+  sink_batch_bytes_max = 4194304        bytes per sink batch, about
+  backlog_alert_events = 0              lag that flips the backlog alert (0: off)
+  log_format = \"text\"                   text | json
+  log_level = \"info\"                    levels as RUST_LOG takes them (spillway=debug,warn); RUST_LOG wins
+",
+        crate::metrics::CONFIG_HELP,
+        "  segment_bytes_max = 67108864          spill log segment file size (at least 1 MiB and 2 x frame_bytes_max)
+  disk_reserve_bytes = 4194304          kept allocated per queue, given up to open and drain on a full disk (0: none)
+  disk_free_margin_bytes = 1048576      free space a spill leaves on the filesystem; past it the producer blocks",
+    ]
+    .concat()
 }

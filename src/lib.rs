@@ -13,7 +13,7 @@
 //! - `decode`: frames decoded in full to Jetstream or rsky JSON, with filters.
 //! - `sink`: the Redis stream and JSON-lines sinks.
 //! - `pipeline`: source -> queue -> sink wiring and shutdown; `config`: its settings;
-//!   `metrics`: `/metrics` and `/health`.
+//!   `metrics`: `/metrics` and `/health`; `lane`: one source's running parts.
 //! - `bench`: the benchmarks behind `spillway bench`.
 //!
 //! `examples/embed_queue.rs` embeds the queue with the lean library alone;
@@ -29,6 +29,8 @@ pub mod config;
 pub mod data_dir_lock;
 #[cfg(feature = "pipeline")]
 pub mod decode;
+#[cfg(feature = "pipeline")]
+pub mod lane;
 #[cfg(feature = "pipeline")]
 pub mod metrics;
 #[cfg(feature = "pipeline")]

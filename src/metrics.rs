@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::pipeline::Lane;
+use crate::lane::Lane;
 use crate::sink::now_ms;
 
 /// Largest request read.
@@ -92,6 +92,43 @@ impl Default for HealthRules {
             lost_events_secs: 3600,
         }
     }
+}
+
+impl HealthRules {
+    /// Checks the rules' keys (`health_disk_full_ratio` in (0, 1]).
+    ///
+    /// # Errors
+    /// The key and why, for the configuration to report.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if !(self.disk_full_ratio > 0.0 && self.disk_full_ratio <= 1.0) {
+            return Err((
+                "health_disk_full_ratio",
+                format!("{} is not in (0, 1]", self.disk_full_ratio),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Its lines of `spillway run --help`: the keys of `/metrics` and `/health`.
+pub const CONFIG_HELP: &str = "  metrics_listen = \"127.0.0.1:9464\"     /metrics (Prometheus text) and /health (200, or 503 + JSON reasons); empty: off
+  health_sink_failure_secs = 60         /health fails when a sink has failed this long
+  health_disk_full_ratio = 0.9          /health fails when the disk budget is this full
+  health_lost_events_secs = 3600        /health fails this long after events were lost for good
+";
+
+/// Checks the `metrics_listen` key: empty (off) or a socket address.
+///
+/// # Errors
+/// The key and why, for the configuration to report.
+pub fn check_listen(address: &str) -> Result<(), (&'static str, String)> {
+    if !address.is_empty() && address.parse::<std::net::SocketAddr>().is_err() {
+        return Err((
+            "metrics_listen",
+            format!("{address:?} is not an address like 127.0.0.1:9464 (empty turns it off)"),
+        ));
+    }
+    Ok(())
 }
 
 fn label(value: &str) -> String {

@@ -1,7 +1,12 @@
-//! Wiring: for each relay, source -> its own queue -> a sink consuming it; and shutdown.
+//! Wiring: for each source, source -> its own queue -> a sink consuming it; and shutdown.
+//!
+//! The pipeline names no concrete source or sink: it takes the members of the
+//! [`Source`](crate::source::Source) and [`Sink`] families that [`kinds`] makes of the configuration.
 //!
 //! On shutdown the sources stop reading and save their cursors, the sinks finish the
 //! batch in hand (or leave it unacked), and the queues flush.
+
+pub mod kinds;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,28 +16,13 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::queue::{LostEvents, QueueError, Read, SpillQueue};
-use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};
-use crate::sink::redis::RedisSink;
-use crate::sink::SinkStats;
-use crate::source::cursor::CursorFile;
-use crate::source::firehose::{self, FirehoseConfig, SourceStats};
-use crate::source::refetch::{RangeFetch, RefetchEnd, RefetchLimits};
+use crate::sink::{Sink, SinkError, SinkStats};
+use crate::source::{Refetch, RefetchEnd, RefetchError, SourceError, SourceStats};
+
+pub use crate::lane::Lane;
 
 /// The consumer name sinks read with.
 pub const SINK_CONSUMER: &str = "sink";
-
-/// One relay's running parts.
-#[derive(Clone)]
-pub struct Lane {
-    /// The relay host.
-    pub host: String,
-    /// Its queue.
-    pub queue: SpillQueue,
-    /// Its source's counters.
-    pub source: Arc<SourceStats>,
-    /// Its sink's counters.
-    pub sink: Arc<SinkStats>,
-}
 
 /// Why the pipeline could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -48,10 +38,30 @@ pub enum PipelineError {
     },
     /// A source stopped for good.
     #[error(transparent)]
-    Source(#[from] firehose::SourceError),
-    /// The sink failed for good.
-    #[error("sink: {0}")]
-    Sink(String),
+    Source(#[from] SourceError),
+    /// The sink of `host` could not be created or failed for good.
+    #[error("the sink of {host}: {source}")]
+    Sink {
+        /// The source whose events it writes.
+        host: String,
+        /// Why.
+        #[source]
+        source: SinkError,
+    },
+    /// The sink of `host` could not read from or ack to its queue.
+    #[error("the sink of {host}: {doing}: {source}")]
+    Consumer {
+        /// The source whose queue it is.
+        host: String,
+        /// What the sink asked of the queue.
+        doing: &'static str,
+        /// The queue's error.
+        #[source]
+        source: QueueError,
+    },
+    /// A task panicked.
+    #[error("a pipeline task panicked: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// The data directory could not be created or locked.
     #[error("data_dir {}: {source}", path.display())]
     DataDir {
@@ -95,11 +105,11 @@ impl Pipeline {
         let mut tasks = tokio::task::JoinSet::new();
         let mut lanes = Vec::new();
         let lock = lock_data_dir(&config.data_dir)?;
-        for index in 0..config.relays.len() {
-            let firehose = config.firehose_config(index);
-            let host = firehose.host();
-            let relay = firehose.relay_id();
-            let dir = config.data_dir.join(format!("queue-{}", relay.file_name()));
+        for (index, mut source) in kinds::sources(config).into_iter().enumerate() {
+            let host = source.label();
+            let dir = config
+                .data_dir
+                .join(format!("queue-{}", source.file_name()));
             let queue = SpillQueue::open(&dir, config.queue_config(index)).map_err(|source| {
                 PipelineError::Queue {
                     host: host.clone(),
@@ -108,16 +118,17 @@ impl Pipeline {
             })?;
             let source_stats = Arc::new(SourceStats::default());
             let sink_stats = Arc::new(SinkStats::default());
-            let cursor_file = CursorFile::for_relay(&config.data_dir, &relay);
             // Settled before any task runs: the sink never reads stored events ahead of the replay.
-            let cursor = firehose::resume_point(&firehose, &queue, &cursor_file)?;
+            let cursor = source.resume_point(&queue)?;
+            let refetcher = source.refetcher();
             {
                 let (queue, stats, stopped) =
                     (queue.clone(), Arc::clone(&source_stats), stopped.clone());
                 let span = tracing::info_span!("source", relay = %host);
                 tasks.spawn(
                     async move {
-                        firehose::run(firehose, queue, cursor_file, cursor, stats, stopped)
+                        source
+                            .run(queue, cursor, stats, stopped)
                             .await
                             .map_err(PipelineError::from)
                     }
@@ -136,53 +147,50 @@ impl Pipeline {
                 config.sink_batch_bytes_max,
             );
             let (stats, mut stopped) = (Arc::clone(&sink_stats), stopped.clone());
-            let refetch_source = config.firehose_config(index);
-            let mut sink = if config.sink == "redis" {
-                AnySink::Redis(Box::new(
-                    RedisSink::new(config.redis_config(), &host)
-                        .map_err(|e| PipelineError::Sink(e.to_string()))?,
-                ))
-            } else {
-                let target = if config.jsonl_path == "-" {
-                    JsonlTarget::Stdout
-                } else {
-                    JsonlTarget::File(config.jsonl_path.clone().into())
-                };
-                AnySink::Jsonl(
-                    JsonlSink::open(
-                        &target,
-                        JsonlOptions {
-                            output: config.output_options(),
-                            events_per_sec_max: sink_events_per_sec_max,
-                        },
-                    )
-                    .map_err(|e| PipelineError::Sink(format!("opening {target:?}: {e}")))?,
-                )
-            };
+            let mut sink =
+                kinds::sink(config, &host, sink_events_per_sec_max).map_err(|source| {
+                    PipelineError::Sink {
+                        host: host.clone(),
+                        source,
+                    }
+                })?;
             let span = tracing::info_span!("sink", relay = %host, kind = %config.sink);
+            let sink_host = host.clone();
             tasks.spawn(
                 async move {
+                    let host = sink_host;
+                    let consumer_error = |doing: &'static str| {
+                        let host = host.clone();
+                        move |source| PipelineError::Consumer { host, doing, source }
+                    };
                     loop {
                         let read = tokio::select! {
-                            b = consumer.next_read(batch_events, batch_bytes) => b.map_err(|e| PipelineError::Sink(e.to_string()))?,
+                            b = consumer.next_read(batch_events, batch_bytes) => b.map_err(consumer_error("reading its queue"))?,
                             _ = stopped.changed() => return Ok(()),
                         };
                         let batch = match read {
                             Read::Events(batch) => batch,
                             Read::Lost(lost) => {
-                                if !repair_lost(&lost, &refetch_source, &mut sink, &stats, &stopped).await? {
+                                if !repair_lost(&lost, refetcher.as_deref(), sink.as_mut(), &stats, &stopped).await? {
                                     return Ok(());
                                 }
                                 consumer
                                     .ack_lost(&lost)
-                                    .map_err(|e| PipelineError::Sink(format!("acking a lost range: {e}")))?;
+                                    .map_err(consumer_error("acking a lost range"))?;
                                 continue;
                             }
                         };
-                        if !sink.write(&batch, &stats, &stopped).await? {
+                        let written = sink
+                            .write(&batch, &stats, &stopped)
+                            .await
+                            .map_err(|source| PipelineError::Sink {
+                                host: host.clone(),
+                                source,
+                            })?;
+                        if !written {
                             return Ok(());
                         }
-                        ack(&consumer, &batch, &stats)?;
+                        ack(&consumer, &batch, &stats).map_err(consumer_error("acking"))?;
                     }
                 }
                 .instrument(span),
@@ -232,9 +240,7 @@ impl Pipeline {
     pub async fn join(mut self) -> Result<(), PipelineError> {
         let mut first_error = None;
         while let Some(joined) = self.tasks.join_next().await {
-            let result = joined
-                .map_err(|e| PipelineError::Sink(format!("a task panicked: {e}")))
-                .and_then(|r| r);
+            let result = joined.map_err(PipelineError::Task).and_then(|r| r);
             if let Err(error) = result {
                 tracing::error!(%error, "pipeline task failed; stopping the others");
                 let _ = self.stop.send(true);
@@ -270,11 +276,9 @@ fn ack(
     consumer: &crate::queue::Consumer,
     batch: &[crate::queue::Delivery],
     stats: &SinkStats,
-) -> Result<(), PipelineError> {
+) -> Result<(), QueueError> {
     if let Some(last) = batch.last() {
-        consumer
-            .ack(last.seq)
-            .map_err(|e| PipelineError::Sink(format!("acking: {e}")))?;
+        consumer.ack(last.seq)?;
         stats
             .events_total
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -283,29 +287,23 @@ fn ack(
     Ok(())
 }
 
-/// The sink a lane writes to.
-enum AnySink {
-    Redis(Box<RedisSink>),
-    Jsonl(JsonlSink),
-}
-
-impl AnySink {
-    /// Writes a batch; `Ok(false)` when stopped before it was written (it is then not acked).
-    async fn write(
-        &mut self,
-        batch: &[crate::queue::Delivery],
-        stats: &SinkStats,
-        stopped: &watch::Receiver<bool>,
-    ) -> Result<bool, PipelineError> {
-        match self {
-            AnySink::Redis(sink) => Ok(sink.write(batch, stats, stopped).await),
-            AnySink::Jsonl(sink) => sink
-                .write(batch, stats)
-                .await
-                .map(|()| true)
-                .map_err(|e| PipelineError::Sink(format!("writing JSON lines: {e}"))),
-        }
-    }
+/// Why one attempt at repairing a lost range failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum RepairError {
+    /// Fetching the range from the source failed.
+    #[error(transparent)]
+    Fetch(#[from] RefetchError),
+    /// Writing the fetched events failed.
+    #[error("writing the refetched events of seqs {after}..{before}: {source}")]
+    Write {
+        /// Exclusive lower bound of the attempt.
+        after: u64,
+        /// Exclusive upper bound.
+        before: u64,
+        /// The sink's error.
+        #[source]
+        source: SinkError,
+    },
 }
 
 /// Fetches from the relay the attempts at one lost range at most, with backoff in between.
@@ -319,8 +317,8 @@ const REFETCH_RETRY_MS: u64 = 1_000;
 /// after a restart, since it is not acked).
 async fn repair_lost(
     lost: &LostEvents,
-    source: &FirehoseConfig,
-    sink: &mut AnySink,
+    refetcher: Option<&dyn Refetch>,
+    sink: &mut dyn Sink,
     stats: &SinkStats,
     stopped: &watch::Receiver<bool>,
 ) -> Result<bool, PipelineError> {
@@ -343,6 +341,14 @@ async fn repair_lost(
             "events lost for good: {why}"
         );
     };
+    let Some(refetcher) = refetcher else {
+        lose(
+            &stats.lost_refetch_failed_total,
+            lost.log_records,
+            "the source cannot fetch a range again",
+        );
+        return Ok(true);
+    };
     let Some((after, before)) = lost.refetchable() else {
         lose(
             &stats.lost_position_unknown_total,
@@ -357,7 +363,7 @@ async fn repair_lost(
     let mut failures = 0u32;
     loop {
         let outcome = refetch_into(
-            source,
+            refetcher,
             before,
             sink,
             stats,
@@ -415,17 +421,16 @@ async fn repair_lost(
 
 /// One refetch attempt from `resume_after` (moved past every event written); `Ok(None)` when stopped.
 async fn refetch_into(
-    source: &FirehoseConfig,
+    refetcher: &dyn Refetch,
     before: u64,
-    sink: &mut AnySink,
+    sink: &mut dyn Sink,
     stats: &SinkStats,
     stopped: &watch::Receiver<bool>,
     resume_after: &mut u64,
     written: &mut u64,
-) -> Result<Option<RefetchEnd>, crate::source::refetch::RefetchError> {
+) -> Result<Option<RefetchEnd>, RepairError> {
     let after = *resume_after;
-    let limits = RefetchLimits::default();
-    let mut fetch = RangeFetch::start(source, after, before, limits).await?;
+    let mut fetch = refetcher.fetch(after, before).await?;
     while let Some(events) = fetch.next_batch().await? {
         if events.is_empty() {
             continue;
@@ -443,12 +448,11 @@ async fn refetch_into(
         match sink.write(&batch, stats, stopped).await {
             Ok(true) => {}
             Ok(false) => return Ok(None),
-            Err(error) => {
-                return Err(crate::source::refetch::RefetchError::Stream {
-                    url: source.url.clone(),
+            Err(source) => {
+                return Err(RepairError::Write {
                     after,
                     before,
-                    reason: format!("writing the refetched events: {error}"),
+                    source,
                 })
             }
         }
@@ -459,4 +463,96 @@ async fn refetch_into(
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
     }
     Ok(Some(fetch.end()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Delivery, Event};
+    use crate::source::RangeBatches;
+    use futures_util::future::BoxFuture;
+
+    /// A sink that keeps what it is given: a member of the family in a dozen lines.
+    #[derive(Default)]
+    struct Kept(Vec<u64>);
+
+    impl Sink for Kept {
+        fn write<'a>(
+            &'a mut self,
+            batch: &'a [Delivery],
+            _stats: &'a SinkStats,
+            _stop: &'a watch::Receiver<bool>,
+        ) -> BoxFuture<'a, Result<bool, SinkError>> {
+            self.0.extend(batch.iter().map(|d| d.position));
+            Box::pin(async { Ok(true) })
+        }
+    }
+
+    /// A source's refetch that holds positions `held` and hands them over in one batch.
+    struct Holding(Vec<u64>);
+
+    struct Batches(Option<Vec<Event>>);
+
+    impl Refetch for Holding {
+        fn fetch(
+            &self,
+            after: u64,
+            before: u64,
+        ) -> BoxFuture<'_, Result<Box<dyn RangeBatches>, RefetchError>> {
+            let events = self
+                .0
+                .iter()
+                .filter(|&&p| p > after && p < before)
+                .map(|&p| Event::new(p, bytes::Bytes::from_static(b"x")))
+                .collect();
+            Box::pin(async move { Ok(Box::new(Batches(Some(events))) as Box<dyn RangeBatches>) })
+        }
+    }
+
+    impl RangeBatches for Batches {
+        fn next_batch(&mut self) -> BoxFuture<'_, Result<Option<Vec<Event>>, RefetchError>> {
+            let next = self.0.take();
+            Box::pin(async move { Ok(next) })
+        }
+
+        fn end(&self) -> RefetchEnd {
+            RefetchEnd::Complete
+        }
+    }
+
+    fn lost(after: u64, before: u64) -> LostEvents {
+        LostEvents {
+            log_records: before - after - 1,
+            log_first: 10,
+            log_next: 10 + before - after - 1,
+            after_position: Some(after),
+            before_position: Some(before),
+            location: "segment-0".into(),
+            offset: 0,
+            reason: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_range_is_fetched_again_from_any_source_that_can_and_written_in_place() {
+        let (_stop, stopped) = watch::channel(false);
+        let (mut sink, stats) = (Kept::default(), SinkStats::default());
+        let source = Holding((1..=20).collect());
+        let done = repair_lost(&lost(5, 9), Some(&source), &mut sink, &stats, &stopped).await;
+        assert!(matches!(done, Ok(true)));
+        assert_eq!(sink.0, vec![6, 7, 8]);
+        assert_eq!(stats.refetched_events_total.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.damaged_events_total.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_source_that_cannot_fetch_again_loses_the_range_for_good() {
+        let (_stop, stopped) = watch::channel(false);
+        let (mut sink, stats) = (Kept::default(), SinkStats::default());
+        let done = repair_lost(&lost(5, 9), None, &mut sink, &stats, &stopped).await;
+        assert!(matches!(done, Ok(true)));
+        assert!(sink.0.is_empty());
+        assert_eq!(stats.lost_refetch_failed_total.load(Ordering::Relaxed), 3);
+        assert_ne!(stats.last_loss_ms.load(Ordering::Relaxed), 0);
+    }
 }

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use spillway::config::Config;
 use spillway::pipeline::{Pipeline, PipelineError};
-use spillway::source::firehose::SourceError;
 use spillway::source::relay::{LoopbackRelay, RelayConfig};
+use spillway::source::SourceError;
 
 /// Arguments of `spillway run`.
 #[derive(Debug, clap::Args)]
-#[command(after_long_help = CONFIG_HELP)]
+#[command(after_long_help = spillway::config::help())]
 pub struct RunArgs {
     /// A TOML configuration file (keys below); `SPILLWAY_<KEY>` environment variables override it.
     #[arg(long, env = "SPILLWAY_CONFIG")]
@@ -20,38 +20,6 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10)]
     pub progress_secs: u64,
 }
-
-const CONFIG_HELP: &str = "Configuration keys (TOML file or SPILLWAY_<KEY> in the environment; units in the names):
-  data_dir = \"spillway-data\"          queues, relay cursors and the lock (one run per directory)
-  relays = [\"wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos\"]   one source + queue each
-  start_cursor = <seq>                  resume here instead of the saved cursor (default: saved, else live)
-  memory_budget_bytes = 268435456       all event bytes in RAM, split between relays
-  disk_budget_bytes = 21474836480       spill logs on disk, split between relays
-  durability = \"periodic:100\"          every-batch | periodic:<ms> | manual
-  full_policy = \"block\"                block | drop_newest | drop_oldest (when the disk budget is full)
-  spill_mode = \"memory-first\"          memory-first | write-through
-  frame_bytes_max = 4194304             larger relay frames are dropped and logged
-  sink = \"redis\"                       redis | jsonl
-  output_format = \"raw\"                raw (fields seq, type, did, frame) | jetstream | rsky (decoded JSON; Redis field `event`)
-  wanted_collections = []               keep only these (app.bsky.feed.post, app.bsky.feed.*); rsky defaults to app.bsky.*, chat.bsky.*
-  wanted_dids = []                      keep only these DIDs
-  redis_url = \"redis://127.0.0.1:6379\"  redis://:PASSWORD@host:port/db; printed as redis://:***@...
-  redis_stream = \"firehose_live\"       cursor key: <stream>:cursor:<host>
-  redis_high_water_events = 100000      pause writing at this XLEN (0: never)
-  redis_low_water_events = 50000        resume below it
-  jsonl_path = \"-\"                      - for stdout, or a file
-  sink_batch_events_max = 500           events per sink batch
-  sink_batch_bytes_max = 4194304        bytes per sink batch, about
-  backlog_alert_events = 0              lag that flips the backlog alert (0: off)
-  log_format = \"text\"                   text | json
-  log_level = \"info\"                    levels as RUST_LOG takes them (spillway=debug,warn); RUST_LOG wins
-  metrics_listen = \"127.0.0.1:9464\"     /metrics (Prometheus text) and /health (200, or 503 + JSON reasons); empty: off
-  health_sink_failure_secs = 60         /health fails when a sink has failed this long
-  health_disk_full_ratio = 0.9          /health fails when the disk budget is this full
-  health_lost_events_secs = 3600        /health fails this long after events were lost for good
-  segment_bytes_max = 67108864          spill log segment file size (at least 1 MiB and 2 x frame_bytes_max)
-  disk_reserve_bytes = 4194304          kept allocated per queue, given up to open and drain on a full disk (0: none)
-  disk_free_margin_bytes = 1048576      free space a spill leaves on the filesystem; past it the producer blocks";
 
 /// Arguments of `spillway demo`.
 #[derive(Debug, clap::Args)]

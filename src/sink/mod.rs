@@ -1,8 +1,50 @@
 //! Sinks: where delivered events go. Each consumes one queue cursor in bounded batches,
 //! writes a batch, and only then acks it, so a failed write loses nothing.
+//!
+//! A sink is a [`Sink`]: it takes a batch and returns once the batch is durable where it
+//! goes (then the pipeline acks it), or once stopped first (then it is not acked and comes
+//! again after a restart). Members: Redis streams ([`redis::RedisSink`]) and JSON lines
+//! ([`jsonl::JsonlSink`]). A new kind is a new file here, its keys in the configuration,
+//! its variant of [`SinkError`], and one line in [`crate::pipeline::kinds`].
+//!
+//! [`Sink::write`] returns a boxed future rather than being an `async fn`: the kind is
+//! chosen at run time from the configuration, so the sink task holds a `Box<dyn Sink>`,
+//! and `async fn` in a trait is not object safe. The box costs one allocation per batch,
+//! against a round trip or a flush.
 
 pub mod jsonl;
 pub mod redis;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+/// A destination of delivered events.
+pub trait Sink: Send {
+    /// Writes `batch` (waiting out backpressure and retrying what may pass), counting in
+    /// `stats`: `Ok(true)` once it is durable at the destination, `Ok(false)` when `stop`
+    /// turned true before (the batch is then not acked).
+    ///
+    /// # Errors
+    /// A failure retrying cannot fix.
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a [Delivery],
+        stats: &'a SinkStats,
+        stop: &'a watch::Receiver<bool>,
+    ) -> BoxFuture<'a, Result<bool, SinkError>>;
+}
+
+/// Why a sink could not be created or failed for good.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// The Redis sink.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisSinkError),
+    /// The JSON-lines sink.
+    #[error(transparent)]
+    Jsonl(#[from] jsonl::JsonlError),
+}
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -67,6 +67,47 @@ impl RedisSinkConfig {
     }
 }
 
+/// Its lines of `spillway run --help`: the keys of the Redis sink.
+pub const CONFIG_HELP: &str = "  redis_url = \"redis://127.0.0.1:6379\"  redis://:PASSWORD@host:port/db; printed as redis://:***@...
+  redis_stream = \"firehose_live\"       cursor key: <stream>:cursor:<host>
+  redis_high_water_events = 100000      pause writing at this XLEN (0: never)
+  redis_low_water_events = 50000        resume below it
+";
+
+/// Checks the Redis sink's keys: the low-water mark below the high-water mark (when
+/// there is one), a stream name, and a URL the client can parse (printed redacted).
+///
+/// # Errors
+/// The key and why, for the configuration to report.
+pub fn check_keys(
+    url: &str,
+    stream: &str,
+    high_water_events: u64,
+    low_water_events: u64,
+) -> Result<(), (&'static str, String)> {
+    if high_water_events > 0 && low_water_events >= high_water_events {
+        return Err((
+            "redis_low_water_events",
+            format!(
+                "{low_water_events} must be below redis_high_water_events ({high_water_events})"
+            ),
+        ));
+    }
+    if stream.is_empty() {
+        return Err(("redis_stream", "must not be empty".into()));
+    }
+    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
+        return Err((
+            "redis_url",
+            format!(
+                "{}: {e} (expected redis://[user:password@]host:port[/db])",
+                redact_url(url)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `url` with any password replaced by `***` (`redis://user:***@host:port/db`), for
 /// every log line, error and report: the only form of a Redis URL that may be printed.
 pub fn redact_url(url: &str) -> String {
@@ -135,13 +176,31 @@ pub struct RedisSink {
     lines: Vec<String>,
 }
 
-/// A Redis failure, with what was being done.
+/// A Redis failure, with the server (its URL without password) and what was being done.
 #[derive(Debug, thiserror::Error)]
-#[error("redis at {url}: {what}: {reason}")]
-pub struct RedisSinkError {
-    url: String,
-    what: &'static str,
-    reason: String,
+#[non_exhaustive]
+pub enum RedisSinkError {
+    /// The client or the server refused (authentication refusals are named as such).
+    #[error("redis at {url}: {what}: {reason}")]
+    Redis {
+        /// The URL as it may be printed (see [`redact_url`]).
+        url: String,
+        /// What was being done.
+        what: &'static str,
+        /// The error in words, naming an authentication refusal and the server's address.
+        reason: String,
+        /// The client's error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The server did not answer within the command timeout.
+    #[error("redis at {url}: {what}: timed out")]
+    TimedOut {
+        /// The URL as it may be printed (see [`redact_url`]).
+        url: String,
+        /// What was being done.
+        what: &'static str,
+    },
 }
 
 impl RedisSink {
@@ -151,11 +210,13 @@ impl RedisSink {
     /// A malformed URL.
     pub fn new(config: RedisSinkConfig, host: &str) -> Result<Self, RedisSinkError> {
         let url_redacted = redact_url(&config.url);
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| RedisSinkError {
-            url: url_redacted.clone(),
-            what: "parsing the URL",
-            reason: e.to_string(),
-        })?;
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|source| RedisSinkError::Redis {
+                url: url_redacted.clone(),
+                what: "parsing the URL",
+                reason: source.to_string(),
+                source,
+            })?;
         let address = client.get_connection_info().addr().to_string();
         Ok(RedisSink {
             config,
@@ -168,16 +229,20 @@ impl RedisSink {
         })
     }
 
-    fn error(&self, what: &'static str, reason: impl ToString) -> RedisSinkError {
-        RedisSinkError {
+    fn timed_out(&self, what: &'static str) -> RedisSinkError {
+        RedisSinkError::TimedOut {
             url: self.url_redacted.clone(),
             what,
-            reason: reason.to_string(),
         }
     }
 
-    fn redis_error(&self, what: &'static str, error: &redis::RedisError) -> RedisSinkError {
-        self.error(what, describe(error, &self.address))
+    fn redis_error(&self, what: &'static str, source: redis::RedisError) -> RedisSinkError {
+        RedisSinkError::Redis {
+            url: self.url_redacted.clone(),
+            what,
+            reason: describe(&source, &self.address),
+            source,
+        }
     }
 
     async fn connection(&mut self) -> Result<MultiplexedConnection, RedisSinkError> {
@@ -189,8 +254,8 @@ impl RedisSink {
             tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection()).await;
         let mut connection = match connected {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(self.redis_error("connecting", &e)),
-            Err(_) => return Err(self.error("connecting", "timed out")),
+            Ok(Err(e)) => return Err(self.redis_error("connecting", e)),
+            Err(_) => return Err(self.timed_out("connecting")),
         };
         // A server with a password answers NOAUTH to a client that gave none, and closes
         // its connection on a large unauthenticated write ("broken pipe"): ask once, first.
@@ -201,8 +266,8 @@ impl RedisSink {
         .await
         {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(self.redis_error("connecting", &e)),
-            Err(_) => return Err(self.error("connecting", "PING timed out")),
+            Ok(Err(e)) => return Err(self.redis_error("connecting", e)),
+            Err(_) => return Err(self.timed_out("connecting: PING")),
         }
         self.connection = Some(connection.clone());
         Ok(connection)
@@ -220,8 +285,8 @@ impl RedisSink {
         .await
         {
             Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(self.redis_error("XLEN", &e)),
-            Err(_) => Err(self.error("XLEN", "timed out")),
+            Ok(Err(e)) => Err(self.redis_error("XLEN", e)),
+            Err(_) => Err(self.timed_out("XLEN")),
         }
     }
 
@@ -264,8 +329,8 @@ impl RedisSink {
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
         match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut c)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.redis_error("MULTI/EXEC of XADDs", &e)),
-            Err(_) => Err(self.error("MULTI/EXEC of XADDs", "timed out")),
+            Ok(Err(e)) => Err(self.redis_error("MULTI/EXEC of XADDs", e)),
+            Err(_) => Err(self.timed_out("MULTI/EXEC of XADDs")),
         }
     }
 
@@ -362,6 +427,17 @@ impl RedisSink {
         stats.backpressure.store(0, Ordering::Relaxed);
         tracing::info!(stream = %self.config.stream, xlen = length, "stream below its low-water mark; writing again");
         Ok(true)
+    }
+}
+
+impl super::Sink for RedisSink {
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a [Delivery],
+        stats: &'a SinkStats,
+        stop: &'a tokio::sync::watch::Receiver<bool>,
+    ) -> futures_util::future::BoxFuture<'a, Result<bool, super::SinkError>> {
+        Box::pin(async move { Ok(RedisSink::write(self, batch, stats, stop).await) })
     }
 }
 

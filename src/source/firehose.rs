@@ -6,7 +6,7 @@
 //! is the queue's durable watermark, never ahead of what is durable; within one run a
 //! reconnect resumes after the last frame pushed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::cursor::{CursorFile, CursorFileError, RelayId};
+use super::cursor::{CursorFile, RelayId};
 use super::frame::{self, Frame};
 use crate::queue::{Event, SpillQueue};
 
@@ -73,56 +73,39 @@ impl FirehoseConfig {
     }
 }
 
-/// Counters of one source, shared with metrics.
-#[derive(Debug, Default)]
-pub struct SourceStats {
-    /// Frames received and pushed.
-    pub frames_total: AtomicU64,
-    /// Bytes of those frames.
-    pub bytes_total: AtomicU64,
-    /// Frames with a `t` this build does not know (kept).
-    pub unknown_type_total: AtomicU64,
-    /// Frames that failed to decode (the connection was dropped).
-    pub decode_errors_total: AtomicU64,
-    /// Frames over `frame_bytes_max` (dropped).
-    pub oversized_total: AtomicU64,
-    /// Error frames received.
-    pub error_frames_total: AtomicU64,
-    /// Reconnections.
-    pub reconnects_total: AtomicU64,
-    /// The last seq pushed.
-    pub last_seq: AtomicU64,
-    /// Frames the filter did not want (not pushed).
-    pub filtered_total: AtomicU64,
-    /// The relay's `time` of the last event pushed that had one, ms since the Unix epoch (0: none yet).
-    pub last_event_time_ms: AtomicU64,
-    /// 1 while connected.
-    pub connected: AtomicU64,
+pub use super::SourceStats;
+
+/// Its lines of `spillway run --help`: the keys of the relay firehose source.
+pub const CONFIG_HELP: &str = "  relays = [\"wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos\"]   one source + queue each
+  start_cursor = <seq>                  resume here instead of the saved cursor (default: saved, else live)
+";
+
+/// Checks the `relays` key: at least one, each a `ws://` or `wss://` URL, no two sharing a
+/// queue directory (each relay owns one, and a cursor file, named after it).
+///
+/// # Errors
+/// The key and why, for the configuration to report.
+pub fn check_relays(urls: &[String]) -> Result<(), (&'static str, String)> {
+    if urls.is_empty() {
+        return Err(("relays", "at least one relay URL is needed".into()));
+    }
+    let mut names = std::collections::BTreeMap::new();
+    for url in urls {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            return Err(("relays", format!("{url:?} is not a ws:// or wss:// URL")));
+        }
+        let name = RelayId::of_url(url).file_name();
+        if let Some(other) = names.insert(name.clone(), url) {
+            return Err((
+                "relays",
+                format!("{other:?} and {url:?} would share the queue directory queue-{name}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
-/// Why the source stopped for good.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SourceError {
-    /// The relay says our cursor is in its future: retrying would loop. An operator must act.
-    #[error("relay {host} answered FutureCursor for cursor {cursor:?}: {message}. Not retrying; check the relay, or start once with start_cursor (SPILLWAY_START_CURSOR) set to a seq the relay holds: {cursor_file} and the queue's own record both hold this cursor")]
-    FutureCursor {
-        /// The relay.
-        host: String,
-        /// The cursor sent.
-        cursor: Option<u64>,
-        /// The relay's message.
-        message: String,
-        /// The cursor file to remove.
-        cursor_file: String,
-    },
-    /// The cursor file is unreadable, malformed or cannot be written (the error names it).
-    #[error(transparent)]
-    Cursor(#[from] CursorFileError),
-    /// The queue refused a push for good (e.g. a failing disk).
-    #[error("the queue refused events: {0}")]
-    Queue(String),
-}
+pub use super::SourceError;
 
 enum Disconnect {
     /// Reconnect after a backoff.
@@ -153,7 +136,11 @@ pub fn resume_point(
     let saved = cursor_file.load()?;
     let kept = queue
         .source_position()
-        .map_err(|e| SourceError::Queue(e.to_string()))?;
+        .map_err(|source| SourceError::Queue {
+            host: host.clone(),
+            doing: "reading its source position",
+            source,
+        })?;
     let cursor = match (config.start_cursor, saved, kept) {
         (Some(start), _, _) => Some(start),
         (None, Some(saved), _) => Some(saved),
@@ -170,9 +157,11 @@ pub fn resume_point(
     };
     if let Some(c) = cursor {
         // Events above the checkpoint that survived in the log come again from the relay.
-        queue
-            .begin_replay(c)
-            .map_err(|e| SourceError::Queue(e.to_string()))?;
+        queue.begin_replay(c).map_err(|source| SourceError::Queue {
+            host: host.clone(),
+            doing: "the replay",
+            source,
+        })?;
         if saved != Some(c) {
             cursor_file.save(c)?;
         }
@@ -345,7 +334,7 @@ where
                 Handled::Event(event) => batch.push(event),
                 Handled::Nothing => {}
                 Handled::Drop(reason) => {
-                    let pushed = flush_batch(queue, &mut batch, shutdown).await?;
+                    let pushed = flush_batch(queue, host, &mut batch, shutdown).await?;
                     let _ = socket.close(None).await;
                     if !pushed {
                         return Ok(Disconnect::Shutdown);
@@ -360,7 +349,7 @@ where
             }
         }
         if !batch.is_empty() {
-            if !flush_batch(queue, &mut batch, shutdown).await? {
+            if !flush_batch(queue, host, &mut batch, shutdown).await? {
                 let _ = socket.close(None).await;
                 return Ok(Disconnect::Shutdown);
             }
@@ -381,6 +370,7 @@ where
 /// it again after the restart.
 async fn flush_batch(
     queue: &SpillQueue,
+    host: &str,
     batch: &mut Vec<Event>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, SourceError> {
@@ -402,7 +392,10 @@ async fn flush_batch(
             );
             Ok(true)
         }
-        Err(e) => Err(SourceError::Queue(e.to_string())),
+        Err(error) => Err(SourceError::Push {
+            host: host.to_string(),
+            source: error.reason,
+        }),
     }
 }
 

@@ -19,8 +19,9 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::firehose::{self, FirehoseConfig, Handled, SourceStats};
+use super::firehose::{self, FirehoseConfig, Handled};
 use super::frame;
+use super::SourceStats;
 use crate::queue::Event;
 
 /// Limits of one refetch.
@@ -63,6 +64,32 @@ pub enum RefetchError {
         /// The WebSocket error.
         #[source]
         source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// Reading from the relay failed.
+    #[error("refetching seqs {after}..{before} from {url}: reading: {source}")]
+    Read {
+        /// The relay URL.
+        url: String,
+        /// Exclusive lower bound.
+        after: u64,
+        /// Exclusive upper bound.
+        before: u64,
+        /// The WebSocket error.
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// The relay sent a frame the source refuses for good (e.g. `FutureCursor`).
+    #[error("refetching seqs {after}..{before} from {url}: {source}")]
+    Refused {
+        /// The relay URL.
+        url: String,
+        /// Exclusive lower bound.
+        after: u64,
+        /// Exclusive upper bound.
+        before: u64,
+        /// The source's error.
+        #[source]
+        source: Box<super::SourceError>,
     },
     /// The relay went away, went silent, or sent something the source refuses.
     #[error("refetching seqs {after}..{before} from {url}: {reason}")]
@@ -210,7 +237,14 @@ impl RangeFetch {
             let message = match tokio::time::timeout(idle.min(left), socket.next()).await {
                 Err(_) => return Err(self.error("the relay went silent".into())),
                 Ok(None) => return Err(self.error("the relay closed the connection".into())),
-                Ok(Some(Err(e))) => return Err(self.error(format!("reading: {e}"))),
+                Ok(Some(Err(source))) => {
+                    return Err(RefetchError::Read {
+                        url: self.url.clone(),
+                        after: self.after,
+                        before: self.before,
+                        source: Box::new(source),
+                    })
+                }
                 Ok(Some(Ok(message))) => message,
             };
             self.frames_read += 1;
@@ -230,7 +264,12 @@ impl RangeFetch {
                 &self.stats,
                 &mut self.cursor,
             )
-            .map_err(|e| self.error(e.to_string()))?;
+            .map_err(|source| RefetchError::Refused {
+                url: self.url.clone(),
+                after: self.after,
+                before: self.before,
+                source: Box::new(source),
+            })?;
             match handled {
                 Handled::Event(event) if event.position >= self.before => {
                     self.finish().await;
@@ -284,5 +323,40 @@ impl RangeFetch {
     /// Frames the fetch skipped as filtered (the source's filter applies here too).
     pub fn filtered(&self) -> u64 {
         self.stats.filtered_total.load(Ordering::Relaxed)
+    }
+}
+
+/// The firehose's [`super::Refetch`]: one more connection to the relay per range.
+#[derive(Debug, Clone)]
+pub struct FirehoseRefetch {
+    /// The relay and its limits.
+    pub config: FirehoseConfig,
+    /// Limits of each fetch.
+    pub limits: RefetchLimits,
+}
+
+impl super::Refetch for FirehoseRefetch {
+    fn fetch(
+        &self,
+        after: u64,
+        before: u64,
+    ) -> futures_util::future::BoxFuture<'_, Result<Box<dyn super::RangeBatches>, RefetchError>>
+    {
+        Box::pin(async move {
+            let fetch = RangeFetch::start(&self.config, after, before, self.limits).await?;
+            Ok(Box::new(fetch) as Box<dyn super::RangeBatches>)
+        })
+    }
+}
+
+impl super::RangeBatches for RangeFetch {
+    fn next_batch(
+        &mut self,
+    ) -> futures_util::future::BoxFuture<'_, Result<Option<Vec<Event>>, RefetchError>> {
+        Box::pin(RangeFetch::next_batch(self))
+    }
+
+    fn end(&self) -> RefetchEnd {
+        RangeFetch::end(self)
     }
 }
