@@ -1,23 +1,40 @@
 //! `/metrics` (Prometheus text format) and `/health` (200, or 503 with JSON reasons) on a loopback port.
 //!
-//! The server is deliberately small: HTTP/1.1 `GET` only, requests bounded to
-//! [`REQUEST_BYTES_MAX`], at most [`CONNECTIONS_MAX`] connections at once, each closed
+//! The text is `prometheus-client`'s encoding of a [`Collector`] that reads the lanes'
+//! stats at each scrape; the server is `hyper`'s HTTP/1.1, bounded as before: a request
+//! head of at most [`REQUEST_BYTES_MAX`] read within [`REQUEST_TIMEOUT`], at most
+//! [`CONNECTIONS_MAX`] connections at once (more are refused with 503), each closed
 //! after one response.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeGaugeValue, GaugeValueEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::lane::Lane;
+use crate::queue::{ConsumerStats, QueueStats};
 use crate::sink::now_ms;
 
-/// Largest request read.
+/// Largest request head read (hyper's smallest allowed read buffer, 8 KiB).
 pub const REQUEST_BYTES_MAX: usize = 8 * 1024;
 /// Connections served at once.
 pub const CONNECTIONS_MAX: usize = 16;
@@ -131,262 +148,324 @@ pub fn check_listen(address: &str) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A sample's labels: `host` first, then the family's own (`reason`, `consumer`).
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// A gauge's value: integral values print as integers (`12`, not `12.0`), as before
+/// the client library encoded them, the rest (rates, ages, NaN) as floats.
+#[derive(Debug, Clone, Copy)]
+struct Value(f64);
+
+impl EncodeGaugeValue for Value {
+    fn encode(&self, encoder: &mut GaugeValueEncoder) -> std::fmt::Result {
+        // Below 2^53 an integral f64 is exactly that integer.
+        if self.0.fract() == 0.0 && self.0.abs() < 9_007_199_254_740_992.0 {
+            (self.0 as i64).encode(encoder)
+        } else {
+            self.0.encode(encoder)
+        }
+    }
 }
 
-/// Renders every lane's figures in the Prometheus text exposition format.
-pub fn render(lanes: &[Lane], rates: &Rates) -> String {
-    let mut out = String::new();
-    let mut metric =
-        |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        };
-    let host = |l: &Lane| format!("host=\"{}\"", label(&l.host));
-    let stats: Vec<_> = lanes.iter().map(|l| (l, l.queue.stats())).collect();
-    let per_lane = |f: &dyn Fn(&Lane, &crate::queue::QueueStats) -> f64| -> Vec<(String, f64)> {
-        stats.iter().map(|(l, s)| (host(l), f(l, s))).collect()
-    };
-    let counter = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed) as f64;
-    let lane_rates: Vec<(String, (f64, f64))> = lanes
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (host(l), rates.per_second(i)))
-        .collect();
+/// Encodes one counter family. `name` is the exposed sample name; the encoder appends
+/// `_total` itself, so the family is named without it.
+fn counter<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &'static str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, u64)>,
+) -> std::fmt::Result {
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    let mut metric = encoder.encode_descriptor(family, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        metric
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    Ok(())
+}
 
-    metric(
-        "spillway_source_events_total",
-        "counter",
-        "Frames received from the relay and pushed.",
-        &mut per_lane(&|l, _| counter(&l.source.frames_total)).into_iter(),
-    );
-    metric(
-        "spillway_source_bytes_total",
-        "counter",
-        "Bytes of those frames.",
-        &mut per_lane(&|l, _| counter(&l.source.bytes_total)).into_iter(),
-    );
-    metric(
-        "spillway_source_reconnects_total",
-        "counter",
-        "Reconnections to the relay.",
-        &mut per_lane(&|l, _| counter(&l.source.reconnects_total)).into_iter(),
-    );
-    metric(
-        "spillway_source_decode_errors_total",
-        "counter",
-        "Frames that failed to decode.",
-        &mut per_lane(&|l, _| counter(&l.source.decode_errors_total)).into_iter(),
-    );
-    metric(
-        "spillway_source_filtered_events_total",
-        "counter",
-        "Frames the collection/DID filter did not want (never queued).",
-        &mut per_lane(&|l, _| counter(&l.source.filtered_total)).into_iter(),
-    );
-    metric(
-        "spillway_sink_decode_errors_total",
-        "counter",
-        "Frames that did not decode into the sink's output format (logged, skipped).",
-        &mut per_lane(&|l, _| counter(&l.sink.decode_errors_total)).into_iter(),
-    );
-    metric(
-        "spillway_source_connected",
-        "gauge",
-        "1 while connected to the relay.",
-        &mut per_lane(&|l, _| counter(&l.source.connected)).into_iter(),
-    );
-    metric(
-        "spillway_relay_cursor",
-        "gauge",
-        "The last relay seq pushed.",
-        &mut per_lane(&|l, _| counter(&l.source.last_seq)).into_iter(),
-    );
-    let now_ms = now_ms();
-    metric(
-        "spillway_relay_cursor_age_seconds",
-        "gauge",
-        "Seconds between now and the relay's `time` of the last event pushed (NaN before one).",
-        &mut per_lane(
-            &|l, _| match l.source.last_event_time_ms.load(Ordering::Relaxed) {
+/// Encodes one gauge family.
+fn gauge<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &'static str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Labels<'a>, f64)>,
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        metric.encode_family(&labels)?.encode_gauge(&Value(value))?;
+    }
+    Ok(())
+}
+
+/// Every lane's figures, read from its stats at each scrape (the pull model: nothing
+/// is updated on the hot path for the endpoint's sake).
+struct LaneCollector {
+    lanes: Arc<Vec<Lane>>,
+    rates: Arc<Rates>,
+}
+
+/// The `host` label alone.
+fn host(lane: &Lane) -> Labels<'_> {
+    vec![("host", lane.host.as_str())]
+}
+
+impl std::fmt::Debug for LaneCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneCollector")
+            .field("lanes", &self.lanes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for LaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut encoder;
+        let lanes = &self.lanes[..];
+        let stats: Vec<_> = lanes.iter().map(|l| (l, l.queue.stats())).collect();
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let lane_counter =
+            |e: &mut DescriptorEncoder, name, help, f: &dyn Fn(&Lane, &QueueStats) -> u64| {
+                counter(e, name, help, stats.iter().map(|(l, s)| (host(l), f(l, s))))
+            };
+        let lane_gauge =
+            |e: &mut DescriptorEncoder, name, help, f: &dyn Fn(&Lane, &QueueStats) -> f64| {
+                gauge(e, name, help, stats.iter().map(|(l, s)| (host(l), f(l, s))))
+            };
+
+        lane_counter(
+            e,
+            "spillway_source_events_total",
+            "Frames received from the relay and pushed.",
+            &|l, _| load(&l.source.frames_total),
+        )?;
+        lane_counter(
+            e,
+            "spillway_source_bytes_total",
+            "Bytes of those frames.",
+            &|l, _| load(&l.source.bytes_total),
+        )?;
+        lane_counter(
+            e,
+            "spillway_source_reconnects_total",
+            "Reconnections to the relay.",
+            &|l, _| load(&l.source.reconnects_total),
+        )?;
+        lane_counter(
+            e,
+            "spillway_source_decode_errors_total",
+            "Frames that failed to decode.",
+            &|l, _| load(&l.source.decode_errors_total),
+        )?;
+        lane_counter(
+            e,
+            "spillway_source_filtered_events_total",
+            "Frames the collection/DID filter did not want (never queued).",
+            &|l, _| load(&l.source.filtered_total),
+        )?;
+        lane_counter(
+            e,
+            "spillway_sink_decode_errors_total",
+            "Frames that did not decode into the sink's output format (logged, skipped).",
+            &|l, _| load(&l.sink.decode_errors_total),
+        )?;
+        lane_gauge(
+            e,
+            "spillway_source_connected",
+            "1 while connected to the relay.",
+            &|l, _| load(&l.source.connected) as f64,
+        )?;
+        lane_gauge(
+            e,
+            "spillway_relay_cursor",
+            "The last relay seq pushed.",
+            &|l, _| load(&l.source.last_seq) as f64,
+        )?;
+        let now_ms = now_ms();
+        lane_gauge(
+            e,
+            "spillway_relay_cursor_age_seconds",
+            "Seconds between now and the relay's `time` of the last event pushed (NaN before one).",
+            &|l, _| match load(&l.source.last_event_time_ms) {
                 0 => f64::NAN,
                 t => now_ms.saturating_sub(t) as f64 / 1000.0,
             },
-        )
-        .into_iter(),
-    );
-    metric(
-        "spillway_durable_watermark",
-        "gauge",
-        "The relay seq saved as the resume cursor (durable watermark).",
-        &mut per_lane(&|_, s| s.durable_watermark.map_or(f64::NAN, |w| w as f64)).into_iter(),
-    );
-    metric(
-        "spillway_sink_events_total",
-        "counter",
-        "Events written by the sink and acked.",
-        &mut per_lane(&|l, _| counter(&l.sink.events_total)).into_iter(),
-    );
-    metric(
-        "spillway_sink_failures_total",
-        "counter",
-        "Sink write attempts that failed.",
-        &mut per_lane(&|l, _| counter(&l.sink.failures_total)).into_iter(),
-    );
-    metric(
-        "spillway_sink_backpressure",
-        "gauge",
-        "1 while the sink is paused above its high-water mark.",
-        &mut per_lane(&|l, _| counter(&l.sink.backpressure)).into_iter(),
-    );
-    metric(
-        "spillway_memory_bytes",
-        "gauge",
-        "Bytes the memory tier holds.",
-        &mut per_lane(&|_, s| s.memory_bytes as f64).into_iter(),
-    );
-    metric(
-        "spillway_memory_tier_bytes",
-        "gauge",
-        "What the memory tier may hold.",
-        &mut per_lane(&|_, s| s.memory_tier_bytes as f64).into_iter(),
-    );
-    metric(
-        "spillway_memory_budget_bytes",
-        "gauge",
-        "The configured memory budget.",
-        &mut per_lane(&|_, s| s.memory_budget_bytes as f64).into_iter(),
-    );
-    metric(
-        "spillway_disk_bytes",
-        "gauge",
-        "Bytes the spill log takes on disk.",
-        &mut per_lane(&|_, s| s.disk_bytes as f64).into_iter(),
-    );
-    metric(
-        "spillway_disk_budget_bytes",
-        "gauge",
-        "The configured disk budget.",
-        &mut per_lane(&|_, s| s.disk_budget_bytes as f64).into_iter(),
-    );
-    metric(
-        "spillway_disk_budget_effective_bytes",
-        "gauge",
-        "The disk budget as the filesystem's free space caps it.",
-        &mut per_lane(&|_, s| s.disk_budget_bytes_effective as f64).into_iter(),
-    );
-    metric(
-        "spillway_disk_events",
-        "gauge",
-        "Unconsumed events in the spill log.",
-        &mut per_lane(&|_, s| s.disk_events as f64).into_iter(),
-    );
-    metric(
-        "spillway_spilled_events_total",
-        "counter",
-        "Events written to the spill log.",
-        &mut per_lane(&|_, s| s.spilled_events_total as f64).into_iter(),
-    );
-    metric(
-        "spillway_read_back_events_total",
-        "counter",
-        "Events read back from the spill log.",
-        &mut per_lane(&|_, s| s.read_back_events_total as f64).into_iter(),
-    );
-    metric(
-        "spillway_spill_events_per_second",
-        "gauge",
-        "Events written to the spill log per second, over the last 10 s.",
-        &mut lane_rates.iter().map(|(h, r)| (h.clone(), r.0)),
-    );
-    metric(
-        "spillway_read_back_events_per_second",
-        "gauge",
-        "Events read back from the spill log per second, over the last 10 s.",
-        &mut lane_rates.iter().map(|(h, r)| (h.clone(), r.1)),
-    );
-    let drops: Vec<(String, f64)> = stats
-        .iter()
-        .flat_map(|(l, s)| {
-            [
-                ("newest", s.dropped_newest_total as f64),
-                ("oldest", s.dropped_oldest_total as f64),
-                ("oversized", counter(&l.source.oversized_total)),
-            ]
-            .into_iter()
-            .map(move |(reason, v)| (format!("{},reason=\"{reason}\"", host(l)), v))
-        })
-        .collect();
-    metric(
-        "spillway_dropped_events_total",
-        "counter",
-        "Events dropped, by reason.",
-        &mut drops.into_iter(),
-    );
-    let losses: Vec<(String, f64)> = lanes
-        .iter()
-        .flat_map(|l| {
-            [
-                ("outside_relay_window", &l.sink.lost_outside_window_total),
-                ("refetch_failed", &l.sink.lost_refetch_failed_total),
-                ("position_unknown", &l.sink.lost_position_unknown_total),
-            ]
-            .into_iter()
-            .map(move |(reason, v)| (format!("{},reason=\"{reason}\"", host(l)), counter(v)))
-        })
-        .collect();
-    metric(
-        "spillway_lost_events_total",
-        "counter",
-        "Events of damaged spill-log ranges that could not be fetched again, by reason.",
-        &mut losses.into_iter(),
-    );
-    metric(
-        "spillway_damaged_events_total",
-        "counter",
-        "Spill-log records met damaged or missing by the sink.",
-        &mut per_lane(&|l, _| counter(&l.sink.damaged_events_total)).into_iter(),
-    );
-    metric(
-        "spillway_refetched_events_total",
-        "counter",
-        "Events of damaged ranges fetched again from the relay and written.",
-        &mut per_lane(&|l, _| counter(&l.sink.refetched_events_total)).into_iter(),
-    );
-    let per_consumer = |f: &dyn Fn(&crate::queue::ConsumerStats) -> f64| -> Vec<(String, f64)> {
-        stats
-            .iter()
-            .flat_map(|(l, s)| {
-                s.consumers
-                    .iter()
-                    .map(move |c| (format!("{},consumer=\"{}\"", host(l), label(&c.name)), f(c)))
+        )?;
+        lane_gauge(
+            e,
+            "spillway_durable_watermark",
+            "The relay seq saved as the resume cursor (durable watermark).",
+            &|_, s| s.durable_watermark.map_or(f64::NAN, |w| w as f64),
+        )?;
+        lane_counter(
+            e,
+            "spillway_sink_events_total",
+            "Events written by the sink and acked.",
+            &|l, _| load(&l.sink.events_total),
+        )?;
+        lane_counter(
+            e,
+            "spillway_sink_failures_total",
+            "Sink write attempts that failed.",
+            &|l, _| load(&l.sink.failures_total),
+        )?;
+        lane_gauge(
+            e,
+            "spillway_sink_backpressure",
+            "1 while the sink is paused above its high-water mark.",
+            &|l, _| load(&l.sink.backpressure) as f64,
+        )?;
+        lane_gauge(
+            e,
+            "spillway_memory_bytes",
+            "Bytes the memory tier holds.",
+            &|_, s| s.memory_bytes as f64,
+        )?;
+        lane_gauge(
+            e,
+            "spillway_memory_tier_bytes",
+            "What the memory tier may hold.",
+            &|_, s| s.memory_tier_bytes as f64,
+        )?;
+        lane_gauge(
+            e,
+            "spillway_memory_budget_bytes",
+            "The configured memory budget.",
+            &|_, s| s.memory_budget_bytes as f64,
+        )?;
+        lane_gauge(
+            e,
+            "spillway_disk_bytes",
+            "Bytes the spill log takes on disk.",
+            &|_, s| s.disk_bytes as f64,
+        )?;
+        lane_gauge(
+            e,
+            "spillway_disk_budget_bytes",
+            "The configured disk budget.",
+            &|_, s| s.disk_budget_bytes as f64,
+        )?;
+        lane_gauge(
+            e,
+            "spillway_disk_budget_effective_bytes",
+            "The disk budget as the filesystem's free space caps it.",
+            &|_, s| s.disk_budget_bytes_effective as f64,
+        )?;
+        lane_gauge(
+            e,
+            "spillway_disk_events",
+            "Unconsumed events in the spill log.",
+            &|_, s| s.disk_events as f64,
+        )?;
+        lane_counter(
+            e,
+            "spillway_spilled_events_total",
+            "Events written to the spill log.",
+            &|_, s| s.spilled_events_total,
+        )?;
+        lane_counter(
+            e,
+            "spillway_read_back_events_total",
+            "Events read back from the spill log.",
+            &|_, s| s.read_back_events_total,
+        )?;
+        let rates: Vec<(f64, f64)> = (0..lanes.len()).map(|i| self.rates.per_second(i)).collect();
+        gauge(
+            e,
+            "spillway_spill_events_per_second",
+            "Events written to the spill log per second, over the last 10 s.",
+            lanes.iter().zip(&rates).map(|(l, r)| (host(l), r.0)),
+        )?;
+        gauge(
+            e,
+            "spillway_read_back_events_per_second",
+            "Events read back from the spill log per second, over the last 10 s.",
+            lanes.iter().zip(&rates).map(|(l, r)| (host(l), r.1)),
+        )?;
+        counter(
+            e,
+            "spillway_dropped_events_total",
+            "Events dropped, by reason.",
+            stats.iter().flat_map(|(l, s)| {
+                [
+                    ("newest", s.dropped_newest_total),
+                    ("oldest", s.dropped_oldest_total),
+                    ("oversized", load(&l.source.oversized_total)),
+                ]
+                .map(|(reason, v)| (vec![("host", l.host.as_str()), ("reason", reason)], v))
+            }),
+        )?;
+        counter(
+            e,
+            "spillway_lost_events_total",
+            "Events of damaged spill-log ranges that could not be fetched again, by reason.",
+            lanes.iter().flat_map(|l| {
+                [
+                    ("outside_relay_window", &l.sink.lost_outside_window_total),
+                    ("refetch_failed", &l.sink.lost_refetch_failed_total),
+                    ("position_unknown", &l.sink.lost_position_unknown_total),
+                ]
+                .map(|(reason, v)| (vec![("host", l.host.as_str()), ("reason", reason)], load(v)))
+            }),
+        )?;
+        lane_counter(
+            e,
+            "spillway_damaged_events_total",
+            "Spill-log records met damaged or missing by the sink.",
+            &|l, _| load(&l.sink.damaged_events_total),
+        )?;
+        lane_counter(
+            e,
+            "spillway_refetched_events_total",
+            "Events of damaged ranges fetched again from the relay and written.",
+            &|l, _| load(&l.sink.refetched_events_total),
+        )?;
+        let per_consumer = |f: fn(&ConsumerStats) -> f64| {
+            stats.iter().flat_map(move |(l, s)| {
+                s.consumers.iter().map(move |c| {
+                    (
+                        vec![("host", l.host.as_str()), ("consumer", c.name.as_str())],
+                        f(c),
+                    )
+                })
             })
-            .collect()
-    };
-    metric(
-        "spillway_consumer_lag_events",
-        "gauge",
-        "Events pushed but not yet delivered to the consumer.",
-        &mut per_consumer(&|c| c.lag_events as f64).into_iter(),
-    );
-    metric(
-        "spillway_consumer_lag_seconds",
-        "gauge",
-        "Age of the newest event delivered to the consumer while it lags; 0 when caught up.",
-        &mut per_consumer(&|c| c.lag_ms as f64 / 1000.0).into_iter(),
-    );
-    metric(
-        "spillway_backlog_alert",
-        "gauge",
-        "1 when a backlog alert threshold is crossed.",
-        &mut per_lane(&|_, s| f64::from(u8::from(s.backlog_alert))).into_iter(),
-    );
+        };
+        gauge(
+            e,
+            "spillway_consumer_lag_events",
+            "Events pushed but not yet delivered to the consumer.",
+            per_consumer(|c| c.lag_events as f64),
+        )?;
+        gauge(
+            e,
+            "spillway_consumer_lag_seconds",
+            "Age of the newest event delivered to the consumer while it lags; 0 when caught up.",
+            per_consumer(|c| c.lag_ms as f64 / 1000.0),
+        )?;
+        lane_gauge(
+            e,
+            "spillway_backlog_alert",
+            "1 when a backlog alert threshold is crossed.",
+            &|_, s| f64::from(u8::from(s.backlog_alert)),
+        )
+    }
+}
+
+/// A registry holding every lane's metrics, read from their stats at each scrape.
+pub fn registry(lanes: Arc<Vec<Lane>>, rates: Arc<Rates>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(LaneCollector { lanes, rates }));
+    registry
+}
+
+/// Renders the registry in the Prometheus text exposition format (version 0.0.4).
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String fails only if an encoder does; ours do not.
+    if let Err(e) = prometheus_text::encode(&mut out, registry) {
+        tracing::warn!(%e, "encoding /metrics");
+    }
     out
 }
 
@@ -456,6 +535,42 @@ fn health_json(reasons: &[String]) -> String {
     )
 }
 
+/// One response: `/metrics`, `/health`, or 404.
+fn respond(
+    path: &str,
+    registry: &Registry,
+    lanes: &[Lane],
+    rules: HealthRules,
+) -> Response<Full<Bytes>> {
+    let (status, kind, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            prometheus_text::CONTENT_TYPE,
+            render(registry),
+        ),
+        "/health" => {
+            let reasons = health_reasons(lanes, rules);
+            let status = if reasons.is_empty() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, "application/json", health_json(&reasons))
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics or /health\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
+}
+
 /// Serves `/metrics` and `/health` until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
@@ -465,6 +580,7 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let rates = Arc::new(Rates::default());
+    let registry = Arc::new(registry(Arc::clone(&lanes), Arc::clone(&rates)));
     let mut tick = tokio::time::interval(RATE_SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -485,53 +601,24 @@ pub async fn serve(
             continue;
         };
         let lanes = Arc::clone(&lanes);
-        let rates = Arc::clone(&rates);
+        let registry = Arc::clone(&registry);
         tokio::spawn(async move {
             let _slot = slot;
-            let mut request = vec![0u8; REQUEST_BYTES_MAX];
-            let mut filled = 0;
-            let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-                while filled < request.len() {
-                    let n = stream.read(&mut request[filled..]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                    if request[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            if !matches!(read, Ok(Ok(()))) {
-                return;
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = respond(request.uri().path(), &registry, &lanes, rules);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            // One request per connection, its head bounded in size and in time.
+            let served = http1::Builder::new()
+                .keep_alive(false)
+                .max_buf_size(REQUEST_BYTES_MAX)
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(%e, "a /metrics or /health connection ended badly");
             }
-            let line = String::from_utf8_lossy(&request[..filled]);
-            let path = line.split_whitespace().nth(1).unwrap_or("");
-            let (status, kind, body) = match path {
-                "/metrics" => (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    render(&lanes, &rates),
-                ),
-                "/health" => {
-                    let reasons = health_reasons(&lanes, rules);
-                    let status = if reasons.is_empty() {
-                        "200 OK"
-                    } else {
-                        "503 Service Unavailable"
-                    };
-                    (status, "application/json", health_json(&reasons))
-                }
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /metrics or /health\n".to_string(),
-                ),
-            };
-            let response = format!("HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-            let _ = stream.write_all(response.as_bytes()).await;
         });
     }
 }
