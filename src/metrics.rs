@@ -148,9 +148,6 @@ pub fn check_listen(address: &str) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
-/// A sample's labels: `host` first, then the family's own (`reason`, `consumer`).
-type Labels<'a> = Vec<(&'static str, &'a str)>;
-
 /// A gauge's value: integral values print as integers (`12`, not `12.0`), as before
 /// the client library encoded them, the rest (rates, ages, NaN) as floats.
 #[derive(Debug, Clone, Copy)]
@@ -167,48 +164,209 @@ impl EncodeGaugeValue for Value {
     }
 }
 
-/// Encodes one counter family. `name` is the exposed sample name; the encoder appends
-/// `_total` itself, so the family is named without it.
-fn counter<'a>(
-    encoder: &mut DescriptorEncoder,
-    name: &'static str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Labels<'a>, u64)>,
-) -> std::fmt::Result {
-    let family = name.strip_suffix("_total").unwrap_or(name);
-    let mut metric = encoder.encode_descriptor(family, help, None, MetricType::Counter)?;
-    for (labels, value) in samples {
-        metric
-            .encode_family(&labels)?
-            .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
-    }
-    Ok(())
+/// Where a family's samples come from: one per lane, or one per lane and reason or consumer.
+enum Source {
+    /// A counter per lane.
+    Counter(fn(&Lane, &QueueStats) -> u64),
+    /// A gauge per lane.
+    Gauge(fn(&Lane, &QueueStats) -> f64),
+    /// A gauge per lane from its (spill, read-back) events per second.
+    Rate(fn((f64, f64)) -> f64),
+    /// A counter per lane and `reason`.
+    Reasons(fn(&Lane, &QueueStats) -> [(&'static str, u64); 3]),
+    /// A gauge per lane and `consumer`.
+    Consumer(fn(&ConsumerStats) -> f64),
 }
 
-/// Encodes one gauge family.
-fn gauge<'a>(
-    encoder: &mut DescriptorEncoder,
-    name: &'static str,
-    help: &str,
-    samples: impl IntoIterator<Item = (Labels<'a>, f64)>,
-) -> std::fmt::Result {
-    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, value) in samples {
-        metric.encode_family(&labels)?.encode_gauge(&Value(value))?;
-    }
-    Ok(())
+fn load(value: &AtomicU64) -> u64 {
+    value.load(Ordering::Relaxed)
 }
+
+/// Every family in exposition order: its sample name, its help, where its samples come from.
+const FAMILIES: &[(&str, &str, Source)] = &[
+    (
+        "spillway_source_events_total",
+        "Frames received from the relay and pushed.",
+        Source::Counter(|l, _| load(&l.source.frames_total)),
+    ),
+    (
+        "spillway_source_bytes_total",
+        "Bytes of those frames.",
+        Source::Counter(|l, _| load(&l.source.bytes_total)),
+    ),
+    (
+        "spillway_source_reconnects_total",
+        "Reconnections to the relay.",
+        Source::Counter(|l, _| load(&l.source.reconnects_total)),
+    ),
+    (
+        "spillway_source_decode_errors_total",
+        "Frames that failed to decode.",
+        Source::Counter(|l, _| load(&l.source.decode_errors_total)),
+    ),
+    (
+        "spillway_source_filtered_events_total",
+        "Frames the collection/DID filter did not want (never queued).",
+        Source::Counter(|l, _| load(&l.source.filtered_total)),
+    ),
+    (
+        "spillway_sink_decode_errors_total",
+        "Frames that did not decode into the sink's output format (logged, skipped).",
+        Source::Counter(|l, _| load(&l.sink.decode_errors_total)),
+    ),
+    (
+        "spillway_source_connected",
+        "1 while connected to the relay.",
+        Source::Gauge(|l, _| load(&l.source.connected) as f64),
+    ),
+    (
+        "spillway_relay_cursor",
+        "The last relay seq pushed.",
+        Source::Gauge(|l, _| load(&l.source.last_seq) as f64),
+    ),
+    (
+        "spillway_relay_cursor_age_seconds",
+        "Seconds between now and the relay's `time` of the last event pushed (NaN before one).",
+        Source::Gauge(|l, _| match load(&l.source.last_event_time_ms) {
+            0 => f64::NAN,
+            t => now_ms().saturating_sub(t) as f64 / 1000.0,
+        }),
+    ),
+    (
+        "spillway_durable_watermark",
+        "The relay seq saved as the resume cursor (durable watermark).",
+        Source::Gauge(|_, s| s.durable_watermark.map_or(f64::NAN, |w| w as f64)),
+    ),
+    (
+        "spillway_sink_events_total",
+        "Events written by the sink and acked.",
+        Source::Counter(|l, _| load(&l.sink.events_total)),
+    ),
+    (
+        "spillway_sink_failures_total",
+        "Sink write attempts that failed.",
+        Source::Counter(|l, _| load(&l.sink.failures_total)),
+    ),
+    (
+        "spillway_sink_backpressure",
+        "1 while the sink is paused above its high-water mark.",
+        Source::Gauge(|l, _| load(&l.sink.backpressure) as f64),
+    ),
+    (
+        "spillway_memory_bytes",
+        "Bytes the memory tier holds.",
+        Source::Gauge(|_, s| s.memory_bytes as f64),
+    ),
+    (
+        "spillway_memory_tier_bytes",
+        "What the memory tier may hold.",
+        Source::Gauge(|_, s| s.memory_tier_bytes as f64),
+    ),
+    (
+        "spillway_memory_budget_bytes",
+        "The configured memory budget.",
+        Source::Gauge(|_, s| s.memory_budget_bytes as f64),
+    ),
+    (
+        "spillway_disk_bytes",
+        "Bytes the spill log takes on disk.",
+        Source::Gauge(|_, s| s.disk_bytes as f64),
+    ),
+    (
+        "spillway_disk_budget_bytes",
+        "The configured disk budget.",
+        Source::Gauge(|_, s| s.disk_budget_bytes as f64),
+    ),
+    (
+        "spillway_disk_budget_effective_bytes",
+        "The disk budget as the filesystem's free space caps it.",
+        Source::Gauge(|_, s| s.disk_budget_bytes_effective as f64),
+    ),
+    (
+        "spillway_disk_events",
+        "Unconsumed events in the spill log.",
+        Source::Gauge(|_, s| s.disk_events as f64),
+    ),
+    (
+        "spillway_spilled_events_total",
+        "Events written to the spill log.",
+        Source::Counter(|_, s| s.spilled_events_total),
+    ),
+    (
+        "spillway_read_back_events_total",
+        "Events read back from the spill log.",
+        Source::Counter(|_, s| s.read_back_events_total),
+    ),
+    (
+        "spillway_spill_events_per_second",
+        "Events written to the spill log per second, over the last 10 s.",
+        Source::Rate(|r| r.0),
+    ),
+    (
+        "spillway_read_back_events_per_second",
+        "Events read back from the spill log per second, over the last 10 s.",
+        Source::Rate(|r| r.1),
+    ),
+    (
+        "spillway_dropped_events_total",
+        "Events dropped, by reason.",
+        Source::Reasons(|l, s| {
+            [
+                ("newest", s.dropped_newest_total),
+                ("oldest", s.dropped_oldest_total),
+                ("oversized", load(&l.source.oversized_total)),
+            ]
+        }),
+    ),
+    (
+        "spillway_lost_events_total",
+        "Events of damaged spill-log ranges that could not be fetched again, by reason.",
+        Source::Reasons(|l, _| {
+            [
+                (
+                    "outside_relay_window",
+                    load(&l.sink.lost_outside_window_total),
+                ),
+                ("refetch_failed", load(&l.sink.lost_refetch_failed_total)),
+                (
+                    "position_unknown",
+                    load(&l.sink.lost_position_unknown_total),
+                ),
+            ]
+        }),
+    ),
+    (
+        "spillway_damaged_events_total",
+        "Spill-log records met damaged or missing by the sink.",
+        Source::Counter(|l, _| load(&l.sink.damaged_events_total)),
+    ),
+    (
+        "spillway_refetched_events_total",
+        "Events of damaged ranges fetched again from the relay and written.",
+        Source::Counter(|l, _| load(&l.sink.refetched_events_total)),
+    ),
+    (
+        "spillway_consumer_lag_events",
+        "Events pushed but not yet delivered to the consumer.",
+        Source::Consumer(|c| c.lag_events as f64),
+    ),
+    (
+        "spillway_consumer_lag_seconds",
+        "Age of the newest event delivered to the consumer while it lags; 0 when caught up.",
+        Source::Consumer(|c| c.lag_ms as f64 / 1000.0),
+    ),
+    (
+        "spillway_backlog_alert",
+        "1 when a backlog alert threshold is crossed.",
+        Source::Gauge(|_, s| f64::from(u8::from(s.backlog_alert))),
+    ),
+];
 
 /// Every lane's figures, read from its stats at each scrape (the pull model: nothing
 /// is updated on the hot path for the endpoint's sake).
 struct LaneCollector {
     lanes: Arc<Vec<Lane>>,
     rates: Arc<Rates>,
-}
-
-/// The `host` label alone.
-fn host(lane: &Lane) -> Labels<'_> {
-    vec![("host", lane.host.as_str())]
 }
 
 impl std::fmt::Debug for LaneCollector {
@@ -221,234 +379,50 @@ impl std::fmt::Debug for LaneCollector {
 
 impl Collector for LaneCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let e = &mut encoder;
-        let lanes = &self.lanes[..];
-        let stats: Vec<_> = lanes.iter().map(|l| (l, l.queue.stats())).collect();
-        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let lane_counter =
-            |e: &mut DescriptorEncoder, name, help, f: &dyn Fn(&Lane, &QueueStats) -> u64| {
-                counter(e, name, help, stats.iter().map(|(l, s)| (host(l), f(l, s))))
+        let stats: Vec<_> = self.lanes.iter().map(|l| (l, l.queue.stats())).collect();
+        let rates: Vec<_> = (0..stats.len()).map(|i| self.rates.per_second(i)).collect();
+        for (name, help, source) in FAMILIES {
+            let counter = matches!(source, Source::Counter(_) | Source::Reasons(_));
+            let (family, kind) = if counter {
+                // The encoder appends `_total` to a counter's name itself.
+                (
+                    name.strip_suffix("_total").unwrap_or(name),
+                    MetricType::Counter,
+                )
+            } else {
+                (*name, MetricType::Gauge)
             };
-        let lane_gauge =
-            |e: &mut DescriptorEncoder, name, help, f: &dyn Fn(&Lane, &QueueStats) -> f64| {
-                gauge(e, name, help, stats.iter().map(|(l, s)| (host(l), f(l, s))))
-            };
-
-        lane_counter(
-            e,
-            "spillway_source_events_total",
-            "Frames received from the relay and pushed.",
-            &|l, _| load(&l.source.frames_total),
-        )?;
-        lane_counter(
-            e,
-            "spillway_source_bytes_total",
-            "Bytes of those frames.",
-            &|l, _| load(&l.source.bytes_total),
-        )?;
-        lane_counter(
-            e,
-            "spillway_source_reconnects_total",
-            "Reconnections to the relay.",
-            &|l, _| load(&l.source.reconnects_total),
-        )?;
-        lane_counter(
-            e,
-            "spillway_source_decode_errors_total",
-            "Frames that failed to decode.",
-            &|l, _| load(&l.source.decode_errors_total),
-        )?;
-        lane_counter(
-            e,
-            "spillway_source_filtered_events_total",
-            "Frames the collection/DID filter did not want (never queued).",
-            &|l, _| load(&l.source.filtered_total),
-        )?;
-        lane_counter(
-            e,
-            "spillway_sink_decode_errors_total",
-            "Frames that did not decode into the sink's output format (logged, skipped).",
-            &|l, _| load(&l.sink.decode_errors_total),
-        )?;
-        lane_gauge(
-            e,
-            "spillway_source_connected",
-            "1 while connected to the relay.",
-            &|l, _| load(&l.source.connected) as f64,
-        )?;
-        lane_gauge(
-            e,
-            "spillway_relay_cursor",
-            "The last relay seq pushed.",
-            &|l, _| load(&l.source.last_seq) as f64,
-        )?;
-        let now_ms = now_ms();
-        lane_gauge(
-            e,
-            "spillway_relay_cursor_age_seconds",
-            "Seconds between now and the relay's `time` of the last event pushed (NaN before one).",
-            &|l, _| match load(&l.source.last_event_time_ms) {
-                0 => f64::NAN,
-                t => now_ms.saturating_sub(t) as f64 / 1000.0,
-            },
-        )?;
-        lane_gauge(
-            e,
-            "spillway_durable_watermark",
-            "The relay seq saved as the resume cursor (durable watermark).",
-            &|_, s| s.durable_watermark.map_or(f64::NAN, |w| w as f64),
-        )?;
-        lane_counter(
-            e,
-            "spillway_sink_events_total",
-            "Events written by the sink and acked.",
-            &|l, _| load(&l.sink.events_total),
-        )?;
-        lane_counter(
-            e,
-            "spillway_sink_failures_total",
-            "Sink write attempts that failed.",
-            &|l, _| load(&l.sink.failures_total),
-        )?;
-        lane_gauge(
-            e,
-            "spillway_sink_backpressure",
-            "1 while the sink is paused above its high-water mark.",
-            &|l, _| load(&l.sink.backpressure) as f64,
-        )?;
-        lane_gauge(
-            e,
-            "spillway_memory_bytes",
-            "Bytes the memory tier holds.",
-            &|_, s| s.memory_bytes as f64,
-        )?;
-        lane_gauge(
-            e,
-            "spillway_memory_tier_bytes",
-            "What the memory tier may hold.",
-            &|_, s| s.memory_tier_bytes as f64,
-        )?;
-        lane_gauge(
-            e,
-            "spillway_memory_budget_bytes",
-            "The configured memory budget.",
-            &|_, s| s.memory_budget_bytes as f64,
-        )?;
-        lane_gauge(
-            e,
-            "spillway_disk_bytes",
-            "Bytes the spill log takes on disk.",
-            &|_, s| s.disk_bytes as f64,
-        )?;
-        lane_gauge(
-            e,
-            "spillway_disk_budget_bytes",
-            "The configured disk budget.",
-            &|_, s| s.disk_budget_bytes as f64,
-        )?;
-        lane_gauge(
-            e,
-            "spillway_disk_budget_effective_bytes",
-            "The disk budget as the filesystem's free space caps it.",
-            &|_, s| s.disk_budget_bytes_effective as f64,
-        )?;
-        lane_gauge(
-            e,
-            "spillway_disk_events",
-            "Unconsumed events in the spill log.",
-            &|_, s| s.disk_events as f64,
-        )?;
-        lane_counter(
-            e,
-            "spillway_spilled_events_total",
-            "Events written to the spill log.",
-            &|_, s| s.spilled_events_total,
-        )?;
-        lane_counter(
-            e,
-            "spillway_read_back_events_total",
-            "Events read back from the spill log.",
-            &|_, s| s.read_back_events_total,
-        )?;
-        let rates: Vec<(f64, f64)> = (0..lanes.len()).map(|i| self.rates.per_second(i)).collect();
-        gauge(
-            e,
-            "spillway_spill_events_per_second",
-            "Events written to the spill log per second, over the last 10 s.",
-            lanes.iter().zip(&rates).map(|(l, r)| (host(l), r.0)),
-        )?;
-        gauge(
-            e,
-            "spillway_read_back_events_per_second",
-            "Events read back from the spill log per second, over the last 10 s.",
-            lanes.iter().zip(&rates).map(|(l, r)| (host(l), r.1)),
-        )?;
-        counter(
-            e,
-            "spillway_dropped_events_total",
-            "Events dropped, by reason.",
-            stats.iter().flat_map(|(l, s)| {
-                [
-                    ("newest", s.dropped_newest_total),
-                    ("oldest", s.dropped_oldest_total),
-                    ("oversized", load(&l.source.oversized_total)),
-                ]
-                .map(|(reason, v)| (vec![("host", l.host.as_str()), ("reason", reason)], v))
-            }),
-        )?;
-        counter(
-            e,
-            "spillway_lost_events_total",
-            "Events of damaged spill-log ranges that could not be fetched again, by reason.",
-            lanes.iter().flat_map(|l| {
-                [
-                    ("outside_relay_window", &l.sink.lost_outside_window_total),
-                    ("refetch_failed", &l.sink.lost_refetch_failed_total),
-                    ("position_unknown", &l.sink.lost_position_unknown_total),
-                ]
-                .map(|(reason, v)| (vec![("host", l.host.as_str()), ("reason", reason)], load(v)))
-            }),
-        )?;
-        lane_counter(
-            e,
-            "spillway_damaged_events_total",
-            "Spill-log records met damaged or missing by the sink.",
-            &|l, _| load(&l.sink.damaged_events_total),
-        )?;
-        lane_counter(
-            e,
-            "spillway_refetched_events_total",
-            "Events of damaged ranges fetched again from the relay and written.",
-            &|l, _| load(&l.sink.refetched_events_total),
-        )?;
-        let per_consumer = |f: fn(&ConsumerStats) -> f64| {
-            stats.iter().flat_map(move |(l, s)| {
-                s.consumers.iter().map(move |c| {
-                    (
-                        vec![("host", l.host.as_str()), ("consumer", c.name.as_str())],
-                        f(c),
-                    )
-                })
-            })
-        };
-        gauge(
-            e,
-            "spillway_consumer_lag_events",
-            "Events pushed but not yet delivered to the consumer.",
-            per_consumer(|c| c.lag_events as f64),
-        )?;
-        gauge(
-            e,
-            "spillway_consumer_lag_seconds",
-            "Age of the newest event delivered to the consumer while it lags; 0 when caught up.",
-            per_consumer(|c| c.lag_ms as f64 / 1000.0),
-        )?;
-        lane_gauge(
-            e,
-            "spillway_backlog_alert",
-            "1 when a backlog alert threshold is crossed.",
-            &|_, s| f64::from(u8::from(s.backlog_alert)),
-        )
+            let mut metric = encoder.encode_descriptor(family, help, None, kind)?;
+            for ((lane, s), rate) in stats.iter().zip(&rates) {
+                let host = ("host", lane.host.as_str());
+                match source {
+                    Source::Counter(f) => metric
+                        .encode_family(&[host])?
+                        .encode_counter::<NoLabelSet, _, u64>(&f(lane, s), None)?,
+                    Source::Gauge(f) => metric
+                        .encode_family(&[host])?
+                        .encode_gauge(&Value(f(lane, s)))?,
+                    Source::Rate(f) => metric
+                        .encode_family(&[host])?
+                        .encode_gauge(&Value(f(*rate)))?,
+                    Source::Reasons(f) => {
+                        for (reason, value) in f(lane, s) {
+                            metric
+                                .encode_family(&[host, ("reason", reason)])?
+                                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+                        }
+                    }
+                    Source::Consumer(f) => {
+                        for c in &s.consumers {
+                            metric
+                                .encode_family(&[host, ("consumer", c.name.as_str())])?
+                                .encode_gauge(&Value(f(c)))?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
