@@ -2,7 +2,9 @@
 //! member of the [`Source`] or [`Sink`] family that serves it.
 //!
 //! The pipeline asks here and names no concrete kind. Adding a kind means its file in
-//! `source/` or `sink/`, its keys in the configuration, and one arm below.
+//! `source/` or `sink/` (its errors go in [`SinkError::Other`]), its keys in the
+//! configuration (with its name among the `sink` key's values, which the configuration
+//! checks at load, below this module so it cannot ask here), and one arm below.
 
 use crate::config::Config;
 use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};

@@ -44,6 +44,16 @@ pub enum SinkError {
     /// The JSON-lines sink.
     #[error(transparent)]
     Jsonl(#[from] jsonl::JsonlError),
+    /// Any other member of the family, with its own typed error as the source: a new
+    /// sink needs no variant here.
+    #[error("{kind} sink: {source}")]
+    Other {
+        /// The sink's kind, as the `sink` key names it.
+        kind: &'static str,
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 use std::sync::atomic::{AtomicU64, Ordering};
