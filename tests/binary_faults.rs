@@ -35,13 +35,7 @@ fn spillway_run(data: &Path, env: &[(&str, String)], log: &Path) -> Command {
         .env("SPILLWAY_METRICS_LISTEN", "\"\"")
         .env("SPILLWAY_REDIS_HIGH_WATER_EVENTS", "0")
         .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .expect("log file"),
-        );
+        .stderr(common::append_log(log));
     for (key, value) in env {
         command.env(key, value);
     }

@@ -36,13 +36,7 @@ fn start_binary(
         .env("SPILLWAY_METRICS_LISTEN", "\"127.0.0.1:0\"")
         .env("RUST_LOG", "spillway=info")
         .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .expect("log file"),
-        );
+        .stderr(common::append_log(log));
     if first {
         command.env("SPILLWAY_START_CURSOR", (BASE_SEQ - 1).to_string());
     }

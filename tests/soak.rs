@@ -269,11 +269,7 @@ impl Binary {
     }
 
     fn spawn(&self) -> Running {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", self.log.display()));
+        let log = common::append_log(&self.log);
         let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
         command
             .args(["run", "--progress-secs", "0"])

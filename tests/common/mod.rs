@@ -64,3 +64,12 @@ pub async fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// `path` opened for a child's stderr: created if missing, appended to across restarts.
+pub fn append_log(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening the log {}: {e}", path.display()))
+}
