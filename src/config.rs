@@ -19,6 +19,7 @@ use crate::queue::{FullPolicy, QueueConfig, SpillMode};
 use crate::sink::redis::RedisSinkConfig;
 use crate::sink::OutputOptions;
 use crate::source::firehose::FirehoseConfig;
+use crate::source::EventFamily;
 use crate::storage::{Backend, Durability};
 
 /// Smallest `segment_bytes_max` accepted: smaller segments would mostly be headers and file churn.
@@ -362,12 +363,20 @@ impl Config {
         Filter::for_format(format, &self.wanted_collections, &self.wanted_dids)
     }
 
-    /// What the sink writes.
-    pub fn output_options(&self) -> OutputOptions {
+    /// What the sink writes for events of `family`.
+    pub fn output_options(&self, family: EventFamily) -> OutputOptions {
         OutputOptions {
             format: OutputFormat::parse(&self.output_format).unwrap_or(OutputFormat::Raw),
             filter: self.filter().unwrap_or_default(),
             frame_bytes_max: self.frame_bytes_max as usize,
+            family,
+        }
+    }
+
+    /// The Redis stream that events of `family` go to.
+    pub fn redis_stream_for(&self, family: EventFamily) -> &str {
+        match family {
+            EventFamily::Firehose => &self.redis_stream,
         }
     }
 
@@ -380,14 +389,15 @@ impl Config {
         }
     }
 
-    /// The Redis sink settings.
-    pub fn redis_config(&self) -> RedisSinkConfig {
+    /// The Redis sink settings for events of `family`.
+    pub fn redis_config(&self, family: EventFamily) -> RedisSinkConfig {
         let mut config = RedisSinkConfig::new(self.redis_url.clone());
-        config.stream = self.redis_stream.clone();
-        config.cursor_key_prefix = format!("{}:cursor:", self.redis_stream);
+        let stream = self.redis_stream_for(family);
+        config.stream = stream.to_string();
+        config.cursor_key_prefix = format!("{stream}:cursor:");
         config.high_water_events = self.redis_high_water_events;
         config.low_water_events = self.redis_low_water_events;
-        config.output = self.output_options();
+        config.output = self.output_options(family);
         config
     }
 }

@@ -121,6 +121,7 @@ impl Pipeline {
             // Settled before any task runs: the sink never reads stored events ahead of the replay.
             let cursor = source.resume_point(&queue)?;
             let refetcher = source.refetcher();
+            let family = source.family();
             {
                 let (queue, stats, stopped) =
                     (queue.clone(), Arc::clone(&source_stats), stopped.clone());
@@ -148,7 +149,7 @@ impl Pipeline {
             );
             let (stats, mut stopped) = (Arc::clone(&sink_stats), stopped.clone());
             let mut sink =
-                kinds::sink(config, &host, sink_events_per_sec_max).map_err(|source| {
+                kinds::sink(config, &host, family, sink_events_per_sec_max).map_err(|source| {
                     PipelineError::Sink {
                         host: host.clone(),
                         source,

@@ -11,7 +11,7 @@ use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};
 use crate::sink::redis::RedisSink;
 use crate::sink::{Sink, SinkError};
 use crate::source::firehose_source::FirehoseSource;
-use crate::source::Source;
+use crate::source::{EventFamily, Source};
 
 /// The configured sources: one relay firehose per `relays` entry, in order.
 pub fn sources(config: &Config) -> Vec<Box<dyn Source>> {
@@ -25,18 +25,19 @@ pub fn sources(config: &Config) -> Vec<Box<dyn Source>> {
         .collect()
 }
 
-/// The configured sink (`sink` key) for the events of source `host`; the JSON-lines
-/// sink writes at most `events_per_sec_max` events a second (0: no limit).
+/// The configured sink (`sink` key) for the events of source `host`, of `family`; the
+/// JSON-lines sink writes at most `events_per_sec_max` events a second (0: no limit).
 ///
 /// # Errors
 /// The sink cannot be created (a malformed URL, a file that cannot be opened).
 pub fn sink(
     config: &Config,
     host: &str,
+    family: EventFamily,
     events_per_sec_max: u64,
 ) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match config.sink.as_str() {
-        "redis" => Box::new(RedisSink::new(config.redis_config(), host)?),
+        "redis" => Box::new(RedisSink::new(config.redis_config(family), host)?),
         // The configuration refuses other kinds, so this arm is `jsonl`.
         _ => {
             let target = if config.jsonl_path == "-" {
@@ -45,7 +46,7 @@ pub fn sink(
                 JsonlTarget::File(config.jsonl_path.clone().into())
             };
             let options = JsonlOptions {
-                output: config.output_options(),
+                output: config.output_options(family),
                 events_per_sec_max,
             };
             Box::new(JsonlSink::open(&target, options)?)

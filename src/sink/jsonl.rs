@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use super::{EventFields, OutputOptions, SinkStats};
 use crate::decode::json::{base64_std, json_string};
-use crate::decode::OutputFormat;
 use crate::queue::Delivery;
 
 /// Its line of `spillway run --help`: the key of the JSON-lines sink.
@@ -154,7 +153,7 @@ impl JsonlSink {
 
     /// Writes the batch's lines and flushes them.
     fn write_lines(&mut self, batch: &[Delivery], stats: &SinkStats) -> std::io::Result<()> {
-        if self.options.output.format == OutputFormat::Raw {
+        if self.options.output.writes_raw_frames() {
             for delivery in batch {
                 self.line.clear();
                 raw_line(

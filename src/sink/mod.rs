@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::decode::{render, Filter, OutputFormat};
 use crate::queue::Delivery;
-use crate::source::frame;
+use crate::source::{frame, EventFamily};
 
 /// Counters of one sink, shared with metrics.
 #[derive(Debug, Default)]
@@ -100,6 +100,8 @@ pub struct OutputOptions {
     pub filter: Filter,
     /// The frame size limit, which bounds decoding.
     pub frame_bytes_max: usize,
+    /// What the events are: decides the field, the rendering and the cursor value.
+    pub family: EventFamily,
 }
 
 impl Default for OutputOptions {
@@ -108,15 +110,48 @@ impl Default for OutputOptions {
             format: OutputFormat::Raw,
             filter: Filter::default(),
             frame_bytes_max: 4 << 20,
+            family: EventFamily::Firehose,
         }
     }
 }
 
 impl OutputOptions {
+    /// True when events are written as their frames (fields `seq`, `type`, `did`,
+    /// `frame`); false when as rendered JSON lines ([`OutputOptions::render_batch`]) in
+    /// field [`OutputOptions::entry_field`].
+    pub fn writes_raw_frames(&self) -> bool {
+        match self.family {
+            EventFamily::Firehose => self.format == OutputFormat::Raw,
+        }
+    }
+
+    /// The field that holds a rendered JSON line in a stream entry (rsky's names).
+    pub fn entry_field(&self) -> &'static str {
+        match self.family {
+            EventFamily::Firehose => "event",
+        }
+    }
+
+    /// The value of the source's cursor key once `batch` is written, or `None` to leave it
+    /// as it is (a batch that moves the source's resume point nowhere).
+    pub fn cursor_value(&self, batch: &[Delivery]) -> Option<String> {
+        match self.family {
+            // The source pushes each frame with its relay seq as the position.
+            EventFamily::Firehose => batch.last().map(|d| d.position.to_string()),
+        }
+    }
+
     /// Renders a batch in a decoded format into `lines` (cleared first). A frame that does
     /// not decode is logged and counted, and skipped: retrying cannot make it decode.
     pub fn render_batch(&self, batch: &[Delivery], stats: &SinkStats, lines: &mut Vec<String>) {
         lines.clear();
+        match self.family {
+            EventFamily::Firehose => self.render_firehose(batch, stats, lines),
+        }
+    }
+
+    /// Renders firehose frames in the decoded format (Jetstream or rsky).
+    fn render_firehose(&self, batch: &[Delivery], stats: &SinkStats, lines: &mut Vec<String>) {
         for delivery in batch {
             let rendered = render(
                 &delivery.payload,

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 
 use super::{now_ms, retry_delay, EventFields, OutputOptions, SinkStats};
-use crate::decode::OutputFormat;
 use crate::queue::Delivery;
 
 /// The Redis sink's settings.
@@ -294,9 +293,7 @@ impl RedisSink {
         let mut c = self.connection().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        // The source pushes each frame with its relay seq as the position.
-        let last_seq = batch.last().map_or(0, |d| d.position);
-        if self.config.output.format == OutputFormat::Raw {
+        if self.config.output.writes_raw_frames() {
             for delivery in batch {
                 let fields = EventFields::of(delivery);
                 pipe.cmd("XADD")
@@ -317,15 +314,17 @@ impl RedisSink {
                 pipe.cmd("XADD")
                     .arg(&self.config.stream)
                     .arg("*")
-                    .arg("event")
+                    .arg(self.config.output.entry_field())
                     .arg(line)
                     .ignore();
             }
         }
-        pipe.cmd("SET")
-            .arg(format!("{}{}", self.config.cursor_key_prefix, self.host))
-            .arg(last_seq)
-            .ignore();
+        if let Some(cursor) = self.config.output.cursor_value(batch) {
+            pipe.cmd("SET")
+                .arg(format!("{}{}", self.config.cursor_key_prefix, self.host))
+                .arg(cursor)
+                .ignore();
+        }
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
         match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut c)).await {
             Ok(Ok(())) => Ok(()),
@@ -345,7 +344,7 @@ impl RedisSink {
         let mut attempt = 0u32;
         let mut last_log: Option<Instant> = None;
         let log_every = Duration::from_millis(self.config.log_interval_ms);
-        if self.config.output.format != OutputFormat::Raw {
+        if !self.config.output.writes_raw_frames() {
             let mut lines = std::mem::take(&mut self.lines);
             self.config.output.render_batch(batch, stats, &mut lines);
             self.lines = lines;

@@ -31,10 +31,28 @@ use tokio::sync::watch;
 use crate::queue::{Event, SpillQueue};
 pub use refetch::{RefetchEnd, RefetchError};
 
+/// What a source's events are, which decides how a sink writes them: the stream or
+/// subject, the field, the rendering and the cursor value (see [`crate::sink::OutputOptions`]).
+///
+/// Each new family adds a variant here and its arms in `OutputOptions`'s methods and in
+/// the configuration's choice of stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum EventFamily {
+    /// Relay firehose frames (`com.atproto.sync.subscribeRepos`): DAG-CBOR frames, the
+    /// position is the relay seq.
+    #[default]
+    Firehose,
+}
+
 /// A source of events with a resumable position (the position each event carries).
 pub trait Source: Send {
     /// The source as logs and metrics name it (`host[:port]` for a relay).
     fn label(&self) -> String;
+
+    /// What its events are (the sink writes each family its own way).
+    fn family(&self) -> EventFamily {
+        EventFamily::Firehose
+    }
 
     /// A name safe in a file name, unique among the configured sources: the queue
     /// directory is `queue-{name}`.
