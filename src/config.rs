@@ -64,6 +64,18 @@ pub struct Config {
     pub redis_high_water_events: u64,
     /// Resume below this XLEN.
     pub redis_low_water_events: u64,
+    /// Entry IDs `<seq>-<n>` from the relay seq, so a retried or replayed batch adds no duplicate.
+    pub redis_idempotent_ids: bool,
+    /// Events per Redis `MULTI`/`EXEC` transaction at most.
+    pub redis_multi_events_max: u64,
+    /// Redis transactions sent before the first reply is read, at most.
+    pub redis_transactions_in_flight_max: u64,
+    /// PEM CA of the Redis server's certificate (`rediss://`; empty: Mozilla's roots).
+    pub redis_tls_ca_file: String,
+    /// PEM client certificate for `rediss://` (empty: none).
+    pub redis_tls_cert_file: String,
+    /// PEM private key of the client certificate (empty: none).
+    pub redis_tls_key_file: String,
     /// `-` for stdout, or a file path.
     pub jsonl_path: String,
     /// Events per sink batch at most.
@@ -112,6 +124,13 @@ impl Default for Config {
             redis_stream: "firehose_live".into(),
             redis_high_water_events: 100_000,
             redis_low_water_events: 50_000,
+            redis_idempotent_ids: false,
+            redis_multi_events_max: crate::sink::redis::MULTI_EVENTS_MAX_DEFAULT as u64,
+            redis_transactions_in_flight_max:
+                crate::sink::redis::TRANSACTIONS_IN_FLIGHT_MAX_DEFAULT as u64,
+            redis_tls_ca_file: String::new(),
+            redis_tls_cert_file: String::new(),
+            redis_tls_key_file: String::new(),
             jsonl_path: "-".into(),
             sink_batch_events_max: 500,
             sink_batch_bytes_max: 4 * 1024 * 1024,
@@ -239,6 +258,25 @@ impl Config {
             &self.redis_stream,
             self.redis_high_water_events,
             self.redis_low_water_events,
+        ))?;
+        component(crate::sink::redis::check_more_keys(
+            &crate::sink::redis::RedisKeyChecks {
+                url: &self.redis_url,
+                idempotent_ids: self.redis_idempotent_ids,
+                // Every relay's events go to `redis_stream` (`redis_stream_for`).
+                stream_writers: if self.sink == "redis" {
+                    self.relays.len()
+                } else {
+                    0
+                },
+                multi_events_max: self.redis_multi_events_max,
+                transactions_in_flight_max: self.redis_transactions_in_flight_max,
+                tls_files: [
+                    &self.redis_tls_ca_file,
+                    &self.redis_tls_cert_file,
+                    &self.redis_tls_key_file,
+                ],
+            },
         ))?;
         if self.sink_batch_events_max == 0 {
             return invalid("sink_batch_events_max", "must be greater than zero".into());
@@ -398,6 +436,15 @@ impl Config {
         config.high_water_events = self.redis_high_water_events;
         config.low_water_events = self.redis_low_water_events;
         config.output = self.output_options(family);
+        config.idempotent_ids = self.redis_idempotent_ids;
+        config.multi_events_max = self.redis_multi_events_max as usize;
+        config.transactions_in_flight_max = self.redis_transactions_in_flight_max as usize;
+        let file = |path: &str| (!path.is_empty()).then(|| std::path::PathBuf::from(path));
+        config.tls = crate::sink::redis::RedisTlsFiles {
+            ca_file: file(&self.redis_tls_ca_file),
+            cert_file: file(&self.redis_tls_cert_file),
+            key_file: file(&self.redis_tls_key_file),
+        };
         config
     }
 }

@@ -141,6 +141,14 @@ impl OutputOptions {
         }
     }
 
+    /// True when an event's queue position is its relay seq, so a sink may derive
+    /// idempotent IDs from it (`redis_idempotent_ids`); false refuses that option.
+    pub fn position_is_seq(&self) -> bool {
+        match self.family {
+            EventFamily::Firehose => true,
+        }
+    }
+
     /// Renders a batch in a decoded format into `lines` (cleared first). A frame that does
     /// not decode is logged and counted, and skipped: retrying cannot make it decode.
     pub fn render_batch(&self, batch: &[Delivery], stats: &SinkStats, lines: &mut Vec<String>) {
