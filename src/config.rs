@@ -126,8 +126,8 @@ impl Default for Config {
             redis_low_water_events: 50_000,
             redis_idempotent_ids: false,
             redis_multi_events_max: crate::sink::redis::MULTI_EVENTS_MAX_DEFAULT as u64,
-            redis_transactions_in_flight_max:
-                crate::sink::redis::TRANSACTIONS_IN_FLIGHT_MAX_DEFAULT as u64,
+            redis_transactions_in_flight_max: crate::sink::redis::TRANSACTIONS_IN_FLIGHT_MAX_DEFAULT
+                as u64,
             redis_tls_ca_file: String::new(),
             redis_tls_cert_file: String::new(),
             redis_tls_key_file: String::new(),

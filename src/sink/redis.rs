@@ -603,7 +603,11 @@ impl RedisSink {
                 .await?;
             if kind != "none" {
                 let info: redis::streams::StreamInfoStreamReply = self
-                    .query(connection, what, redis::cmd("XINFO").arg("STREAM").arg(stream))
+                    .query(
+                        connection,
+                        what,
+                        redis::cmd("XINFO").arg("STREAM").arg(stream),
+                    )
                     .await?;
                 if info.last_generated_id != "0-0" {
                     return Err(self.refused(
@@ -655,7 +659,12 @@ impl RedisSink {
     /// One transaction: an `XADD` per entry of `events` (IDs `<seq>-<n>` when idempotent
     /// and not `time_ids`, else `*`), then the cursor key with its last seq. Replies are
     /// kept per command (`ignore_errors`): only a refused `XADD` fails, the rest applies.
-    fn transaction(&self, batch: &[Delivery], events: Range<usize>, time_ids: bool) -> redis::Pipeline {
+    fn transaction(
+        &self,
+        batch: &[Delivery],
+        events: Range<usize>,
+        time_ids: bool,
+    ) -> redis::Pipeline {
         let seq_ids = self.config.idempotent_ids && !time_ids;
         let id = |seq: u64, n: usize| {
             if seq_ids {
@@ -828,9 +837,11 @@ impl RedisSink {
             return;
         }
         for delivery in batch {
-            self.config
-                .output
-                .render_batch(std::slice::from_ref(delivery), stats, &mut self.rendered);
+            self.config.output.render_batch(
+                std::slice::from_ref(delivery),
+                stats,
+                &mut self.rendered,
+            );
             let start = self.lines.len();
             self.lines.append(&mut self.rendered);
             self.line_ranges.push(start..self.lines.len());
@@ -861,10 +872,7 @@ impl RedisSink {
                 return Ok(false);
             }
             let outcome = match self.wait_below_high_water(stats, stop).await {
-                Ok(true) => {
-                    self.write_window(batch, &mut written, &mut time_ids)
-                        .await
-                }
+                Ok(true) => self.write_window(batch, &mut written, &mut time_ids).await,
                 Ok(false) => return Ok(false),
                 Err(e) => Err(e),
             };
