@@ -127,6 +127,10 @@ async fn a_client_certificate_is_sent_when_the_server_asks_for_one() {
             .contains(&format!("rediss://127.0.0.1:{}", redis.port)),
         "names the server: {error}"
     );
+    assert!(
+        error.to_string().contains("redis_tls_cert_file"),
+        "says which keys to set: {error}"
+    );
     let mut with = sink(&config(&url, &tls.ca, Some(tls)));
     with.check()
         .await

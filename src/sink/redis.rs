@@ -325,6 +325,11 @@ fn describe(error: &redis::RedisError, address: &str) -> String {
             "authentication required by {address}: the server has a password and redis_url gives none (redis://:PASSWORD@host:port)"
         );
     }
+    if text.contains("CertificateRequired") {
+        return format!(
+            "TLS with {address} failed: {text} (the server asks for a client certificate: set redis_tls_cert_file and redis_tls_key_file)"
+        );
+    }
     let lower = text.to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
         return format!(
