@@ -579,6 +579,18 @@ pub struct E2eBenchArgs {
     /// Run the loopback relay in this process instead of its own (a real relay is remote).
     #[arg(long)]
     pub relay_in_process: bool,
+    /// Events per sink batch (`sink_batch_events_max`).
+    #[arg(long, default_value_t = spillway::config::Config::default().sink_batch_events_max)]
+    pub sink_batch_events_max: u64,
+    /// Events per Redis MULTI/EXEC transaction (`redis_multi_events_max`).
+    #[arg(long, default_value_t = spillway::config::Config::default().redis_multi_events_max)]
+    pub redis_multi_events_max: u64,
+    /// Redis transactions in flight (`redis_transactions_in_flight_max`; 1: one at a time).
+    #[arg(long, default_value_t = spillway::config::Config::default().redis_transactions_in_flight_max)]
+    pub redis_transactions_in_flight_max: u64,
+    /// Entry IDs from the relay seq (`redis_idempotent_ids`).
+    #[arg(long)]
+    pub redis_idempotent_ids: bool,
 }
 
 /// Arguments of the hidden relay child of `spillway bench e2e`.
@@ -764,7 +776,14 @@ pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
         peak_rss_bytes: peak_rss,
         mean_bytes,
     } = measure_e2e(args)?;
-    println!("end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {mean_bytes} B), batches of 500 in MULTI/EXEC", args.events);
+    println!(
+        "end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {mean_bytes} B), batches of {} in MULTI/EXEC transactions of {}, {} in flight{}",
+        args.events,
+        args.sink_batch_events_max,
+        args.redis_multi_events_max,
+        args.redis_transactions_in_flight_max,
+        if args.redis_idempotent_ids { ", idempotent IDs" } else { "" }
+    );
     println!("{:<44} {:>12} {:>8}", "", "events/s", "ratio");
     println!(
         "{:<44} {:>12.0} {:>7.2}x",
@@ -826,6 +845,10 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
             redis_url: format!("redis://127.0.0.1:{port}"),
             redis_high_water_events: 0,
             metrics_listen: "127.0.0.1:0".into(),
+            sink_batch_events_max: args.sink_batch_events_max,
+            redis_multi_events_max: args.redis_multi_events_max,
+            redis_transactions_in_flight_max: args.redis_transactions_in_flight_max,
+            redis_idempotent_ids: args.redis_idempotent_ids,
             ..Config::default()
         };
         spillway::bench::rss::reset_peak();
