@@ -221,7 +221,7 @@ pub fn check_more_keys(keys: &RedisKeyChecks<'_>) -> Result<(), (&'static str, S
             return Err((
                 name,
                 format!(
-                    "{value}: TLS files need a rediss:// redis_url, not {}",
+                    "{value}: TLS files need a rediss:// URL, not {}",
                     redact_url(keys.url)
                 ),
             ));
@@ -234,7 +234,11 @@ pub fn check_more_keys(keys: &RedisKeyChecks<'_>) -> Result<(), (&'static str, S
             } else {
                 "redis_tls_key_file"
             },
-            "a client certificate needs both redis_tls_cert_file and redis_tls_key_file".into(),
+            if cert.is_empty() {
+                "a private key needs its client certificate file too".into()
+            } else {
+                "a client certificate needs its private key file too".into()
+            },
         ));
     }
     Ok(())
