@@ -40,6 +40,15 @@
 //! [`redact_url`]). `rediss://` URLs use TLS (rustls), trusting Mozilla's roots or the
 //! CA of `redis_tls_ca_file`, with a client certificate when `redis_tls_cert_file` and
 //! `redis_tls_key_file` name one.
+//!
+//! # Redis Cluster
+//!
+//! A `redis_url` of several comma-separated URLs (`redis://a:7000,redis://b:7001`) is a
+//! Redis Cluster, reached through its seed nodes. A transaction must stay in one hash
+//! slot, so the stream name needs a hash tag (`{firehose_live}`): its cursor and marker
+//! keys (`{firehose_live}:cursor:<host>`) then share its slot. The cluster connection
+//! may redirect and retry requests on its own, which could reorder transactions in
+//! flight, so there they go one at a time (`redis_transactions_in_flight_max` is 1).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -50,6 +59,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use redis::RedisFuture;
 
 use super::{now_ms, retry_delay, EventFields, OutputOptions, SinkStats};
 use crate::queue::Delivery;
@@ -266,21 +276,32 @@ pub fn check_keys(
     if stream.is_empty() {
         return Err(("redis_stream", "must not be empty".into()));
     }
-    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
-        return Err((
-            "redis_url",
-            format!(
-                "{}: {e} (expected redis://[user:password@]host:port[/db])",
-                redact_url(url)
-            ),
-        ));
+    for seed in seed_urls(url) {
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(seed) {
+            return Err((
+                "redis_url",
+                format!(
+                    "{}: {e} (expected redis[s]://[user:password@]host:port[/db], several comma-separated for a Redis Cluster)",
+                    redact_url(seed)
+                ),
+            ));
+        }
     }
     Ok(())
 }
 
 /// `url` with any password replaced by `***` (`redis://user:***@host:port/db`), for
 /// every log line, error and report: the only form of a Redis URL that may be printed.
+/// Each seed of a cluster's comma-separated URLs is redacted on its own.
 pub fn redact_url(url: &str) -> String {
+    seed_urls(url)
+        .into_iter()
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let prefix = if scheme.is_empty() {
         String::new()
@@ -343,6 +364,79 @@ fn describe(error: &redis::RedisError, address: &str) -> String {
     text
 }
 
+/// The seed URLs of a `redis_url`: several, comma-separated, for a Redis Cluster. A comma
+/// only separates where the next URL begins, so a password may hold commas.
+pub fn seed_urls(url: &str) -> Vec<&str> {
+    let mut seeds = Vec::new();
+    let mut rest = url;
+    loop {
+        let next = ["redis://", "rediss://"]
+            .iter()
+            .filter_map(|scheme| rest[1..].find(&format!(",{scheme}")).map(|at| at + 1))
+            .min();
+        match next {
+            Some(at) => {
+                seeds.push(&rest[..at]);
+                rest = &rest[at + 1..];
+            }
+            None => {
+                seeds.push(rest);
+                return seeds;
+            }
+        }
+    }
+}
+
+/// True when the stream name has a hash tag (`{...}` with something inside), so keys
+/// made by appending to it share its cluster slot.
+fn has_hash_tag(stream: &str) -> bool {
+    stream
+        .find('{')
+        .and_then(|open| stream[open + 1..].find('}'))
+        .is_some_and(|length| length > 0)
+}
+
+/// One server, or a Redis Cluster reached through several seed nodes.
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to one server (multiplexed), or to a cluster (routed by slot).
+#[derive(Clone)]
+enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The key that marks a stream as written with seq IDs, holding the relay that writes it.
 fn marker_key(stream: &str) -> String {
     format!("{stream}:idempotent-ids")
@@ -355,8 +449,8 @@ pub struct RedisSink {
     url_redacted: String,
     /// `host:port` of the server.
     address: String,
-    client: redis::Client,
-    connection: Option<MultiplexedConnection>,
+    client: Client,
+    connection: Option<Connection>,
     host: String,
     /// The batch in hand rendered in a decoded format, once, before its first attempt.
     lines: Vec<String>,
@@ -469,8 +563,8 @@ impl RedisSink {
                 ),
             });
         }
-        let client = if config.tls.is_empty() {
-            redis::Client::open(config.url.as_str())
+        let certificates = if config.tls.is_empty() {
+            None
         } else {
             let files = &config.tls;
             let client_tls = match (&files.cert_file, &files.key_file) {
@@ -484,21 +578,60 @@ impl RedisSink {
                 Some(ca) => Some(read_pem(&url_redacted, "redis_tls_ca_file", ca)?),
                 None => None,
             };
-            redis::Client::build_with_tls(
-                config.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls,
-                    root_cert,
-                },
-            )
-        }
-        .map_err(|source| RedisSinkError::Redis {
+            Some(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            })
+        };
+        let url = config.url.clone();
+        let seeds = seed_urls(&url);
+        let parse_error = |source: redis::RedisError| RedisSinkError::Redis {
             url: url_redacted.clone(),
             what: "parsing the URL and TLS files",
             reason: source.to_string(),
             source,
-        })?;
-        let address = client.get_connection_info().addr().to_string();
+        };
+        let mut config = config;
+        let (client, address) = if seeds.len() > 1 {
+            if !has_hash_tag(&config.stream) {
+                return Err(RedisSinkError::Refused {
+                    url: url_redacted,
+                    key: "redis_stream",
+                    reason: format!(
+                        "{:?} has no hash tag: on a Redis Cluster the stream and its cursor key must share a slot for MULTI/EXEC; name it {{{}}}",
+                        config.stream, config.stream
+                    ),
+                });
+            }
+            // The cluster connection may redirect and retry on its own: keep order by
+            // sending one transaction at a time.
+            config.transactions_in_flight_max = 1;
+            let mut builder = redis::cluster::ClusterClient::builder(seeds.iter().copied())
+                .connection_timeout(Duration::from_millis(config.command_timeout_ms))
+                .response_timeout(Duration::from_millis(config.command_timeout_ms));
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(parse_error)?;
+            let address = seeds
+                .iter()
+                .map(|seed| {
+                    redis::IntoConnectionInfo::into_connection_info(*seed)
+                        .map(|info| info.addr().to_string())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            (Client::Cluster(client), address)
+        } else {
+            let client = match certificates {
+                None => redis::Client::open(url.as_str()),
+                Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates),
+            }
+            .map_err(parse_error)?;
+            let address = client.get_connection_info().addr().to_string();
+            (Client::Single(client), address)
+        };
         Ok(RedisSink {
             config,
             url_redacted,
@@ -546,13 +679,23 @@ impl RedisSink {
         self.connection().await.map(drop)
     }
 
-    async fn connection(&mut self) -> Result<MultiplexedConnection, RedisSinkError> {
+    async fn connection(&mut self) -> Result<Connection, RedisSinkError> {
         if let Some(c) = &self.connection {
             return Ok(c.clone());
         }
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
-        let connected =
-            tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection()).await;
+        let connected = match &self.client {
+            Client::Single(client) => {
+                tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
+                    .await
+                    .map(|c| c.map(Connection::Single))
+            }
+            Client::Cluster(client) => {
+                tokio::time::timeout(timeout, client.get_async_connection())
+                    .await
+                    .map(|c| c.map(Connection::Cluster))
+            }
+        };
         let mut connection = match connected {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(self.redis_error("connecting", e)),
@@ -570,7 +713,7 @@ impl RedisSink {
 
     async fn query<T: redis::FromRedisValue>(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
         what: &'static str,
         command: &redis::Cmd,
     ) -> Result<T, RedisSinkError> {
@@ -587,7 +730,7 @@ impl RedisSink {
     /// written. The marker key says which relay writes the stream with seq IDs.
     async fn check_stream_ids(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
     ) -> Result<(), RedisSinkError> {
         let stream = &self.config.stream;
         let marker = marker_key(stream);
@@ -995,6 +1138,10 @@ mod tests {
                 "rediss://app:***@host:6380",
             ),
             ("redis://s3cret@host:6379", "redis://***@host:6379"),
+            (
+                "redis://app:s3,cret@a:7000,rediss://app:s3cret@b:7001",
+                "redis://app:***@a:7000,rediss://app:***@b:7001",
+            ),
             (
                 "redis+unix:///run/redis.sock?db=1&pass=s3cret",
                 "redis+unix:///run/redis.sock?db=1&pass=***",
