@@ -280,6 +280,7 @@ impl Config {
         component(crate::sink::redis::check_more_keys(
             &crate::sink::redis::RedisKeyChecks {
                 url: &self.redis_url,
+                stream: &self.redis_stream,
                 idempotent_ids: self.redis_idempotent_ids,
                 // Every relay's events go to `redis_stream` (`redis_stream_for`).
                 stream_writers: if self.sink == "redis" {

@@ -222,7 +222,14 @@ fn unsafe_or_inconsistent_settings_are_refused_at_load_naming_the_key() {
                 .map(|(k, v)| (format!("SPILLWAY_{k}"), (*v).to_string())),
         )
     };
-    let cases: [(&[(&str, &str)], &str); 6] = [
+    let cases: [(&[(&str, &str)], &str); 7] = [
+        (
+            &[(
+                "REDIS_URL",
+                "redis://app:s3cret@a:7000,redis://app:s3cret@b:7001",
+            )],
+            "redis_stream",
+        ),
         (
             &[
                 ("REDIS_IDEMPOTENT_IDS", "true"),

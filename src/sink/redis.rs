@@ -173,6 +173,8 @@ pub const CONFIG_HELP: &str = "  redis_url = \"redis://127.0.0.1:6379\"  redis[s
 pub struct RedisKeyChecks<'a> {
     /// `redis_url`.
     pub url: &'a str,
+    /// `redis_stream`.
+    pub stream: &'a str,
     /// `redis_idempotent_ids`.
     pub idempotent_ids: bool,
     /// How many sources write the stream (`relays` into `redis_stream`).
@@ -208,6 +210,15 @@ pub fn check_more_keys(keys: &RedisKeyChecks<'_>) -> Result<(), (&'static str, S
             format!(
                 "{} is not in 1..={TRANSACTIONS_IN_FLIGHT_MAX_LIMIT}",
                 keys.transactions_in_flight_max
+            ),
+        ));
+    }
+    if seed_urls(keys.url).len() > 1 && !has_hash_tag(keys.stream) {
+        return Err((
+            "redis_stream",
+            format!(
+                "{:?} has no hash tag: on a Redis Cluster (several URLs) the stream and its cursor key must share a slot for MULTI/EXEC; name it {{{}}}",
+                keys.stream, keys.stream
             ),
         ));
     }
@@ -690,11 +701,9 @@ impl RedisSink {
                     .await
                     .map(|c| c.map(Connection::Single))
             }
-            Client::Cluster(client) => {
-                tokio::time::timeout(timeout, client.get_async_connection())
-                    .await
-                    .map(|c| c.map(Connection::Cluster))
-            }
+            Client::Cluster(client) => tokio::time::timeout(timeout, client.get_async_connection())
+                .await
+                .map(|c| c.map(Connection::Cluster)),
         };
         let mut connection = match connected {
             Ok(Ok(c)) => c,
@@ -728,10 +737,7 @@ impl RedisSink {
     /// Seq IDs and time IDs must not meet in one stream: time IDs (milliseconds since
     /// 1970) sit above every seq, so a seq writer would take each event as already
     /// written. The marker key says which relay writes the stream with seq IDs.
-    async fn check_stream_ids(
-        &self,
-        connection: &mut Connection,
-    ) -> Result<(), RedisSinkError> {
+    async fn check_stream_ids(&self, connection: &mut Connection) -> Result<(), RedisSinkError> {
         let stream = &self.config.stream;
         let marker = marker_key(stream);
         let what = "checking the stream's IDs";
