@@ -408,6 +408,8 @@ fn has_hash_tag(stream: &str) -> bool {
 }
 
 /// One server, or a Redis Cluster reached through several seed nodes.
+// One per sink, made once: the size of the larger variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 enum Client {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
