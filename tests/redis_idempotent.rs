@@ -422,3 +422,61 @@ async fn killed_binary_with_idempotent_ids_writes_every_seq_once() {
         "every seq exactly once"
     );
 }
+
+/// `count` deliveries with positions `1..=count`, the fixture's frames cycled as payloads.
+fn numbered(count: u64) -> Vec<Delivery> {
+    let frames = deliveries(150);
+    (1..=count)
+        .map(|position| Delivery {
+            seq: position,
+            position,
+            pushed_at_us: 0,
+            payload: frames[(position % 150) as usize].payload.clone(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_frozen_mid_window_leaves_every_event_once_in_order_after_the_retries() {
+    let redis = RedisServer::start();
+    let mut config = sink_config(&redis, true);
+    config.multi_events_max = 10;
+    config.transactions_in_flight_max = 4;
+    config.command_timeout_ms = 200;
+    config.retry_delay_max_ms = 100;
+    let mut sink = RedisSink::new(config, HOST).expect("sink");
+    let events = numbered(6_000);
+    let pid = redis.pid() as libc::pid_t;
+    let freezer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // SAFETY: signals to the redis-server child this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    });
+    let stats = SinkStats::default();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    // Batches of 100 new events, each sent with the 50 before it again (a replay).
+    for start in (0..events.len()).step_by(100) {
+        let batch = &events[start.saturating_sub(50)..(start + 100).min(events.len())];
+        assert!(sink.write(batch, &stats, &stop).await.expect("not refused"));
+    }
+    freezer.await.expect("freezer");
+    let ids: Vec<String> = {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(STREAM)
+            .arg("-")
+            .arg("+")
+            .query(&mut redis.connection())
+            .expect("XRANGE");
+        reply.ids.into_iter().map(|entry| entry.id).collect()
+    };
+    let expected: Vec<String> = (1..=6_000u64).map(|p| format!("{p}-0")).collect();
+    println!(
+        "{} entries after {} failed attempts",
+        ids.len(),
+        stats.failures_total.load(Ordering::Relaxed)
+    );
+    assert_eq!(ids.len(), expected.len(), "every event once");
+    assert_eq!(ids, expected, "in order");
+}
