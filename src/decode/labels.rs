@@ -268,7 +268,10 @@ mod tests {
                     C::A(vec![
                         label(vec![]),
                         label(vec![
-                            ("cid", C::T("bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5kpqcsgz7soqv4")),
+                            (
+                                "cid",
+                                C::T("bafyreib2rxk3rybk3aobmv5cjuql3bm2twh4jo5uxgf5kpqcsgz7soqv4"),
+                            ),
                             ("neg", C::B(true)),
                             ("exp", C::T("2025-01-01T00:00:00Z")),
                         ]),
@@ -304,11 +307,23 @@ mod tests {
             ("2024-01-02T03:04:05Z", "2024-01-02 03:04:05 UTC"),
             ("2024-01-02T03:04:05.100Z", "2024-01-02 03:04:05.100 UTC"),
             ("2024-01-02T03:04:05.1Z", "2024-01-02 03:04:05.100 UTC"),
-            ("2024-01-02T03:04:05.123456Z", "2024-01-02 03:04:05.123456 UTC"),
-            ("2024-01-02T03:04:05.1234Z", "2024-01-02 03:04:05.123400 UTC"),
-            ("2024-01-02T03:04:05.123456789Z", "2024-01-02 03:04:05.123456789 UTC"),
+            (
+                "2024-01-02T03:04:05.123456Z",
+                "2024-01-02 03:04:05.123456 UTC",
+            ),
+            (
+                "2024-01-02T03:04:05.1234Z",
+                "2024-01-02 03:04:05.123400 UTC",
+            ),
+            (
+                "2024-01-02T03:04:05.123456789Z",
+                "2024-01-02 03:04:05.123456789 UTC",
+            ),
             ("2024-01-02T03:04:05.000Z", "2024-01-02 03:04:05 UTC"),
-            ("2024-01-02T03:04:05.500+02:00", "2024-01-02 01:04:05.500 UTC"),
+            (
+                "2024-01-02T03:04:05.500+02:00",
+                "2024-01-02 01:04:05.500 UTC",
+            ),
             ("2024-01-01T00:30:00-01:00", "2024-01-01 01:30:00 UTC"),
             ("2024-01-02 03:04:05z", "2024-01-02 03:04:05 UTC"),
         ] {
@@ -338,10 +353,7 @@ mod tests {
 
     #[test]
     fn other_frames_write_nothing_and_broken_ones_name_the_field() {
-        let info = frame(
-            "#info",
-            C::M(vec![("name", C::T("OutdatedCursor"))]),
-        );
+        let info = frame("#info", C::M(vec![("name", C::T("OutdatedCursor"))]));
         assert_eq!(render(&info), Ok(None));
         let error = crate::source::frame::encode_error_frame("FutureCursor", "no");
         assert_eq!(render(&error), Ok(None));
@@ -383,10 +395,16 @@ mod tests {
                 ("labels", C::A(vec![C::M(vec![("uri", C::T("at://x"))])])),
             ]),
         );
-        assert!(render(&no_src).expect_err("src").to_string().contains("src is missing"));
+        assert!(render(&no_src)
+            .expect_err("src")
+            .to_string()
+            .contains("src is missing"));
         let mut truncated = frame(
             "#labels",
-            C::M(vec![("seq", C::U(1)), ("labels", C::A(vec![label(vec![])]))]),
+            C::M(vec![
+                ("seq", C::U(1)),
+                ("labels", C::A(vec![label(vec![])])),
+            ]),
         );
         truncated.truncate(truncated.len() - 5);
         assert!(matches!(
@@ -415,7 +433,9 @@ mod tests {
         );
         assert_eq!(
             render(&bytes).expect("renders").as_deref(),
-            Some(r#"{"seq":3,"labels":[{"src":"did:plc:x","uri":"at://did:plc:x","cid":null,"val":"!hide","neg":null,"cts":"2024-01-02 03:04:05 UTC"}]}"#)
+            Some(
+                r#"{"seq":3,"labels":[{"src":"did:plc:x","uri":"at://did:plc:x","cid":null,"val":"!hide","neg":null,"cts":"2024-01-02 03:04:05 UTC"}]}"#
+            )
         );
     }
 }

@@ -301,7 +301,11 @@ mod tests {
         let relay = RelayId::of_url("ws://127.0.0.1:8443/xrpc/com.atproto.sync.subscribeRepos");
         assert_ne!(relay.file_name(), id.file_name());
         let odd = labels("wss://mod.example/labels/xrpc/com.atproto.label.subscribeLabels");
-        assert!(odd.file_name().starts_with("labels-mod.example_labels-"), "{}", odd.file_name());
+        assert!(
+            odd.file_name().starts_with("labels-mod.example_labels-"),
+            "{}",
+            odd.file_name()
+        );
     }
 
     #[test]

@@ -140,8 +140,7 @@ mod tests {
         assert_eq!(key, "labelers");
         assert!(reason.contains("https://mod.example"), "{reason}");
         let twice = "wss://mod.example/xrpc/com.atproto.label.subscribeLabels".to_string();
-        let (key, reason) =
-            check_labelers(&[twice.clone(), twice]).expect_err("two share a queue");
+        let (key, reason) = check_labelers(&[twice.clone(), twice]).expect_err("two share a queue");
         assert_eq!(key, "labelers");
         assert!(reason.contains("queue-labels-mod.example"), "{reason}");
     }

@@ -151,11 +151,7 @@ impl LoopbackRelay {
 
     /// The `ws://` URL of its `subscribeLabels` endpoint (for a relay serving `#labels` frames).
     pub fn labels_url(&self) -> String {
-        format!(
-            "ws://{}{}",
-            self.addr,
-            super::cursor::LABELS_PATH
-        )
+        format!("ws://{}{}", self.addr, super::cursor::LABELS_PATH)
     }
 
     /// The address it listens on.
