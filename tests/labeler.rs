@@ -383,6 +383,26 @@ async fn every_label_arrives_in_label_live_as_rsky_writes_it_through_backpressur
         shown.contains(&format!("cursor-{name}: {LABEL_FRAMES}")),
         "inspect shows the labeler's durable cursor:\n{shown}"
     );
+
+    // A restart resumes after the last label, from the cursor file.
+    drop(queue);
+    let pipeline = Pipeline::start(&config, 0).expect("pipeline again");
+    let stop = pipeline.stopper();
+    let running = tokio::spawn(pipeline.join());
+    let waited = Instant::now();
+    while labeler.stats().connections.load(Ordering::Relaxed) < 2 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "never reconnected after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        labeler.stats().last_cursor.load(Ordering::Relaxed),
+        LABEL_FRAMES
+    );
+    let _ = stop.send(true);
+    running.await.expect("join").expect("pipeline ends cleanly");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,4 +507,35 @@ async fn a_malformed_frame_is_named_in_the_log_and_loses_nothing() {
     assert!(named[1].contains("after_seq=Some(149)"), "{}", named[1]);
     let _ = stop.send(true);
     running.await.expect("join").expect("pipeline ends cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_range_of_labels_is_fetched_again_from_the_labeler() {
+    use spillway::source::labeler::{labeler_config, LabelerSource};
+    use spillway::source::{RefetchEnd, Source};
+    let (frames, expected) = label_frames(40);
+    let labeler = start_labeler(frames, Vec::new()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = LabelerSource::new(labeler_config(labeler.labels_url()), dir.path());
+    let refetcher = source
+        .refetcher()
+        .expect("a labeler takes a cursor, so it can refetch");
+    let mut range = refetcher.fetch(10, 21).await.expect("connects");
+    let mut events = Vec::new();
+    while let Some(batch) = range.next_batch().await.expect("reads") {
+        events.extend(batch);
+    }
+    assert_eq!(range.end(), RefetchEnd::Complete);
+    let seqs: Vec<u64> = events.iter().map(|e| e.position).collect();
+    assert_eq!(
+        seqs,
+        (11..=20).collect::<Vec<u64>>(),
+        "exactly the lost range"
+    );
+    for event in &events {
+        let line = spillway::decode::labels::render_rsky(&event.payload, 1 << 20)
+            .expect("renders")
+            .expect("a #labels frame");
+        assert_eq!(line, expected[event.position as usize - 1]);
+    }
 }
