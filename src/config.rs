@@ -247,6 +247,13 @@ impl Config {
         };
         component(crate::source::firehose::check_relays(&self.relays))?;
         component(crate::source::labeler::check_labelers(&self.labelers))?;
+        if self.queue_count() == 0 {
+            return invalid(
+                "relays",
+                "no source to run: at least one relay (or labeler, key labelers) URL is needed"
+                    .into(),
+            );
+        }
         if self.redis_label_stream.is_empty() {
             return invalid("redis_label_stream", "must not be empty".into());
         }

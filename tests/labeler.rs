@@ -539,3 +539,72 @@ async fn a_lost_range_of_labels_is_fetched_again_from_the_labeler() {
         assert_eq!(line, expected[event.position as usize - 1]);
     }
 }
+
+#[test]
+fn a_labeler_alone_is_a_configuration_and_no_source_is_refused() {
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // What the rsky ingester's INGESTER_MODE=labeler with INGESTER_LABELER_HOSTS=mod.bsky.app maps to.
+    let config = Config::load(
+        None,
+        env(&[
+            ("SPILLWAY_RELAYS", "[]"),
+            (
+                "SPILLWAY_LABELERS",
+                "[\"wss://mod.bsky.app/xrpc/com.atproto.label.subscribeLabels\"]",
+            ),
+        ]),
+    )
+    .expect("a labeler alone is a configuration");
+    assert!(config.relays.is_empty());
+    assert_eq!(
+        config.labelers,
+        ["wss://mod.bsky.app/xrpc/com.atproto.label.subscribeLabels"]
+    );
+    assert_eq!(
+        config.queue_count(),
+        1,
+        "the budgets go to the labeler's queue"
+    );
+    let sources = spillway::pipeline::kinds::sources(&config);
+    assert_eq!(sources.len(), 1);
+    assert_eq!(
+        sources[0].label(),
+        "mod.bsky.app",
+        "the host of its label_live:cursor: key"
+    );
+    let error = Config::load(None, env(&[("SPILLWAY_RELAYS", "[]")]))
+        .expect_err("no source")
+        .to_string();
+    assert!(
+        error.contains("relays") && error.contains("no source"),
+        "{error}"
+    );
+    let error = Config::load(
+        None,
+        env(&[("SPILLWAY_LABELERS", "[\"https://mod.bsky.app\"]")]),
+    )
+    .expect_err("not a ws URL")
+    .to_string();
+    assert!(
+        error.contains("labelers") && error.contains("https://mod.bsky.app"),
+        "{error}"
+    );
+    let error = Config::load(
+        None,
+        env(&[
+            (
+                "SPILLWAY_LABELERS",
+                "[\"wss://mod.bsky.app/xrpc/com.atproto.label.subscribeLabels\"]",
+            ),
+            ("SPILLWAY_REDIS_LABEL_STREAM", "firehose_live"),
+        ]),
+    )
+    .expect_err("one stream for both")
+    .to_string();
+    assert!(error.contains("redis_label_stream"), "{error}");
+}

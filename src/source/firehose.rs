@@ -123,15 +123,13 @@ pub const CONFIG_HELP: &str = "  relays = [\"wss://bsky.network/xrpc/com.atproto
   start_cursor = <seq>                  resume here instead of the saved cursor (default: saved, else live)
 ";
 
-/// Checks the `relays` key: at least one, each a `ws://` or `wss://` URL, no two sharing a
-/// queue directory (each relay owns one, and a cursor file, named after it).
+/// Checks the `relays` key: each a `ws://` or `wss://` URL, no two sharing a queue
+/// directory (each relay owns one, and a cursor file, named after it). None is fine here
+/// when another source runs (a labeler alone): the configuration asks for at least one source.
 ///
 /// # Errors
 /// The key and why, for the configuration to report.
 pub fn check_relays(urls: &[String]) -> Result<(), (&'static str, String)> {
-    if urls.is_empty() {
-        return Err(("relays", "at least one relay URL is needed".into()));
-    }
     let mut names = std::collections::BTreeMap::new();
     for url in urls {
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
