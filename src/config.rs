@@ -250,8 +250,7 @@ impl Config {
         if self.queue_count() == 0 {
             return invalid(
                 "relays",
-                "no source to run: at least one relay (or labeler, key labelers) URL is needed"
-                    .into(),
+                "no source to run: at least one relay or labeler URL is needed".into(),
             );
         }
         if self.redis_label_stream.is_empty() {
