@@ -27,7 +27,7 @@ use crate::queue::SpillQueue;
 
 /// Its lines of `spillway run --help`: the keys of the labeler source.
 pub const CONFIG_HELP: &str = "  labelers = []                         wss://HOST/xrpc/com.atproto.label.subscribeLabels, one source + queue each (queue-labels-<host>)
-  redis_label_stream = \"label_live\"    labels' stream (field `labels`, rsky's JSON unless raw); cursor key <stream>:cursor:<host>
+  redis_label_stream = \"label_live\"     labels' stream (field `labels`, rsky's JSON unless raw); cursor key <stream>:cursor:<host>
 ";
 
 /// The settings of the labeler at `url`: the relay client's defaults, reading labels, from
