@@ -307,9 +307,10 @@ impl Config {
                 url: &self.redis_url,
                 stream: &self.redis_stream,
                 idempotent_ids: self.redis_idempotent_ids,
-                // Every relay's events go to `redis_stream` (`redis_stream_for`).
+                // Every relay's events go to `redis_stream`, every labeler's to
+                // `redis_label_stream` (`redis_stream_for`; the two streams differ).
                 stream_writers: if self.sink == "redis" {
-                    self.relays.len()
+                    self.relays.len().max(self.labelers.len())
                 } else {
                     0
                 },

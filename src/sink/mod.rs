@@ -151,6 +151,8 @@ impl OutputOptions {
     pub fn position_is_seq(&self) -> bool {
         match self.family {
             EventFamily::Firehose => true,
+            // The labeler source pushes each frame with its label seq (from 1) as the position.
+            EventFamily::Labels => true,
         }
     }
 

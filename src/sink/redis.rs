@@ -226,7 +226,7 @@ pub fn check_more_keys(keys: &RedisKeyChecks<'_>) -> Result<(), (&'static str, S
         return Err((
             "redis_idempotent_ids",
             format!(
-                "{} relays would write one redis_stream with seq-derived IDs, and their seqs would collide or interleave (an entry of one refused as already written by another): run one relay per spillway with its own redis_stream, or turn redis_idempotent_ids off",
+                "{} sources (relays, or labelers) would write one stream with seq-derived IDs, and their seqs would collide or interleave (an entry of one refused as already written by another): run one source per spillway with its own stream, or turn it off",
                 keys.stream_writers
             ),
         ));
