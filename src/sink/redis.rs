@@ -153,7 +153,8 @@ pub const TRANSACTIONS_IN_FLIGHT_MAX_LIMIT: u64 = 64;
 const ID_NOT_ABOVE_TOP: &str = "equal or smaller than the target stream top item";
 
 /// Its lines of `spillway run --help`: the keys of the Redis sink.
-pub const CONFIG_HELP: &str = "  redis_url = \"redis://127.0.0.1:6379\"  redis[s]://[user:]PASSWORD@host:port/db (rediss: TLS); printed as redis://user:***@...
+pub const CONFIG_HELP: &str = "  redis_url = \"redis://127.0.0.1:6379\"  redis[s]://[user:]PASSWORD@host:port/db (rediss: TLS); printed as redis://user:***@...;
+                                        several comma-separated: a Redis Cluster (redis_stream then needs a {hash tag})
   redis_stream = \"firehose_live\"       cursor key: <stream>:cursor:<host>
   redis_high_water_events = 100000      pause writing at this XLEN (0: never)
   redis_low_water_events = 50000        resume below it
