@@ -116,7 +116,7 @@ struct Drained {
 async fn drain(data: &Path, relay_url: String, out: &Path, expected: u64) -> Drained {
     let pipeline = Pipeline::start(&draining_config(data, relay_url, out), 0).expect("pipeline");
     let addr = pipeline.metrics_addr.expect("metrics address");
-    let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
+    let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sinks[0].stats.clone());
     let running = tokio::spawn(pipeline.join());
     wait_for("every deliverable seq in the file", || {
         common::jsonl_seqs(out)
@@ -198,8 +198,8 @@ async fn a_damaged_chunk_in_a_sealed_segment_is_fetched_again_from_the_relay_in_
     let out = dir.path().join("out.jsonl");
     let drained = drain(&data, relay.url(), &out, TOTAL).await;
     assert_every_seq_once_in_order(&drained.seqs, BASE_SEQ..BASE_SEQ + TOTAL);
-    let damaged = drained.sink.damaged_events_total.load(Ordering::Relaxed);
-    let refetched = drained.sink.refetched_events_total.load(Ordering::Relaxed);
+    let damaged = drained.sinks[0].stats.damaged_events_total.load(Ordering::Relaxed);
+    let refetched = drained.sinks[0].stats.refetched_events_total.load(Ordering::Relaxed);
     assert!(damaged > 0, "the damaged chunk was met");
     assert_eq!(
         refetched, damaged,
@@ -240,13 +240,13 @@ async fn an_active_segment_cut_below_its_synced_end_is_fetched_again_not_dropped
     let out = dir.path().join("out.jsonl");
     let drained = drain(&data, relay.url(), &out, TOTAL).await;
     assert_every_seq_once_in_order(&drained.seqs, BASE_SEQ..BASE_SEQ + TOTAL);
-    let damaged = drained.sink.damaged_events_total.load(Ordering::Relaxed);
+    let damaged = drained.sinks[0].stats.damaged_events_total.load(Ordering::Relaxed);
     assert!(
         damaged > 0,
         "the cut was reported as lost records, not a torn tail"
     );
     assert_eq!(
-        drained.sink.refetched_events_total.load(Ordering::Relaxed),
+        drained.sinks[0].stats.refetched_events_total.load(Ordering::Relaxed),
         damaged
     );
 }
@@ -278,7 +278,7 @@ async fn a_damaged_range_the_relay_no_longer_holds_is_counted_lost_and_health_sa
     let pipeline =
         Pipeline::start(&draining_config(&data, relay.url(), &out), 0).expect("pipeline");
     let metrics_addr = pipeline.metrics_addr.expect("metrics address");
-    let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
+    let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sinks[0].stats.clone());
     let running = tokio::spawn(pipeline.join());
     wait_for("the loss counted and the last seq out", || {
         sink.lost_outside_window_total.load(Ordering::Relaxed) > 0
@@ -370,7 +370,7 @@ async fn a_removed_or_truncated_manifest_is_rebuilt_from_the_segments_and_nothin
         let drained = drain(&data, relay.url(), &out, TOTAL).await;
         assert_every_seq_once_in_order(&drained.seqs, BASE_SEQ..BASE_SEQ + TOTAL);
         assert_eq!(
-            drained.sink.damaged_events_total.load(Ordering::Relaxed),
+            drained.sinks[0].stats.damaged_events_total.load(Ordering::Relaxed),
             0,
             "manifest {damage}: every record was kept"
         );

@@ -25,7 +25,16 @@ impl SpillQueue {
         })
     }
 
+    /// The names of every consumer the queue keeps a position for (attached or not), sorted.
+    pub fn consumer_names(&self) -> Vec<String> {
+        self.core.lock().cursors.keys().cloned().collect()
+    }
+
     /// Forgets a consumer (detached) so it no longer holds back reclaim.
+    ///
+    /// # Errors
+    /// [`QueueError::ConsumerBusy`] while a handle is attached, or a storage error
+    /// removing its saved position.
     pub fn remove_consumer(&self, name: &str) -> Result<(), QueueError> {
         let mut state = self.core.lock();
         if state.cursors.get(name).is_some_and(|c| c.attached) {
