@@ -243,7 +243,10 @@ impl Config {
         let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
         let expected = SINK_KINDS.join(", ");
         if !SINK_KINDS.contains(&self.sink.as_str()) {
-            return invalid("sink", format!("{:?}: expected one of {expected}", self.sink));
+            return invalid(
+                "sink",
+                format!("{:?}: expected one of {expected}", self.sink),
+            );
         }
         for (index, kind) in self.sinks.iter().enumerate() {
             if !SINK_KINDS.contains(&kind.as_str()) {

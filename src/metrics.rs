@@ -384,7 +384,10 @@ impl Collector for LaneCollector {
         for (name, help, source) in FAMILIES {
             let counter = matches!(
                 source,
-                Source::Counter(_) | Source::Reasons(_) | Source::SinkCounter(_) | Source::SinkReasons(_)
+                Source::Counter(_)
+                    | Source::Reasons(_)
+                    | Source::SinkCounter(_)
+                    | Source::SinkReasons(_)
             );
             let (family, kind) = if counter {
                 // The encoder appends `_total` to a counter's name itself.
@@ -439,7 +442,8 @@ impl Collector for LaneCollector {
                     Source::SinkReasons(f) => {
                         for sink in &lane.sinks {
                             for (reason, value) in f(&sink.stats) {
-                                let labels = [host, ("sink", sink.kind.as_str()), ("reason", reason)];
+                                let labels =
+                                    [host, ("sink", sink.kind.as_str()), ("reason", reason)];
                                 metric
                                     .encode_family(&labels)?
                                     .encode_counter::<NoLabelSet, _, u64>(&value, None)?;

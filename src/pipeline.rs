@@ -45,9 +45,9 @@ pub enum PipelineError {
         host: String,
         /// The sink's kind.
         kind: String,
-        /// Why.
+        /// Why (boxed: the error stays small on the happy path).
         #[source]
-        source: SinkError,
+        source: Box<SinkError>,
     },
     /// The sink of `kind` for `host` could not attach to, read from or ack to its queue.
     #[error("the {kind} sink of {host}: {doing}: {source}")]
@@ -60,7 +60,7 @@ pub enum PipelineError {
         doing: &'static str,
         /// The queue's error.
         #[source]
-        source: QueueError,
+        source: Box<QueueError>,
     },
     /// A task panicked.
     #[error("a pipeline task panicked: {0}")]
@@ -127,7 +127,7 @@ impl Pipeline {
                 |(kind, source)| PipelineError::Sink {
                     host: host.clone(),
                     kind,
-                    source,
+                    source: Box::new(source),
                 },
             )?;
             let kind_names: Vec<&str> = sinks.iter().map(|(kind, _)| kind.as_str()).collect();
@@ -139,8 +139,8 @@ impl Pipeline {
                 |(consumer, source)| PipelineError::Consumer {
                     host: host.clone(),
                     kind: consumer,
-                    doing: "attaching its consumer",
-                    source,
+                    doing: "attaching or removing queue consumers (the kind is the consumer named)",
+                    source: Box::new(source),
                 },
             )?;
             let mut lane_sinks = Vec::new();

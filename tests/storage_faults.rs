@@ -198,8 +198,8 @@ async fn a_damaged_chunk_in_a_sealed_segment_is_fetched_again_from_the_relay_in_
     let out = dir.path().join("out.jsonl");
     let drained = drain(&data, relay.url(), &out, TOTAL).await;
     assert_every_seq_once_in_order(&drained.seqs, BASE_SEQ..BASE_SEQ + TOTAL);
-    let damaged = drained.sinks[0].stats.damaged_events_total.load(Ordering::Relaxed);
-    let refetched = drained.sinks[0].stats.refetched_events_total.load(Ordering::Relaxed);
+    let damaged = drained.sink.damaged_events_total.load(Ordering::Relaxed);
+    let refetched = drained.sink.refetched_events_total.load(Ordering::Relaxed);
     assert!(damaged > 0, "the damaged chunk was met");
     assert_eq!(
         refetched, damaged,
@@ -240,13 +240,13 @@ async fn an_active_segment_cut_below_its_synced_end_is_fetched_again_not_dropped
     let out = dir.path().join("out.jsonl");
     let drained = drain(&data, relay.url(), &out, TOTAL).await;
     assert_every_seq_once_in_order(&drained.seqs, BASE_SEQ..BASE_SEQ + TOTAL);
-    let damaged = drained.sinks[0].stats.damaged_events_total.load(Ordering::Relaxed);
+    let damaged = drained.sink.damaged_events_total.load(Ordering::Relaxed);
     assert!(
         damaged > 0,
         "the cut was reported as lost records, not a torn tail"
     );
     assert_eq!(
-        drained.sinks[0].stats.refetched_events_total.load(Ordering::Relaxed),
+        drained.sink.refetched_events_total.load(Ordering::Relaxed),
         damaged
     );
 }
@@ -370,7 +370,7 @@ async fn a_removed_or_truncated_manifest_is_rebuilt_from_the_segments_and_nothin
         let drained = drain(&data, relay.url(), &out, TOTAL).await;
         assert_every_seq_once_in_order(&drained.seqs, BASE_SEQ..BASE_SEQ + TOTAL);
         assert_eq!(
-            drained.sinks[0].stats.damaged_events_total.load(Ordering::Relaxed),
+            drained.sink.damaged_events_total.load(Ordering::Relaxed),
             0,
             "manifest {damage}: every record was kept"
         );

@@ -25,6 +25,9 @@ pub fn sources(config: &Config) -> Vec<Box<dyn Source>> {
         .collect()
 }
 
+/// A sink with its kind (`redis`, `jsonl`).
+pub type KindedSink = (String, Box<dyn Sink>);
+
 /// The configured sinks (`sinks`, else `sink`) for the events of source `host`, each
 /// with its kind, in the configured order; see [`sink`].
 ///
@@ -35,7 +38,7 @@ pub fn sinks(
     host: &str,
     family: EventFamily,
     events_per_sec_max: u64,
-) -> Result<Vec<(String, Box<dyn Sink>)>, (String, SinkError)> {
+) -> Result<Vec<KindedSink>, (String, SinkError)> {
     config
         .sink_kinds()
         .into_iter()
@@ -67,7 +70,11 @@ pub fn sink(
         other => {
             return Err(SinkError::Other {
                 kind: "unknown",
-                source: format!("no sink kind {other:?} (known: {:?})", crate::config::SINK_KINDS).into(),
+                source: format!(
+                    "no sink kind {other:?} (known: {:?})",
+                    crate::config::SINK_KINDS
+                )
+                .into(),
             })
         }
     })

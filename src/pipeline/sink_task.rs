@@ -117,7 +117,7 @@ impl SinkTask {
                     return Err(PipelineError::Sink {
                         host: self.host.clone(),
                         kind: self.kind.clone(),
-                        source,
+                        source: Box::new(source),
                     })
                 }
             }
@@ -131,7 +131,7 @@ impl SinkTask {
             host: self.host.clone(),
             kind: self.kind.clone(),
             doing,
-            source,
+            source: Box::new(source),
         }
     }
 }
@@ -442,11 +442,20 @@ mod tests {
         for consumer in &mut both {
             let read = consumer.next_batch(100, 1 << 20).await.expect("read");
             let positions: Vec<u64> = read.iter().map(|d| d.position).collect();
-            assert_eq!(positions, (5..=10).collect::<Vec<_>>(), "{}", consumer.name());
+            assert_eq!(
+                positions,
+                (5..=10).collect::<Vec<_>>(),
+                "{}",
+                consumer.name()
+            );
         }
         // `jsonl` acks everything, `redis` nothing: redis alone holds the events.
         both[1].ack(9).expect("ack");
-        assert_eq!(queue.stats().memory_events, 6, "redis has acked none of them");
+        assert_eq!(
+            queue.stats().memory_events,
+            6,
+            "redis has acked none of them"
+        );
         drop(both);
 
         // Back to redis alone (consumer `sink`): jsonl's and redis's positions go away.
