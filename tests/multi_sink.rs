@@ -438,3 +438,67 @@ async fn a_paused_redis_spills_its_backlog_while_jsonl_goes_on_and_catches_up_af
     let _ = stop.send(true);
     running.await.expect("join").expect("a clean stop");
 }
+
+/// Redis down from the start: its sink retries, JSON lines get everything, `/health`
+/// names the failing sink; Redis started on its port: it catches up, every seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_is_down_holds_back_neither_jsonl_nor_its_own_catch_up() {
+    const BASE_SEQ: u64 = 92_000_000_000;
+    const EVENTS: u64 = 2_000;
+    let _one_at_a_time = PIPELINES.lock().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let relay = LoopbackRelay::start(common::fixture::relay_config(BASE_SEQ, EVENTS))
+        .await
+        .expect("relay");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        relays: vec![relay.url()],
+        start_cursor: Some(BASE_SEQ - 1),
+        memory_budget_bytes: 32 * 1024 * 1024,
+        sinks: vec!["redis".into(), "jsonl".into()],
+        jsonl_path: dir.path().join("out.jsonl").display().to_string(),
+        redis_url: format!("redis://127.0.0.1:{port}"),
+        metrics_listen: "127.0.0.1:0".into(),
+        health_sink_failure_secs: 0,
+        ..Config::default()
+    };
+    let pipeline = Pipeline::start(&config, 0).expect("pipeline");
+    let (stop, lane) = (pipeline.stopper(), pipeline.lanes[0].clone());
+    let metrics_addr = pipeline.metrics_addr.expect("metrics");
+    let running = tokio::spawn(pipeline.join());
+    let (redis_stats, jsonl_stats) = (
+        lane.sink_stats("redis").expect("redis").clone(),
+        lane.sink_stats("jsonl").expect("jsonl").clone(),
+    );
+    wait_until("jsonl writes everything", Duration::from_secs(60), || {
+        jsonl_stats.events_total.load(Ordering::Relaxed) == EVENTS
+            && redis_stats.failures_total.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert_eq!(redis_stats.events_total.load(Ordering::Relaxed), 0);
+    let health = get(metrics_addr, "/health").await;
+    assert!(
+        health.starts_with("HTTP/1.1 503") && health.contains("the redis sink has failed"),
+        "{health}"
+    );
+    assert!(!health.contains("jsonl sink"), "{health}");
+
+    let redis = RedisServer::start_on(port);
+    let url = redis.url();
+    let in_redis = tokio::task::spawn_blocking(move || {
+        drain_seqs(&url, STREAM, EVENTS, Duration::from_secs(120))
+    })
+    .await
+    .expect("drain");
+    assert_every_seq_in_order("redis", &in_redis, BASE_SEQ..BASE_SEQ + EVENTS);
+    assert_eq!(
+        jsonl_seqs(std::path::Path::new(&config.jsonl_path)),
+        (BASE_SEQ..BASE_SEQ + EVENTS).collect::<Vec<_>>()
+    );
+    let _ = stop.send(true);
+    running.await.expect("join").expect("a clean stop");
+}
