@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::queue::{QueueError, SpillQueue};
-use crate::sink::{SinkError, SinkStats};
+use crate::sink::SinkError;
 use crate::source::{SourceError, SourceStats};
 
 pub use crate::lane::{Lane, LaneSink};
@@ -122,48 +122,15 @@ impl Pipeline {
             let source_stats = Arc::new(SourceStats::default());
             // Settled before any task runs: no sink reads stored events ahead of the replay.
             let cursor = source.resume_point(&queue)?;
-            let family = source.family();
-            let sinks = kinds::sinks(config, &host, family, sink_events_per_sec_max).map_err(
-                |(kind, source)| PipelineError::Sink {
-                    host: host.clone(),
-                    kind,
-                    source: Box::new(source),
-                },
+            let sinks = sink_task::spawn_all(
+                config,
+                &host,
+                &queue,
+                source.as_ref(),
+                sink_events_per_sec_max,
+                &stopped,
+                &mut tasks,
             )?;
-            let kind_names: Vec<&str> = sinks.iter().map(|(kind, _)| kind.as_str()).collect();
-            let consumer_names: Vec<&str> = kind_names
-                .iter()
-                .map(|kind| consumer_name(&kind_names, kind))
-                .collect();
-            let consumers = sink_task::attach_consumers(&queue, &consumer_names).map_err(
-                |(consumer, source)| PipelineError::Consumer {
-                    host: host.clone(),
-                    kind: consumer,
-                    doing: "attaching or removing queue consumers (the kind is the consumer named)",
-                    source: Box::new(source),
-                },
-            )?;
-            let mut lane_sinks = Vec::new();
-            for ((kind, sink), consumer) in sinks.into_iter().zip(consumers) {
-                let stats = Arc::new(SinkStats::default());
-                lane_sinks.push(LaneSink {
-                    kind: kind.clone(),
-                    consumer: consumer.name().to_string(),
-                    stats: Arc::clone(&stats),
-                });
-                let span = tracing::info_span!("sink", relay = %host, kind = %kind);
-                let task = sink_task::SinkTask {
-                    host: host.clone(),
-                    kind,
-                    consumer,
-                    sink,
-                    refetcher: source.refetcher(),
-                    stats,
-                    batch_events_max: config.sink_batch_events_max as usize,
-                    batch_bytes_max: config.sink_batch_bytes_max,
-                };
-                tasks.spawn(task.run(stopped.clone()).instrument(span));
-            }
             {
                 let (queue, stats, stopped) =
                     (queue.clone(), Arc::clone(&source_stats), stopped.clone());
@@ -182,7 +149,7 @@ impl Pipeline {
                 host,
                 queue,
                 source: source_stats,
-                sinks: lane_sinks,
+                sinks,
             });
         }
         let metrics_addr = if config.metrics_listen.is_empty() {

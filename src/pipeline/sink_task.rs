@@ -12,10 +12,16 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 
-use super::PipelineError;
+use std::sync::Arc;
+
+use tracing::Instrument;
+
+use super::{kinds, PipelineError};
+use crate::config::Config;
+use crate::lane::LaneSink;
 use crate::queue::{Consumer, LostEvents, QueueError, Read, SpillQueue};
 use crate::sink::{Sink, SinkError, SinkStats};
-use crate::source::{Refetch, RefetchEnd, RefetchError};
+use crate::source::{Refetch, RefetchEnd, RefetchError, Source};
 
 /// The consumer name a lone sink reads with, as it did before `sinks` existed, so
 /// existing data directories keep their position.
@@ -61,6 +67,64 @@ pub fn attach_consumers(
     Ok(consumers)
 }
 
+/// Creates the configured sinks for the events of `source` (labelled `host`), attaches
+/// their consumers to its `queue` (removing the consumers of sinks no longer configured)
+/// and spawns a task per sink into `tasks`; returns what the metrics read of each.
+///
+/// # Errors
+/// A sink that cannot be created, or a consumer that cannot attach or be removed.
+pub fn spawn_all(
+    config: &Config,
+    host: &str,
+    queue: &SpillQueue,
+    source: &dyn Source,
+    sink_events_per_sec_max: u64,
+    stopped: &watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<Result<(), PipelineError>>,
+) -> Result<Vec<LaneSink>, PipelineError> {
+    let sinks = kinds::sinks(config, host, source.family(), sink_events_per_sec_max).map_err(
+        |(kind, error)| PipelineError::Sink {
+            host: host.to_string(),
+            kind,
+            source: Box::new(error),
+        },
+    )?;
+    let kinds: Vec<&str> = sinks.iter().map(|(kind, _)| kind.as_str()).collect();
+    let names: Vec<&str> = kinds
+        .iter()
+        .map(|kind| consumer_name(&kinds, kind))
+        .collect();
+    let consumers =
+        attach_consumers(queue, &names).map_err(|(consumer, error)| PipelineError::Consumer {
+            host: host.to_string(),
+            kind: consumer,
+            doing: "attaching or removing queue consumers (the kind is the consumer named)",
+            source: Box::new(error),
+        })?;
+    let mut lane_sinks = Vec::with_capacity(sinks.len());
+    for ((kind, sink), consumer) in sinks.into_iter().zip(consumers) {
+        let stats = Arc::new(SinkStats::default());
+        lane_sinks.push(LaneSink {
+            kind: kind.clone(),
+            consumer: consumer.name().to_string(),
+            stats: Arc::clone(&stats),
+        });
+        let span = tracing::info_span!("sink", relay = %host, kind = %kind);
+        let task = SinkTask {
+            host: host.to_string(),
+            kind,
+            consumer,
+            sink,
+            refetcher: source.refetcher(),
+            stats,
+            batch_events_max: config.sink_batch_events_max as usize,
+            batch_bytes_max: config.sink_batch_bytes_max,
+        };
+        tasks.spawn(task.run(stopped.clone()).instrument(span));
+    }
+    Ok(lane_sinks)
+}
+
 /// One sink reading one queue.
 pub struct SinkTask {
     /// The source whose events it writes.
@@ -74,7 +138,7 @@ pub struct SinkTask {
     /// Fetches a lost range again from the source, if the source can.
     pub refetcher: Option<Box<dyn Refetch>>,
     /// Its counters.
-    pub stats: std::sync::Arc<SinkStats>,
+    pub stats: Arc<SinkStats>,
     /// Events per batch at most.
     pub batch_events_max: usize,
     /// Payload bytes per batch, about.
