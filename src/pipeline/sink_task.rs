@@ -7,6 +7,11 @@
 //! log, which every consumer reads at its own position. The relay cursor is the queue's
 //! durable watermark, over all consumers: it never passes an event that one sink has not
 //! written unless the log holds it durably.
+//!
+//! The disk is shared: the log is reclaimed below the slowest consumer only, so a sink
+//! stalled long enough fills the disk budget, and then `full_policy` applies to every
+//! sink alike (`block` stops the source and so the other sinks' new events too;
+//! `drop_oldest` drops the stalled sink's oldest events).
 
 use std::sync::atomic::Ordering;
 
