@@ -319,6 +319,7 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("spill_mode", "fast"),
         ("frame_bytes_max", "0"),
         ("sink", "kafka"),
+        ("sinks", "[\"redis\", \"redis\"]"),
         ("output_format", "xml"),
         ("wanted_collections", "[\"app.*.post\"]"),
         ("wanted_dids", "[\"alice\"]"),
