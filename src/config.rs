@@ -43,6 +43,8 @@ pub struct Config {
     pub relays: Vec<String>,
     /// Start cursor for every relay (default: the saved cursor, else live).
     pub start_cursor: Option<u64>,
+    /// Labeler URLs (`subscribeLabels`), one source task and queue each; empty: none.
+    pub labelers: Vec<String>,
     /// All event bytes in RAM, split evenly between relays.
     pub memory_budget_bytes: u64,
     /// Disk for the spill logs, split evenly between relays.
@@ -70,6 +72,8 @@ pub struct Config {
     pub redis_url: String,
     /// The Redis stream.
     pub redis_stream: String,
+    /// The Redis stream of labels (rsky's `label_live`).
+    pub redis_label_stream: String,
     /// Pause writing at this XLEN (0: never).
     pub redis_high_water_events: u64,
     /// Resume below this XLEN.
@@ -108,6 +112,7 @@ impl Default for Config {
             data_dir: PathBuf::from("spillway-data"),
             relays: vec!["wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos".into()],
             start_cursor: None,
+            labelers: Vec::new(),
             memory_budget_bytes: 256 * 1024 * 1024,
             disk_budget_bytes: 20 * 1024 * 1024 * 1024,
             durability: "periodic:100".into(),
@@ -121,6 +126,7 @@ impl Default for Config {
             wanted_dids: Vec::new(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_stream: "firehose_live".into(),
+            redis_label_stream: "label_live".into(),
             redis_high_water_events: 100_000,
             redis_low_water_events: 50_000,
             jsonl_path: "-".into(),
@@ -297,6 +303,25 @@ impl Config {
             checked.map_err(|(key, reason)| ConfigError::Invalid { key, reason })
         };
         component(crate::source::firehose::check_relays(&self.relays))?;
+        component(crate::source::labeler::check_labelers(&self.labelers))?;
+        if self.queue_count() == 0 {
+            return invalid(
+                "relays",
+                "no source to run: at least one relay or labeler URL is needed".into(),
+            );
+        }
+        if self.redis_label_stream.is_empty() {
+            return invalid("redis_label_stream", "must not be empty".into());
+        }
+        if !self.labelers.is_empty() && self.redis_label_stream == self.redis_stream {
+            return invalid(
+                "redis_label_stream",
+                format!(
+                    "{:?} is also redis_stream: labels and firehose events, and their cursor keys, would mix in one stream",
+                    self.redis_label_stream
+                ),
+            );
+        }
         self.check_sink_keys(false)?;
         if let Err(reason) = OutputFormat::parse(&self.output_format) {
             return invalid("output_format", reason);
@@ -385,15 +410,20 @@ impl Config {
                 ),
             );
         }
-        for relay in 0..self.relays.len() {
-            self.queue_config(relay).validate()?;
+        for queue in 0..self.queue_count() {
+            self.queue_config(queue).validate()?;
         }
         Ok(())
     }
 
-    /// The queue configuration of each relay: an even share of the budgets.
-    pub fn queue_config(&self, _relay: usize) -> QueueConfig {
-        let share = self.relays.len().max(1) as u64;
+    /// How many queues the budgets are split between: one per relay and one per labeler.
+    pub fn queue_count(&self) -> usize {
+        self.relays.len() + self.labelers.len()
+    }
+
+    /// The queue configuration of each source (relays, then labelers): an even share of the budgets.
+    pub fn queue_config(&self, _source: usize) -> QueueConfig {
+        let share = self.queue_count().max(1) as u64;
         let mut config = QueueConfig::new();
         config.memory_budget_bytes = self.memory_budget_bytes / share;
         config.log.backend = Backend::Segment;
@@ -426,6 +456,13 @@ impl Config {
         config
     }
 
+    /// The settings of labeler `index` (the frame limit shared; no filter: labels carry no collection).
+    pub fn labeler_config(&self, index: usize) -> FirehoseConfig {
+        let mut config = crate::source::labeler::labeler_config(self.labelers[index].clone());
+        config.frame_bytes_max = self.frame_bytes_max as usize;
+        config
+    }
+
     /// The filter applied before the queue and again at output: the wanted collections
     /// and DIDs, with rsky's collections when that format is chosen without any.
     ///
@@ -450,6 +487,7 @@ impl Config {
     pub fn redis_stream_for(&self, family: EventFamily) -> &str {
         match family {
             EventFamily::Firehose => &self.redis_stream,
+            EventFamily::Labels => &self.redis_label_stream,
         }
     }
 
@@ -483,8 +521,9 @@ pub fn help() -> String {
   data_dir = \"spillway-data\"          queues, relay cursors and the lock (one run per directory)
 ",
         crate::source::firehose::CONFIG_HELP,
-        "  memory_budget_bytes = 268435456       all event bytes in RAM, split between relays
-  disk_budget_bytes = 21474836480       spill logs on disk, split between relays
+        crate::source::labeler::CONFIG_HELP,
+        "  memory_budget_bytes = 268435456       all event bytes in RAM, split evenly between queues (relays, labelers)
+  disk_budget_bytes = 21474836480       spill logs on disk, split evenly between queues
   durability = \"periodic:100\"          every-batch | periodic:<ms> | manual
   full_policy = \"block\"                block | drop_newest | drop_oldest (when the disk budget is full)
   spill_mode = \"memory-first\"          memory-first | write-through
