@@ -364,7 +364,7 @@ impl Config {
                 idempotent_ids: self.redis_idempotent_ids,
                 // Every relay's events go to `redis_stream`, every labeler's to
                 // `redis_label_stream` (`redis_stream_for`; the two streams differ).
-                stream_writers: if self.sink == "redis" {
+                stream_writers: if self.sink_kinds().contains(&"redis") {
                     self.relays.len().max(self.labelers.len())
                 } else {
                     0
