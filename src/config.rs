@@ -19,8 +19,12 @@ use crate::queue::{FullPolicy, QueueConfig, SpillMode};
 use crate::sink::redis::RedisSinkConfig;
 use crate::sink::OutputOptions;
 use crate::source::firehose::FirehoseConfig;
+use crate::source::repo_listing::{RedisCursorKey as RepoListingCursorKey, RepoListingConfig};
 use crate::source::EventFamily;
 use crate::storage::{Backend, Durability};
+
+/// Largest `repo_listing_page_bytes_max` accepted: a page is held whole while parsed.
+pub const REPO_LISTING_PAGE_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// Smallest `segment_bytes_max` accepted: smaller segments would mostly be headers and file churn.
 pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
@@ -86,6 +90,13 @@ pub struct Config {
     pub health_lost_events_secs: u64,
     /// Size at which a spill log segment file is sealed and a new one begun, in bytes.
     pub segment_bytes_max: u64,
+    /// `listRepos` hosts to backfill from, one source and queue each (`https://host`,
+    /// `http://host:port`, or a bare host name: `https://` implied).
+    pub repo_listing_hosts: Vec<String>,
+    /// Largest `listRepos` page accepted, in bytes.
+    pub repo_listing_page_bytes_max: u64,
+    /// The Redis stream of the listed repos (rsky's `repo_backfill`, field `repo`).
+    pub redis_repo_stream: String,
     /// Space each queue keeps allocated (`<queue>/reserve`) and gives up so it can open and drain on a full disk, in bytes (0: none).
     pub disk_reserve_bytes: u64,
     /// Free space a spill must leave on the filesystem, in bytes; a batch that would not is refused like a full budget.
@@ -125,6 +136,9 @@ impl Default for Config {
             segment_bytes_max: 64 * 1024 * 1024,
             disk_reserve_bytes: 4 * 1024 * 1024,
             disk_free_margin_bytes: 1024 * 1024,
+            repo_listing_hosts: Vec::new(),
+            repo_listing_page_bytes_max: 8 * 1024 * 1024,
+            redis_repo_stream: "repo_backfill".into(),
         }
     }
 }
@@ -221,7 +235,27 @@ impl Config {
         let component = |checked: Result<(), (&'static str, String)>| {
             checked.map_err(|(key, reason)| ConfigError::Invalid { key, reason })
         };
-        component(crate::source::firehose::check_relays(&self.relays))?;
+        // A backfill-only run needs no relay.
+        if !(self.relays.is_empty() && !self.repo_listing_hosts.is_empty()) {
+            component(crate::source::firehose::check_relays(&self.relays))?;
+        }
+        component(crate::source::repo_listing::check_hosts(
+            &self.repo_listing_hosts,
+        ))?;
+        if self.repo_listing_page_bytes_max == 0
+            || self.repo_listing_page_bytes_max > REPO_LISTING_PAGE_BYTES_LIMIT
+        {
+            return invalid(
+                "repo_listing_page_bytes_max",
+                format!(
+                    "{} is not in 1..={REPO_LISTING_PAGE_BYTES_LIMIT}",
+                    self.repo_listing_page_bytes_max
+                ),
+            );
+        }
+        if self.redis_repo_stream.is_empty() {
+            return invalid("redis_repo_stream", "must not be empty".into());
+        }
         if !matches!(self.sink.as_str(), "redis" | "jsonl") {
             return invalid("sink", format!("{:?}: expected redis or jsonl", self.sink));
         }
@@ -312,15 +346,24 @@ impl Config {
                 ),
             );
         }
-        for relay in 0..self.relays.len() {
-            self.queue_config(relay).validate()?;
+        for source in 0..self.sources_count() {
+            self.queue_config(source).validate()?;
         }
         Ok(())
     }
 
-    /// The queue configuration of each relay: an even share of the budgets.
-    pub fn queue_config(&self, _relay: usize) -> QueueConfig {
-        let share = self.relays.len().max(1) as u64;
+    /// How many sources (and queues) the configuration makes: the relays, then the
+    /// listing hosts, in [`crate::pipeline::kinds::sources`]' order.
+    pub fn sources_count(&self) -> usize {
+        self.relays.len() + self.repo_listing_hosts.len()
+    }
+
+    /// The queue configuration of source `index` (in [`Config::sources_count`]'s order):
+    /// an even share of the budgets. A repo listing's queue writes through: a repo held
+    /// only in memory holds back the durable watermark, and a restart would list again
+    /// every page above it (see [`crate::source::repo_listing`]).
+    pub fn queue_config(&self, index: usize) -> QueueConfig {
+        let share = self.sources_count().max(1) as u64;
         let mut config = QueueConfig::new();
         config.memory_budget_bytes = self.memory_budget_bytes / share;
         config.log.backend = Backend::Segment;
@@ -341,6 +384,27 @@ impl Config {
             SpillMode::MemoryFirst
         };
         config.backlog_alert_events = self.backlog_alert_events;
+        if (self.relays.len()..self.sources_count()).contains(&index) {
+            config.spill_mode = SpillMode::WriteThrough;
+        }
+        config
+    }
+
+    /// The settings of repo listing host `index` (of `repo_listing_hosts`).
+    pub fn repo_listing_config(&self, index: usize) -> RepoListingConfig {
+        let given = &self.repo_listing_hosts[index];
+        let base = crate::source::repo_listing::normalize_base_url(given)
+            .unwrap_or_else(|_| given.clone());
+        let mut config = RepoListingConfig::new(base);
+        config.page_bytes_max =
+            usize::try_from(self.repo_listing_page_bytes_max).unwrap_or(usize::MAX);
+        if self.sink == "redis" {
+            let family = EventFamily::RepoListing;
+            config.redis_cursor = Some(RepoListingCursorKey {
+                url: self.redis_url.clone(),
+                key: format!("{}:cursor:{}", self.redis_stream_for(family), config.host()),
+            });
+        }
         config
     }
 
@@ -377,6 +441,7 @@ impl Config {
     pub fn redis_stream_for(&self, family: EventFamily) -> &str {
         match family {
             EventFamily::Firehose => &self.redis_stream,
+            EventFamily::RepoListing => &self.redis_repo_stream,
         }
     }
 
@@ -422,6 +487,7 @@ pub fn help() -> String {
   wanted_dids = []                      keep only these DIDs
 ",
         crate::sink::redis::CONFIG_HELP,
+        crate::source::repo_listing::CONFIG_HELP,
         crate::sink::jsonl::CONFIG_HELP,
         "  sink_batch_events_max = 500           events per sink batch
   sink_batch_bytes_max = 4194304        bytes per sink batch, about

@@ -11,18 +11,25 @@ use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};
 use crate::sink::redis::RedisSink;
 use crate::sink::{Sink, SinkError};
 use crate::source::firehose_source::FirehoseSource;
+use crate::source::repo_listing::RepoListingSource;
 use crate::source::{EventFamily, Source};
 
-/// The configured sources: one relay firehose per `relays` entry, in order.
+/// The configured sources: one relay firehose per `relays` entry, then one repo listing
+/// per `repo_listing_hosts` entry, in order (the order [`Config::queue_config`] counts in).
 pub fn sources(config: &Config) -> Vec<Box<dyn Source>> {
-    (0..config.relays.len())
-        .map(|index| {
-            Box::new(FirehoseSource::new(
-                config.firehose_config(index),
-                &config.data_dir,
-            )) as Box<dyn Source>
-        })
-        .collect()
+    let relays = (0..config.relays.len()).map(|index| {
+        Box::new(FirehoseSource::new(
+            config.firehose_config(index),
+            &config.data_dir,
+        )) as Box<dyn Source>
+    });
+    let listings = (0..config.repo_listing_hosts.len()).map(|index| {
+        Box::new(RepoListingSource::new(
+            config.repo_listing_config(index),
+            &config.data_dir,
+        )) as Box<dyn Source>
+    });
+    relays.chain(listings).collect()
 }
 
 /// The configured sink (`sink` key) for the events of source `host`, of `family`; the

@@ -60,7 +60,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::decode::{render, Filter, OutputFormat};
 use crate::queue::Delivery;
-use crate::source::{frame, EventFamily};
+use crate::source::{frame, repo_listing, EventFamily};
 
 /// Counters of one sink, shared with metrics.
 #[derive(Debug, Default)]
@@ -122,6 +122,7 @@ impl OutputOptions {
     pub fn writes_raw_frames(&self) -> bool {
         match self.family {
             EventFamily::Firehose => self.format == OutputFormat::Raw,
+            EventFamily::RepoListing => false,
         }
     }
 
@@ -129,6 +130,7 @@ impl OutputOptions {
     pub fn entry_field(&self) -> &'static str {
         match self.family {
             EventFamily::Firehose => "event",
+            EventFamily::RepoListing => "repo",
         }
     }
 
@@ -138,6 +140,13 @@ impl OutputOptions {
         match self.family {
             // The source pushes each frame with its relay seq as the position.
             EventFamily::Firehose => batch.last().map(|d| d.position.to_string()),
+            // A page's cursor rides on its last repo (or a marker): the key moves past a
+            // page only in the batch that writes the page's end.
+            EventFamily::RepoListing => batch
+                .iter()
+                .rev()
+                .find_map(|d| repo_listing::cursor_of(&d.payload))
+                .map(str::to_string),
         }
     }
 
@@ -147,6 +156,7 @@ impl OutputOptions {
         lines.clear();
         match self.family {
             EventFamily::Firehose => self.render_firehose(batch, stats, lines),
+            EventFamily::RepoListing => render_repo_listing(batch, stats, lines),
         }
     }
 
@@ -164,6 +174,20 @@ impl OutputOptions {
             if let Err(error) = rendered {
                 stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(seq = delivery.position, %error, "skipping a frame that does not decode into the output format");
+            }
+        }
+    }
+}
+
+/// Copies the listed repos' entries (rendered at listing time); markers write none.
+fn render_repo_listing(batch: &[Delivery], stats: &SinkStats, lines: &mut Vec<String>) {
+    for delivery in batch {
+        match repo_listing::ListingEvent::decode(&delivery.payload) {
+            Ok(repo_listing::ListingEvent::Repo { json, .. }) => lines.push(json.to_string()),
+            Ok(repo_listing::ListingEvent::Cursor(_)) => {}
+            Err(error) => {
+                stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(position = delivery.position, %error, "skipping a listing event that does not decode");
             }
         }
     }

@@ -7,7 +7,8 @@
 //! lost, says so with [`Source::refetcher`]; one that cannot returns `None`, and a lost
 //! range is then counted as lost for good.
 //!
-//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]). A new kind is a
+//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]) and the
+//! `listRepos` repo backfill ([`repo_listing::RepoListingSource`]). A new kind is a
 //! new file here, its keys in the configuration, and one line in [`crate::pipeline::kinds`].
 //!
 //! The traits return boxed futures rather than `async fn`: the kind is chosen at run time
@@ -21,6 +22,7 @@ pub mod firehose_source;
 pub mod frame;
 pub mod refetch;
 pub mod relay;
+pub mod repo_listing;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -42,6 +44,9 @@ pub enum EventFamily {
     /// position is the relay seq.
     #[default]
     Firehose,
+    /// Repos listed by `com.atproto.sync.listRepos` (rsky's `repo_backfill`): rendered
+    /// JSON entries, the position is a running ordinal (see [`repo_listing`]).
+    RepoListing,
 }
 
 /// A source of events with a resumable position (the position each event carries).
@@ -163,6 +168,9 @@ pub enum SourceError {
         #[source]
         source: crate::queue::QueueError,
     },
+    /// The repo listing's position file is unreadable, malformed or cannot be written.
+    #[error(transparent)]
+    RepoListing(#[from] repo_listing::RepoListingError),
     /// The queue of `host` refused a push for good (e.g. a failing disk).
     #[error("the queue of {host} refused events: {source}")]
     Push {
