@@ -186,7 +186,7 @@ fn load(value: &AtomicU64) -> u64 {
 const FAMILIES: &[(&str, &str, Source)] = &[
     (
         "spillway_source_events_total",
-        "Frames received from the relay and pushed.",
+        "Frames received from the relay and pushed (repos listed, for a listRepos source).",
         Source::Counter(|l, _| load(&l.source.frames_total)),
     ),
     (
@@ -196,7 +196,7 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     ),
     (
         "spillway_source_reconnects_total",
-        "Reconnections to the relay.",
+        "Reconnections to the relay (listRepos pages retried, for a listRepos source).",
         Source::Counter(|l, _| load(&l.source.reconnects_total)),
     ),
     (
@@ -216,12 +216,12 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     ),
     (
         "spillway_source_connected",
-        "1 while connected to the relay.",
+        "1 while connected to the relay (while listRepos answers, for a listRepos source).",
         Source::Gauge(|l, _| load(&l.source.connected) as f64),
     ),
     (
         "spillway_relay_cursor",
-        "The last relay seq pushed.",
+        "The last relay seq pushed (the ordinal of the last repo listed, for a listRepos source).",
         Source::Gauge(|l, _| load(&l.source.last_seq) as f64),
     ),
     (
@@ -478,7 +478,10 @@ pub fn health_reasons(lanes: &[Lane], rules: HealthRules) -> Vec<String> {
             ));
         }
         if lane.source.connected.load(Ordering::Relaxed) == 0 {
-            reasons.push(format!("{}: the relay is disconnected", lane.host));
+            reasons.push(format!(
+                "{}: the relay is disconnected (or its listRepos pages fail)",
+                lane.host
+            ));
         }
         let last_loss = lane.sink.last_loss_ms.load(Ordering::Relaxed);
         if last_loss > 0 && now_ms().saturating_sub(last_loss) <= rules.lost_events_secs * 1000 {

@@ -821,18 +821,17 @@ impl crate::source::Source for RepoListingSource {
                 from_redis_key: true,
             },
         };
-        if self.start.ordinal > 0 {
-            // The stored copies above the checkpoint are listed again: skip them.
-            queue
-                .begin_replay(self.start.ordinal)
-                .map_err(|source| SourceError::Queue {
-                    host: host.clone(),
-                    doing: "the replay",
-                    source,
-                })?;
-            return Ok(Some(self.start.ordinal));
-        }
-        Ok(None)
+        // The stored copies above the checkpoint are listed again: skip them. Without a
+        // checkpoint that is every stored copy not yet consumed (the listing starts again
+        // from the Redis key, which only passes written pages, or from the start).
+        queue
+            .begin_replay(self.start.ordinal)
+            .map_err(|source| SourceError::Queue {
+                host: host.clone(),
+                doing: "the replay",
+                source,
+            })?;
+        Ok(Some(self.start.ordinal))
     }
 
     fn run(
