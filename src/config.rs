@@ -236,7 +236,7 @@ impl Config {
             checked.map_err(|(key, reason)| ConfigError::Invalid { key, reason })
         };
         // A backfill-only run needs no relay.
-        if !(self.relays.is_empty() && !self.repo_listing_hosts.is_empty()) {
+        if !self.relays.is_empty() || self.repo_listing_hosts.is_empty() {
             component(crate::source::firehose::check_relays(&self.relays))?;
         }
         component(crate::source::repo_listing::check_hosts(
