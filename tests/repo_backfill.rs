@@ -83,10 +83,14 @@ async fn a_listing_arrives_as_rskys_entries_through_429_and_500_and_ends_at_inge
     server.fault_at(2, Fault::Status(500, None));
     server.fault_at(3, Fault::Status(503, None));
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = listing_config(&server, &redis, dir.path());
+    let config = Config {
+        metrics_listen: "127.0.0.1:0".into(),
+        ..listing_config(&server, &redis, dir.path())
+    };
     let pipeline = Pipeline::start(&config, 0).expect("pipeline");
     let stop = pipeline.stopper();
     let source = pipeline.lanes[0].source.clone();
+    let metrics_addr = pipeline.metrics_addr.expect("metrics listen");
     let running = tokio::spawn(pipeline.join());
 
     let key = cursor_key(&server);
@@ -127,8 +131,39 @@ async fn a_listing_arrives_as_rskys_entries_through_429_and_500_and_ends_at_inge
         },
     )
     .await;
+    // Its lane in /metrics, under its host, like a relay's.
+    let metrics = http_get(metrics_addr, "/metrics");
+    let listed = format!(
+        "spillway_source_events_total{{host=\"{}\"}} {REPOS}",
+        server.addr
+    );
+    assert!(metrics.contains(&listed), "{listed} in:\n{metrics}");
     stop.send(true).expect("stop");
     running.await.expect("join").expect("pipeline");
+    // `spillway inspect` shows its queue and its position.
+    let inspected = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("inspect")
+        .arg(dir.path())
+        .output()
+        .expect("spillway inspect");
+    let text = String::from_utf8_lossy(&inspected.stdout);
+    let queue_dir = format!("queue-repos-127.0.0.1_{}", server.addr.port());
+    assert!(text.contains(&queue_dir), "{queue_dir} in:\n{text}");
+    let position = format!("ordinal {} cursor \"{DONE_CURSOR}\"", REPOS + 1);
+    assert!(text.contains(&position), "{position} in:\n{text}");
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,10 +145,10 @@ fn authority(base_url: &str) -> &str {
 /// # Errors
 /// A scheme other than `http`/`https`, credentials, a path, a query, or no host, in words.
 pub fn normalize_base_url(text: &str) -> Result<String, String> {
-    let trimmed = text.trim().trim_end_matches('/');
+    let trimmed = text.trim();
     let (scheme, rest) = match trimmed.split_once("://") {
-        Some((scheme, rest)) => (scheme, rest),
-        None => ("https", trimmed),
+        Some((scheme, rest)) => (scheme, rest.trim_end_matches('/')),
+        None => ("https", trimmed.trim_end_matches('/')),
     };
     if !matches!(scheme, "http" | "https") {
         return Err(format!(
