@@ -10,6 +10,8 @@
 //! composes them, and checks what belongs to no single component (the budgets shared
 //! between queues, the frame limit that queue, source and decoder share).
 
+pub mod ingester_env;
+
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -171,6 +173,18 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// The rsky ingester's environment and a Spillway key disagree.
+    #[error("{variable} (the rsky ingester's environment) sets {key} = {ingester_value}, but {key} is already {spillway_value} (config file or SPILLWAY_{upper}); set one of the two", upper = key.to_ascii_uppercase())]
+    Conflict {
+        /// The ingester's variable(s).
+        variable: &'static str,
+        /// The Spillway key.
+        key: &'static str,
+        /// The value the ingester's variables give (a URL's password hidden).
+        ingester_value: String,
+        /// The value the file or `SPILLWAY_*` gave (a URL's password hidden).
+        spillway_value: String,
+    },
     /// The queue refused its settings; its error names the field.
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueConfigError),
@@ -183,11 +197,14 @@ pub enum ConfigError {
 pub const ENV_PREFIX: &str = "SPILLWAY_";
 
 impl Config {
-    /// Reads `path` (if any), applies `SPILLWAY_*` overrides from `env`, and validates.
+    /// Reads `path` (if any), applies `SPILLWAY_*` overrides from `env`, then the rsky
+    /// ingester's variables ([`ingester_env`]), and validates.
     pub fn load(
         path: Option<&std::path::Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let ingester = ingester_env::mapped(&env)?;
         let mut table: toml::Table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
@@ -217,6 +234,7 @@ impl Config {
                 .and_then(|mut t| t.remove("v"));
             table.insert(key, parsed.unwrap_or(toml::Value::String(value)));
         }
+        ingester_env::apply(&mut table, ingester)?;
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -498,7 +516,9 @@ pub fn help() -> String {
         crate::metrics::CONFIG_HELP,
         "  segment_bytes_max = 67108864          spill log segment file size (at least 1 MiB and 2 x frame_bytes_max)
   disk_reserve_bytes = 4194304          kept allocated per queue, given up to open and drain on a full disk (0: none)
-  disk_free_margin_bytes = 1048576      free space a spill leaves on the filesystem; past it the producer blocks",
+  disk_free_margin_bytes = 1048576      free space a spill leaves on the filesystem; past it the producer blocks
+",
+        ingester_env::HELP,
     ]
     .concat()
 }
