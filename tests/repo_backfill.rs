@@ -542,3 +542,52 @@ async fn a_hundred_thousand_repos_survive_a_sigkill_with_the_reader_stalled() {
 async fn a_million_repos_survive_a_sigkill_with_the_reader_stalled() {
     listing_survives_a_sigkill_with_the_reader_stalled(1_000_000, Duration::from_millis(5)).await;
 }
+
+#[test]
+fn a_backfill_only_configuration_is_accepted_and_bad_hosts_are_refused_naming_the_key() {
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let config = Config::load(
+        None,
+        env(&[
+            ("SPILLWAY_RELAYS", "[]"),
+            (
+                "SPILLWAY_REPO_LISTING_HOSTS",
+                "[\"http://127.0.0.1:8080/\"]",
+            ),
+        ]),
+    )
+    .expect("backfill only, with no relay");
+    assert!(config.relays.is_empty());
+    assert_eq!(config.repo_listing_hosts, vec!["http://127.0.0.1:8080/"]);
+    assert_eq!(config.redis_repo_stream, STREAM);
+    let listing = config.repo_listing_config(0);
+    assert_eq!(listing.base_url, "http://127.0.0.1:8080");
+    assert_eq!(
+        listing.redis_cursor.map(|k| k.key).as_deref(),
+        Some("repo_backfill:cursor:127.0.0.1:8080")
+    );
+    for (key, value) in [
+        ("SPILLWAY_REPO_LISTING_HOSTS", "[\"wss://relay.example\"]"),
+        (
+            "SPILLWAY_REPO_LISTING_HOSTS",
+            "[\"https://relay.example/xrpc\"]",
+        ),
+        (
+            "SPILLWAY_REPO_LISTING_HOSTS",
+            "[\"a.example\", \"https://a.example\"]",
+        ),
+        ("SPILLWAY_REPO_LISTING_PAGE_BYTES_MAX", "0"),
+        ("SPILLWAY_REDIS_REPO_STREAM", ""),
+    ] {
+        let error = Config::load(None, env(&[(key, value)]))
+            .expect_err("refused")
+            .to_string();
+        let named = key.trim_start_matches("SPILLWAY_").to_ascii_lowercase();
+        assert!(error.contains(&named), "{key}={value}: {error}");
+    }
+}
