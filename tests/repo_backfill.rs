@@ -254,6 +254,14 @@ async fn an_oversized_or_malformed_page_is_an_error_naming_the_host_and_loses_no
         .expect_err("nothing listens")
         .to_string();
     assert!(error.contains("127.0.0.1:1"), "{error}");
+    // https:// to a plain-text server: the TLS handshake fails, named (rustls has its provider).
+    let tls = RepoListingConfig::new(format!("https://{host}"));
+    let error = ListReposClient::new(&tls)
+        .fetch_page(None)
+        .await
+        .expect_err("no TLS there")
+        .to_string();
+    assert!(error.contains(&host) && error.contains("TLS"), "{error}");
 
     // Through the pipeline: the bad pages are retried, and every repo arrives once.
     let redis = RedisServer::start();
