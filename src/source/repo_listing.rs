@@ -254,19 +254,13 @@ impl ListingEvent<'_> {
     /// # Errors
     /// An unknown tag, a length past the end, or text that is not UTF-8, in words.
     pub fn decode(payload: &[u8]) -> Result<ListingEvent<'_>, String> {
-        let text = |bytes: &[u8]| {
+        fn utf8(bytes: &[u8]) -> Result<&str, String> {
             std::str::from_utf8(bytes)
-                .map(|_| ())
                 .map_err(|e| format!("not UTF-8 at offset {}", e.valid_up_to()))
-        };
+        }
         let (&tag, rest) = payload
             .split_first()
             .ok_or_else(|| "an empty listing event".to_string())?;
-        let utf8 = |bytes| {
-            text(bytes)?;
-            // Checked just above.
-            Ok::<_, String>(std::str::from_utf8(bytes).unwrap_or_default())
-        };
         match tag {
             TAG_REPO => Ok(ListingEvent::Repo {
                 json: utf8(rest)?,
@@ -450,7 +444,8 @@ impl RepoListingError {
 pub struct ListReposClient {
     config: RepoListingConfig,
     host: String,
-    tls: Option<tokio_rustls::TlsConnector>,
+    /// `None` for `http://`; for `https://`, the connector or why it could not be built.
+    tls: Option<Result<tokio_rustls::TlsConnector, String>>,
     sender: Option<SendRequest<Empty<Bytes>>>,
 }
 
@@ -465,13 +460,15 @@ impl ListReposClient {
             ))
             .with_safe_default_protocol_versions()
             .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-            // ring's defaults always include a protocol version; keep the error path anyway.
+            // ring's defaults always include a protocol version; the error is kept anyway,
+            // and every attempt reports it rather than falling back to plain text.
             tls.map(|c| tokio_rustls::TlsConnector::from(Arc::new(c)))
+                .map_err(|e| e.to_string())
         });
         ListReposClient {
             host: config.host(),
             config: config.clone(),
-            tls: tls.and_then(Result::ok),
+            tls,
             sender: None,
         }
     }
@@ -598,6 +595,12 @@ impl ListReposClient {
             source,
         };
         let sender = match &self.tls {
+            Some(Err(reason)) => {
+                return Err(RepoListingError::Tls {
+                    host: self.host.clone(),
+                    reason: format!("no TLS configuration: {reason}"),
+                })
+            }
             None => {
                 let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                     .await
@@ -605,7 +608,7 @@ impl ListReposClient {
                 tokio::spawn(connection);
                 sender
             }
-            Some(tls) => {
+            Some(Ok(tls)) => {
                 let name = host_name(&self.host);
                 let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
                     .map_err(|e| RepoListingError::Tls {
