@@ -28,6 +28,12 @@ use crate::storage::{Backend, Durability};
 /// Largest `repo_listing_page_bytes_max` accepted: a page is held whole while parsed.
 pub const REPO_LISTING_PAGE_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
+/// The sink kinds the `sink` and `sinks` keys accept (each served by an arm of [`crate::pipeline::kinds::sink`]).
+pub const SINK_KINDS: &[&str] = &["redis", "jsonl"];
+
+/// The `sink` key's default.
+pub const DEFAULT_SINK: &str = "redis";
+
 /// Smallest `segment_bytes_max` accepted: smaller segments would mostly be headers and file churn.
 pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 
@@ -41,6 +47,8 @@ pub struct Config {
     pub relays: Vec<String>,
     /// Start cursor for every relay (default: the saved cursor, else live).
     pub start_cursor: Option<u64>,
+    /// Labeler URLs (`subscribeLabels`), one source task and queue each; empty: none.
+    pub labelers: Vec<String>,
     /// All event bytes in RAM, split evenly between relays.
     pub memory_budget_bytes: u64,
     /// Disk for the spill logs, split evenly between relays.
@@ -53,8 +61,10 @@ pub struct Config {
     pub spill_mode: String,
     /// Largest relay frame, in bytes.
     pub frame_bytes_max: u64,
-    /// `redis` or `jsonl`.
+    /// The one sink, when `sinks` is empty: one of [`SINK_KINDS`].
     pub sink: String,
+    /// Several sinks on each queue, each reading with its own consumer (empty: the one `sink`).
+    pub sinks: Vec<String>,
     /// What the sink writes: `raw`, `jetstream` or `rsky`.
     pub output_format: String,
     /// Collections to keep (`app.bsky.feed.post`, `app.bsky.feed.*`); empty keeps all
@@ -66,6 +76,8 @@ pub struct Config {
     pub redis_url: String,
     /// The Redis stream.
     pub redis_stream: String,
+    /// The Redis stream of labels (rsky's `label_live`).
+    pub redis_label_stream: String,
     /// Pause writing at this XLEN (0: never).
     pub redis_high_water_events: u64,
     /// Resume below this XLEN.
@@ -111,18 +123,21 @@ impl Default for Config {
             data_dir: PathBuf::from("spillway-data"),
             relays: vec!["wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos".into()],
             start_cursor: None,
+            labelers: Vec::new(),
             memory_budget_bytes: 256 * 1024 * 1024,
             disk_budget_bytes: 20 * 1024 * 1024 * 1024,
             durability: "periodic:100".into(),
             full_policy: "block".into(),
             spill_mode: "memory-first".into(),
             frame_bytes_max: 4 * 1024 * 1024,
-            sink: "redis".into(),
+            sink: DEFAULT_SINK.into(),
+            sinks: Vec::new(),
             output_format: "raw".into(),
             wanted_collections: Vec::new(),
             wanted_dids: Vec::new(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_stream: "firehose_live".into(),
+            redis_label_stream: "label_live".into(),
             redis_high_water_events: 100_000,
             redis_low_water_events: 50_000,
             jsonl_path: "-".into(),
@@ -235,6 +250,9 @@ impl Config {
             table.insert(key, parsed.unwrap_or(toml::Value::String(value)));
         }
         ingester_env::apply(&mut table, ingester)?;
+        // Whether `sink` was set at all (the ingester's variables imply `redis`): its
+        // default cannot tell an explicit `sink = "redis"`.
+        let sink_set = table.contains_key("sink");
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -244,8 +262,53 @@ impl Config {
                     }),
                     message: e.to_string(),
                 })?;
+        config.check_sink_keys(sink_set)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configured sink kinds, in order: `sinks`, or the one `sink` when that is empty.
+    pub fn sink_kinds(&self) -> Vec<&str> {
+        if self.sinks.is_empty() {
+            vec![self.sink.as_str()]
+        } else {
+            self.sinks.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Checks `sink` and `sinks` together: known kinds, no kind twice, and not both keys
+    /// set to different sinks (`sink_set`: `sink` was given, even at its default value).
+    fn check_sink_keys(&self, sink_set: bool) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let expected = SINK_KINDS.join(", ");
+        if !SINK_KINDS.contains(&self.sink.as_str()) {
+            return invalid(
+                "sink",
+                format!("{:?}: expected one of {expected}", self.sink),
+            );
+        }
+        for (index, kind) in self.sinks.iter().enumerate() {
+            if !SINK_KINDS.contains(&kind.as_str()) {
+                return invalid("sinks", format!("{kind:?}: expected one of {expected}"));
+            }
+            if self.sinks[..index].contains(kind) {
+                return invalid(
+                    "sinks",
+                    format!("{kind:?} is listed twice: each sink kind reads its queue once"),
+                );
+            }
+        }
+        let differ = self.sinks.len() != 1 || self.sinks[0] != self.sink;
+        if !self.sinks.is_empty() && differ && (sink_set || self.sink != DEFAULT_SINK) {
+            return invalid(
+                "sinks",
+                format!(
+                    "both sink ({:?}) and sinks ({:?}) are set and differ: keep sinks alone (sink = \"x\" is sinks = [\"x\"])",
+                    self.sink, self.sinks
+                ),
+            );
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -253,9 +316,14 @@ impl Config {
         let component = |checked: Result<(), (&'static str, String)>| {
             checked.map_err(|(key, reason)| ConfigError::Invalid { key, reason })
         };
-        // A backfill-only run needs no relay.
-        if !self.relays.is_empty() || self.repo_listing_hosts.is_empty() {
-            component(crate::source::firehose::check_relays(&self.relays))?;
+        component(crate::source::firehose::check_relays(&self.relays))?;
+        component(crate::source::labeler::check_labelers(&self.labelers))?;
+        if self.queue_count() == 0 {
+            return invalid(
+                "relays",
+                "no source to run: at least one relay, labeler or repo listing host is needed"
+                    .into(),
+            );
         }
         component(crate::source::repo_listing::check_hosts(
             &self.repo_listing_hosts,
@@ -274,9 +342,30 @@ impl Config {
         if self.redis_repo_stream.is_empty() {
             return invalid("redis_repo_stream", "must not be empty".into());
         }
-        if !matches!(self.sink.as_str(), "redis" | "jsonl") {
-            return invalid("sink", format!("{:?}: expected redis or jsonl", self.sink));
+        if !self.repo_listing_hosts.is_empty()
+            && [&self.redis_stream, &self.redis_label_stream].contains(&&self.redis_repo_stream)
+        {
+            return invalid(
+                "redis_repo_stream",
+                format!(
+                    "{:?} is also redis_stream or redis_label_stream: listed repos and other events, and their cursor keys, would mix in one stream",
+                    self.redis_repo_stream
+                ),
+            );
         }
+        if self.redis_label_stream.is_empty() {
+            return invalid("redis_label_stream", "must not be empty".into());
+        }
+        if !self.labelers.is_empty() && self.redis_label_stream == self.redis_stream {
+            return invalid(
+                "redis_label_stream",
+                format!(
+                    "{:?} is also redis_stream: labels and firehose events, and their cursor keys, would mix in one stream",
+                    self.redis_label_stream
+                ),
+            );
+        }
+        self.check_sink_keys(false)?;
         if let Err(reason) = OutputFormat::parse(&self.output_format) {
             return invalid("output_format", reason);
         }
@@ -364,24 +453,24 @@ impl Config {
                 ),
             );
         }
-        for source in 0..self.sources_count() {
-            self.queue_config(source).validate()?;
+        for queue in 0..self.queue_count() {
+            self.queue_config(queue).validate()?;
         }
         Ok(())
     }
 
-    /// How many sources (and queues) the configuration makes: the relays, then the
-    /// listing hosts, in [`crate::pipeline::kinds::sources`]' order.
-    pub fn sources_count(&self) -> usize {
-        self.relays.len() + self.repo_listing_hosts.len()
+    /// How many queues the budgets are split between: one per relay, one per labeler and
+    /// one per repo listing host, in [`crate::pipeline::kinds::sources`]' order.
+    pub fn queue_count(&self) -> usize {
+        self.relays.len() + self.labelers.len() + self.repo_listing_hosts.len()
     }
 
-    /// The queue configuration of source `index` (in [`Config::sources_count`]'s order):
-    /// an even share of the budgets. A repo listing's queue writes through: a repo held
-    /// only in memory holds back the durable watermark, and a restart would list again
-    /// every page above it (see [`crate::source::repo_listing`]).
+    /// The queue configuration of source `index` (relays, then labelers, then repo
+    /// listings): an even share of the budgets. A repo listing's queue writes through: a
+    /// repo held only in memory holds back the durable watermark, and a restart would list
+    /// again every page above it (see [`crate::source::repo_listing`]).
     pub fn queue_config(&self, index: usize) -> QueueConfig {
-        let share = self.sources_count().max(1) as u64;
+        let share = self.queue_count().max(1) as u64;
         let mut config = QueueConfig::new();
         config.memory_budget_bytes = self.memory_budget_bytes / share;
         config.log.backend = Backend::Segment;
@@ -402,7 +491,7 @@ impl Config {
             SpillMode::MemoryFirst
         };
         config.backlog_alert_events = self.backlog_alert_events;
-        if (self.relays.len()..self.sources_count()).contains(&index) {
+        if (self.relays.len() + self.labelers.len()..self.queue_count()).contains(&index) {
             config.spill_mode = SpillMode::WriteThrough;
         }
         config
@@ -416,7 +505,7 @@ impl Config {
         let mut config = RepoListingConfig::new(base);
         config.page_bytes_max =
             usize::try_from(self.repo_listing_page_bytes_max).unwrap_or(usize::MAX);
-        if self.sink == "redis" {
+        if self.sink_kinds().contains(&"redis") {
             let family = EventFamily::RepoListing;
             config.redis_cursor = Some(RepoListingCursorKey {
                 url: self.redis_url.clone(),
@@ -432,6 +521,13 @@ impl Config {
         config.start_cursor = self.start_cursor;
         config.frame_bytes_max = self.frame_bytes_max as usize;
         config.filter = self.filter().unwrap_or_default();
+        config
+    }
+
+    /// The settings of labeler `index` (the frame limit shared; no filter: labels carry no collection).
+    pub fn labeler_config(&self, index: usize) -> FirehoseConfig {
+        let mut config = crate::source::labeler::labeler_config(self.labelers[index].clone());
+        config.frame_bytes_max = self.frame_bytes_max as usize;
         config
     }
 
@@ -460,6 +556,7 @@ impl Config {
         match family {
             EventFamily::Firehose => &self.redis_stream,
             EventFamily::RepoListing => &self.redis_repo_stream,
+            EventFamily::Labels => &self.redis_label_stream,
         }
     }
 
@@ -493,13 +590,15 @@ pub fn help() -> String {
   data_dir = \"spillway-data\"          queues, relay cursors and the lock (one run per directory)
 ",
         crate::source::firehose::CONFIG_HELP,
-        "  memory_budget_bytes = 268435456       all event bytes in RAM, split between relays
-  disk_budget_bytes = 21474836480       spill logs on disk, split between relays
+        crate::source::labeler::CONFIG_HELP,
+        "  memory_budget_bytes = 268435456       all event bytes in RAM, split evenly between queues (relays, labelers)
+  disk_budget_bytes = 21474836480       spill logs on disk, split evenly between queues
   durability = \"periodic:100\"          every-batch | periodic:<ms> | manual
   full_policy = \"block\"                block | drop_newest | drop_oldest (when the disk budget is full)
   spill_mode = \"memory-first\"          memory-first | write-through
   frame_bytes_max = 4194304             larger relay frames are dropped and logged
   sink = \"redis\"                       redis | jsonl
+  sinks = []                            several sinks on each queue, each its own consumer ([\"redis\", \"jsonl\"]); empty: the one sink
   output_format = \"raw\"                raw (fields seq, type, did, frame) | jetstream | rsky (decoded JSON; Redis field `event`)
   wanted_collections = []               keep only these (app.bsky.feed.post, app.bsky.feed.*); rsky defaults to app.bsky.*, chat.bsky.*
   wanted_dids = []                      keep only these DIDs

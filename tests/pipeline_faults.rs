@@ -171,7 +171,7 @@ async fn an_unreachable_redis_keeps_events_queued_until_it_comes_up() {
         pipeline.stopper(),
         pipeline.lanes[0].queue.clone(),
         pipeline.lanes[0].source.clone(),
-        pipeline.lanes[0].sink.clone(),
+        pipeline.lanes[0].sinks[0].stats.clone(),
     );
     let running = tokio::spawn(pipeline.join());
     wait_for("every frame received while Redis is down", || {
@@ -312,6 +312,7 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("data_dir", "\"\""),
         ("relays", "[]"),
         ("start_cursor", "-1"),
+        ("labelers", "[\"https://mod.example\"]"),
         ("memory_budget_bytes", "1000"),
         ("disk_budget_bytes", "0"),
         ("durability", "periodic:0"),
@@ -319,11 +320,13 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("spill_mode", "fast"),
         ("frame_bytes_max", "0"),
         ("sink", "kafka"),
+        ("sinks", "[\"redis\", \"redis\"]"),
         ("output_format", "xml"),
         ("wanted_collections", "[\"app.*.post\"]"),
         ("wanted_dids", "[\"alice\"]"),
         ("redis_url", "redis://:pw-in-error@127.0.0.1:port"),
         ("redis_stream", "\"\""),
+        ("redis_label_stream", "\"\""),
         ("redis_high_water_events", "many"),
         ("redis_low_water_events", "200000"),
         ("jsonl_path", "\"\""),

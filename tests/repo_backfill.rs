@@ -182,7 +182,7 @@ async fn the_cursor_key_never_passes_the_repos_written_while_the_reader_is_stall
     let stop = pipeline.stopper();
     let (source, sink, queue) = (
         pipeline.lanes[0].source.clone(),
-        pipeline.lanes[0].sink.clone(),
+        pipeline.lanes[0].sinks[0].stats.clone(),
         pipeline.lanes[0].queue.clone(),
     );
     let running = tokio::spawn(pipeline.join());
@@ -592,6 +592,17 @@ fn a_backfill_only_configuration_is_accepted_and_bad_hosts_are_refused_naming_th
         listing.redis_cursor.map(|k| k.key).as_deref(),
         Some("repo_backfill:cursor:127.0.0.1:8080")
     );
+    // The rsky ingester's environment in backfill mode gives the same.
+    let ingester = Config::load(
+        None,
+        env(&[
+            ("INGESTER_MODE", "backfill"),
+            ("INGESTER_RELAY_HOSTS", "http://127.0.0.1:8080"),
+        ]),
+    )
+    .expect("INGESTER_MODE=backfill");
+    assert!(ingester.relays.is_empty() && ingester.labelers.is_empty());
+    assert_eq!(ingester.repo_listing_hosts, vec!["http://127.0.0.1:8080"]);
     for (key, value) in [
         ("SPILLWAY_REPO_LISTING_HOSTS", "[\"wss://relay.example\"]"),
         (
@@ -611,4 +622,14 @@ fn a_backfill_only_configuration_is_accepted_and_bad_hosts_are_refused_naming_th
         let named = key.trim_start_matches("SPILLWAY_").to_ascii_lowercase();
         assert!(error.contains(&named), "{key}={value}: {error}");
     }
+    let error = Config::load(
+        None,
+        env(&[
+            ("SPILLWAY_REPO_LISTING_HOSTS", "[\"bsky.network\"]"),
+            ("SPILLWAY_REDIS_REPO_STREAM", "firehose_live"),
+        ]),
+    )
+    .expect_err("one stream for repos and firehose events")
+    .to_string();
+    assert!(error.contains("redis_repo_stream"), "{error}");
 }

@@ -831,7 +831,7 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
         spillway::bench::rss::reset_peak();
         let started = std::time::Instant::now();
         let pipeline = Pipeline::start(&config, 0).map_err(std::io::Error::other)?;
-        let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
+        let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sinks[0].stats.clone());
         let running = tokio::spawn(pipeline.join());
         while sink.events_total.load(Ordering::Relaxed) < args.events {
             if started.elapsed() > std::time::Duration::from_secs(600) {

@@ -7,8 +7,9 @@
 //! lost, says so with [`Source::refetcher`]; one that cannot returns `None`, and a lost
 //! range is then counted as lost for good.
 //!
-//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]) and the
-//! `listRepos` repo backfill ([`repo_listing::RepoListingSource`]). A new kind is a
+//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]), a
+//! labeler's label stream ([`labeler::LabelerSource`]) and the `listRepos` repo backfill
+//! ([`repo_listing::RepoListingSource`]). A new kind is a
 //! new file here, its keys in the configuration, and one line in [`crate::pipeline::kinds`].
 //!
 //! The traits return boxed futures rather than `async fn`: the kind is chosen at run time
@@ -20,6 +21,7 @@ pub mod cursor;
 pub mod firehose;
 pub mod firehose_source;
 pub mod frame;
+pub mod labeler;
 pub mod refetch;
 pub mod relay;
 pub mod repo_listing;
@@ -44,6 +46,9 @@ pub enum EventFamily {
     /// position is the relay seq.
     #[default]
     Firehose,
+    /// Labeler frames (`com.atproto.label.subscribeLabels`): `#labels` DAG-CBOR frames,
+    /// the position is the label seq.
+    Labels,
     /// Repos listed by `com.atproto.sync.listRepos` (rsky's `repo_backfill`): rendered
     /// JSON entries, the position is a running ordinal (see [`repo_listing`]).
     RepoListing,
