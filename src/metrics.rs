@@ -192,7 +192,7 @@ fn load(value: &AtomicU64) -> u64 {
 const FAMILIES: &[(&str, &str, Source)] = &[
     (
         "spillway_source_events_total",
-        "Frames received from the relay (or labeler) and pushed.",
+        "Frames received from the relay (or labeler) and pushed (repos listed, for a listRepos source).",
         Source::Counter(|l, _| load(&l.source.frames_total)),
     ),
     (
@@ -202,7 +202,7 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     ),
     (
         "spillway_source_reconnects_total",
-        "Reconnections to the relay (or labeler).",
+        "Reconnections to the relay (or labeler; listRepos pages retried, for a listRepos source).",
         Source::Counter(|l, _| load(&l.source.reconnects_total)),
     ),
     (
@@ -222,12 +222,12 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     ),
     (
         "spillway_source_connected",
-        "1 while connected to the relay (or labeler).",
+        "1 while connected to the relay (or labeler; while listRepos answers, for a listRepos source).",
         Source::Gauge(|l, _| load(&l.source.connected) as f64),
     ),
     (
         "spillway_relay_cursor",
-        "The last relay (or label) seq pushed.",
+        "The last relay (or label) seq pushed (the ordinal of the last repo listed, for a listRepos source).",
         Source::Gauge(|l, _| load(&l.source.last_seq) as f64),
     ),
     (
@@ -500,7 +500,10 @@ pub fn health_reasons(lanes: &[Lane], rules: HealthRules) -> Vec<String> {
             ));
         }
         if lane.source.connected.load(Ordering::Relaxed) == 0 {
-            reasons.push(format!("{}: the relay is disconnected", lane.host));
+            reasons.push(format!(
+                "{}: the relay is disconnected (or its listRepos pages fail)",
+                lane.host
+            ));
         }
         for sink in &lane.sinks {
             sink_reasons(&lane.host, sink, rules, &mut reasons);

@@ -348,6 +348,9 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("segment_bytes_max", "4096"),
         ("disk_reserve_bytes", "4294967296"),
         ("disk_free_margin_bytes", "99999999999999"),
+        ("repo_listing_hosts", "[\"wss://relay.example\"]"),
+        ("repo_listing_page_bytes_max", "0"),
+        ("redis_repo_stream", "\"\""),
     ];
     // The table covers every key the configuration has.
     let every_key: std::collections::BTreeSet<String> = toml::Value::try_from(Config {

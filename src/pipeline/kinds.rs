@@ -12,10 +12,12 @@ use crate::sink::redis::RedisSink;
 use crate::sink::{Sink, SinkError};
 use crate::source::firehose_source::FirehoseSource;
 use crate::source::labeler::LabelerSource;
+use crate::source::repo_listing::RepoListingSource;
 use crate::source::{EventFamily, Source};
 
 /// The configured sources: one relay firehose per `relays` entry, then one labeler per
-/// `labelers` entry, in order (the order of [`Config::queue_config`]'s index).
+/// `labelers` entry, then one repo listing per `repo_listing_hosts` entry, in order (the
+/// order of [`Config::queue_config`]'s index).
 pub fn sources(config: &Config) -> Vec<Box<dyn Source>> {
     let relays = (0..config.relays.len()).map(|index| {
         Box::new(FirehoseSource::new(
@@ -29,7 +31,13 @@ pub fn sources(config: &Config) -> Vec<Box<dyn Source>> {
             &config.data_dir,
         )) as Box<dyn Source>
     });
-    relays.chain(labelers).collect()
+    let listings = (0..config.repo_listing_hosts.len()).map(|index| {
+        Box::new(RepoListingSource::new(
+            config.repo_listing_config(index),
+            &config.data_dir,
+        )) as Box<dyn Source>
+    });
+    relays.chain(labelers).chain(listings).collect()
 }
 
 /// A sink with its kind (`redis`, `jsonl`).
