@@ -400,6 +400,15 @@ impl Config {
             self.redis_high_water_events,
             self.redis_low_water_events,
         ))?;
+        if self.redis_idempotent_ids
+            && !self.repo_listing_hosts.is_empty()
+            && self.sink_kinds().contains(&"redis")
+        {
+            return invalid(
+                "redis_idempotent_ids",
+                "repo listings (repo_listing_hosts) number their entries with a running ordinal, not a seq the host gave: another run may number them differently, so they cannot carry seq-derived IDs; turn it off or list repos in another spillway".into(),
+            );
+        }
         component(crate::sink::redis::check_more_keys(
             &crate::sink::redis::RedisKeyChecks {
                 url: &self.redis_url,

@@ -222,7 +222,14 @@ fn unsafe_or_inconsistent_settings_are_refused_at_load_naming_the_key() {
                 .map(|(k, v)| (format!("SPILLWAY_{k}"), (*v).to_string())),
         )
     };
-    let cases: [(&[(&str, &str)], &str); 7] = [
+    let cases: [(&[(&str, &str)], &str); 8] = [
+        (
+            &[
+                ("REDIS_IDEMPOTENT_IDS", "true"),
+                ("REPO_LISTING_HOSTS", "[\"http://127.0.0.1:8080/\"]"),
+            ],
+            "redis_idempotent_ids",
+        ),
         (
             &[(
                 "REDIS_URL",

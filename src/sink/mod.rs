@@ -162,6 +162,9 @@ impl OutputOptions {
             EventFamily::Firehose => true,
             // The labeler source pushes each frame with its label seq (from 1) as the position.
             EventFamily::Labels => true,
+            // A running ordinal of this spillway's listing, not a seq the labeler or relay
+            // gave: another run may number the same repos differently.
+            EventFamily::RepoListing => false,
         }
     }
 
