@@ -79,7 +79,8 @@ mod tests {
 
     #[test]
     fn utime_and_stime_are_read_after_a_command_name_with_spaces_and_parentheses() {
-        let line = "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 123 0 0";
+        let line =
+            "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 123 0 0";
         assert_eq!(parse_stat_cpu_ticks(line), Some(325));
     }
 

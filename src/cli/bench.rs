@@ -827,7 +827,10 @@ fn print_e2e_run(label: &str, run: &E2eRun, events: u64, ceiling: f64) {
         "  {:<40} {:>9} {:>12} {:>11}",
         "process", "CPU s", "µs/event", "/ redis"
     );
-    line("spillway (source, queue, spill, sink)", run.cpu.spillway_seconds);
+    line(
+        "spillway (source, queue, spill, sink)",
+        run.cpu.spillway_seconds,
+    );
     line("redis-server (the baseline)", redis);
     match run.cpu.relay_seconds {
         Some(relay) => line("loopback relay (its own process)", relay),
@@ -948,11 +951,13 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
             metrics_listen: "127.0.0.1:0".into(),
             ..Config::default()
         };
-        let unreadable = |what: &str| std::io::Error::other(format!("reading {what}'s CPU time from /proc"));
+        let unreadable =
+            |what: &str| std::io::Error::other(format!("reading {what}'s CPU time from /proc"));
         let relay_pid = relay_child.as_ref().map(|c| c.0.id());
         spillway::bench::rss::reset_peak();
         let spillway_cpu = CpuSince::start(None).ok_or_else(|| unreadable("this process"))?;
-        let redis_cpu = CpuSince::start(Some(redis_pid)).ok_or_else(|| unreadable("redis-server"))?;
+        let redis_cpu =
+            CpuSince::start(Some(redis_pid)).ok_or_else(|| unreadable("redis-server"))?;
         let relay_cpu = match relay_pid {
             Some(pid) => Some(CpuSince::start(Some(pid)).ok_or_else(|| unreadable("the relay"))?),
             None => None,
@@ -975,10 +980,18 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
         }
         let seconds = started.elapsed().as_secs_f64();
         let cpu = E2eCpu {
-            spillway_seconds: spillway_cpu.elapsed_seconds().ok_or_else(|| unreadable("this process"))?,
-            redis_seconds: redis_cpu.elapsed_seconds().ok_or_else(|| unreadable("redis-server"))?,
+            spillway_seconds: spillway_cpu
+                .elapsed_seconds()
+                .ok_or_else(|| unreadable("this process"))?,
+            redis_seconds: redis_cpu
+                .elapsed_seconds()
+                .ok_or_else(|| unreadable("redis-server"))?,
             relay_seconds: match relay_cpu {
-                Some(clock) => Some(clock.elapsed_seconds().ok_or_else(|| unreadable("the relay"))?),
+                Some(clock) => Some(
+                    clock
+                        .elapsed_seconds()
+                        .ok_or_else(|| unreadable("the relay"))?,
+                ),
                 None => None,
             },
         };

@@ -291,7 +291,10 @@ pub fn run_all(args: &AllBenchArgs) -> std::io::Result<()> {
         match measure_e2e(&e2e) {
             Ok(f) => {
                 let events = args.e2e_events as f64;
-                let runs = [("spilling", Some(&f.spilling)), ("nothing spilled", f.in_memory.as_ref())];
+                let runs = [
+                    ("spilling", Some(&f.spilling)),
+                    ("nothing spilled", f.in_memory.as_ref()),
+                ];
                 for (label, run) in runs {
                     let Some(run) = run else { continue };
                     rows.push(Row {
@@ -318,7 +321,9 @@ pub fn run_all(args: &AllBenchArgs) -> std::io::Result<()> {
                         run.cpu.redis_seconds * 1e6 / events,
                     )
                     .note(match run.cpu.relay_seconds {
-                        Some(relay) => format!("the relay: {:.2} µs per event", relay * 1e6 / events),
+                        Some(relay) => {
+                            format!("the relay: {:.2} µs per event", relay * 1e6 / events)
+                        }
                         None => String::new(),
                     });
                     cpu.higher_is_better = false;

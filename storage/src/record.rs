@@ -226,7 +226,11 @@ impl ChunkHeader {
 /// `(i32 relative offset, u32 len)`. Copying each record once, straight from its
 /// parts, is what the hand-written form buys over rkyv's serialiser (which needs one
 /// contiguous slice per record and a `Vec` of references per chunk).
-pub fn encode_chunk<R: RecordBytes>(out: &mut Vec<u8>, first_seq: u64, records: &[R]) -> ChunkHeader {
+pub fn encode_chunk<R: RecordBytes>(
+    out: &mut Vec<u8>,
+    first_seq: u64,
+    records: &[R],
+) -> ChunkHeader {
     assert!(!records.is_empty(), "a chunk holds at least one record");
     assert_eq!(out.len() % CHUNK_ALIGN_BYTES, 0, "chunks start aligned");
     let payload_bytes: usize = records.iter().map(RecordBytes::byte_len).sum();

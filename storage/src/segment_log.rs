@@ -44,7 +44,9 @@ use crate::error::{AppendError, OpenError, ReadError, StorageError};
 use crate::flusher::{self, Flushable, Flusher};
 use crate::fs::{FileHandle, Filesystem, ReadAt, RealFs};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
-use crate::record::{self, ChunkHeader, RecordBytes, RecordParts, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::record::{
+    self, ChunkHeader, RecordBytes, RecordParts, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use crate::recovery::{self, Recovered};
 use crate::segment::{self, ActiveSegment, AppendMark};
 use crate::space::{Reserve, SpaceGauge};
