@@ -403,13 +403,24 @@ pub(crate) fn run_queue_phase_child(
     run_child(&args, phase)
 }
 
+/// `(<= +16 MiB)` when the peak meets issue 15's target, `(over +16 MiB)` when not.
+fn rss_target_mark(peak_rss_bytes: u64, budget_bytes: u64) -> String {
+    let target = RSS_OVER_BUDGET_TARGET_BYTES >> 20;
+    if peak_rss_bytes <= budget_bytes + RSS_OVER_BUDGET_TARGET_BYTES {
+        format!("(<= +{target} MiB)")
+    } else {
+        format!("(over +{target} MiB)")
+    }
+}
+
 fn rss_row(figures: Figures, budget_bytes: u64, extra: &str, json: bool) {
     let peak = figures.peak_rss_bytes;
     let extra = format!(
-        "{extra}peak RSS {:.1} MiB = budget {:.0} MiB {:+.1} MiB",
+        "{extra}peak RSS {:.1} MiB = budget {:.0} MiB {:+.1} MiB {}",
         mib(peak),
         mib(budget_bytes),
-        mib(peak) - mib(budget_bytes)
+        mib(peak) - mib(budget_bytes),
+        rss_target_mark(peak, budget_bytes)
     );
     print_row(
         &Row {
@@ -497,8 +508,9 @@ pub fn run_queue(args: &QueueBenchArgs) -> std::io::Result<()> {
         for (figures, _) in run_queue_phase_child("spill", backlog, size, budget, &scratch.0)? {
             let logical = backlog * size as u64;
             let extra = format!(
-                "backlog {backlog}: peak RSS {:+.1} MiB vs budget; ",
-                mib(figures.peak_rss_bytes) - mib(budget)
+                "backlog {backlog}: peak RSS {:+.1} MiB vs budget {}; ",
+                mib(figures.peak_rss_bytes) - mib(budget),
+                rss_target_mark(figures.peak_rss_bytes, budget)
             );
             print_row(
                 &Row {
@@ -517,8 +529,9 @@ pub fn run_queue(args: &QueueBenchArgs) -> std::io::Result<()> {
                 rss_row(figures, budget, &format!("{extra}; "), args.json);
             } else {
                 let extra = format!(
-                    "backlog {backlog}: peak RSS {:+.1} MiB vs budget",
-                    mib(figures.peak_rss_bytes) - mib(budget)
+                    "backlog {backlog}: peak RSS {:+.1} MiB vs budget {}",
+                    mib(figures.peak_rss_bytes) - mib(budget),
+                    rss_target_mark(figures.peak_rss_bytes, budget)
                 );
                 print_row(
                     &Row {
