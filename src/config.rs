@@ -24,6 +24,12 @@ use crate::source::firehose::FirehoseConfig;
 use crate::source::EventFamily;
 use crate::storage::{Backend, Durability};
 
+/// The sink kinds the `sink` and `sinks` keys accept (each served by an arm of [`crate::pipeline::kinds::sink`]).
+pub const SINK_KINDS: &[&str] = &["redis", "jsonl"];
+
+/// The `sink` key's default.
+pub const DEFAULT_SINK: &str = "redis";
+
 /// Smallest `segment_bytes_max` accepted: smaller segments would mostly be headers and file churn.
 pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
 
@@ -51,8 +57,10 @@ pub struct Config {
     pub spill_mode: String,
     /// Largest relay frame, in bytes.
     pub frame_bytes_max: u64,
-    /// `redis` or `jsonl`.
+    /// The one sink, when `sinks` is empty: one of [`SINK_KINDS`].
     pub sink: String,
+    /// Several sinks on each queue, each reading with its own consumer (empty: the one `sink`).
+    pub sinks: Vec<String>,
     /// What the sink writes: `raw`, `jetstream` or `rsky`.
     pub output_format: String,
     /// Collections to keep (`app.bsky.feed.post`, `app.bsky.feed.*`); empty keeps all
@@ -111,7 +119,8 @@ impl Default for Config {
             full_policy: "block".into(),
             spill_mode: "memory-first".into(),
             frame_bytes_max: 4 * 1024 * 1024,
-            sink: "redis".into(),
+            sink: DEFAULT_SINK.into(),
+            sinks: Vec::new(),
             output_format: "raw".into(),
             wanted_collections: Vec::new(),
             wanted_dids: Vec::new(),
@@ -227,6 +236,9 @@ impl Config {
             table.insert(key, parsed.unwrap_or(toml::Value::String(value)));
         }
         ingester_env::apply(&mut table, ingester)?;
+        // Whether `sink` was set at all (the ingester's variables imply `redis`): its
+        // default cannot tell an explicit `sink = "redis"`.
+        let sink_set = table.contains_key("sink");
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -236,8 +248,53 @@ impl Config {
                     }),
                     message: e.to_string(),
                 })?;
+        config.check_sink_keys(sink_set)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configured sink kinds, in order: `sinks`, or the one `sink` when that is empty.
+    pub fn sink_kinds(&self) -> Vec<&str> {
+        if self.sinks.is_empty() {
+            vec![self.sink.as_str()]
+        } else {
+            self.sinks.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Checks `sink` and `sinks` together: known kinds, no kind twice, and not both keys
+    /// set to different sinks (`sink_set`: `sink` was given, even at its default value).
+    fn check_sink_keys(&self, sink_set: bool) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let expected = SINK_KINDS.join(", ");
+        if !SINK_KINDS.contains(&self.sink.as_str()) {
+            return invalid(
+                "sink",
+                format!("{:?}: expected one of {expected}", self.sink),
+            );
+        }
+        for (index, kind) in self.sinks.iter().enumerate() {
+            if !SINK_KINDS.contains(&kind.as_str()) {
+                return invalid("sinks", format!("{kind:?}: expected one of {expected}"));
+            }
+            if self.sinks[..index].contains(kind) {
+                return invalid(
+                    "sinks",
+                    format!("{kind:?} is listed twice: each sink kind reads its queue once"),
+                );
+            }
+        }
+        let differ = self.sinks.len() != 1 || self.sinks[0] != self.sink;
+        if !self.sinks.is_empty() && differ && (sink_set || self.sink != DEFAULT_SINK) {
+            return invalid(
+                "sinks",
+                format!(
+                    "both sink ({:?}) and sinks ({:?}) are set and differ: keep sinks alone (sink = \"x\" is sinks = [\"x\"])",
+                    self.sink, self.sinks
+                ),
+            );
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -265,9 +322,7 @@ impl Config {
                 ),
             );
         }
-        if !matches!(self.sink.as_str(), "redis" | "jsonl") {
-            return invalid("sink", format!("{:?}: expected redis or jsonl", self.sink));
-        }
+        self.check_sink_keys(false)?;
         if let Err(reason) = OutputFormat::parse(&self.output_format) {
             return invalid("output_format", reason);
         }
@@ -474,6 +529,7 @@ pub fn help() -> String {
   spill_mode = \"memory-first\"          memory-first | write-through
   frame_bytes_max = 4194304             larger relay frames are dropped and logged
   sink = \"redis\"                       redis | jsonl
+  sinks = []                            several sinks on each queue, each its own consumer ([\"redis\", \"jsonl\"]); empty: the one sink
   output_format = \"raw\"                raw (fields seq, type, did, frame) | jetstream | rsky (decoded JSON; Redis field `event`)
   wanted_collections = []               keep only these (app.bsky.feed.post, app.bsky.feed.*); rsky defaults to app.bsky.*, chat.bsky.*
   wanted_dids = []                      keep only these DIDs

@@ -979,7 +979,11 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
         let mut rss_parts_max = (0u64, 0u64);
         let pipeline = Pipeline::start(&config, 0).map_err(std::io::Error::other)?;
         let lane = &pipeline.lanes[0];
-        let (stop, sink, queue) = (pipeline.stopper(), lane.sink.clone(), lane.queue.clone());
+        let (stop, sink, queue) = (
+            pipeline.stopper(),
+            lane.sinks[0].stats.clone(),
+            lane.queue.clone(),
+        );
         let running = tokio::spawn(pipeline.join());
         while sink.events_total.load(Ordering::Relaxed) < args.events {
             if started.elapsed() > std::time::Duration::from_secs(600) {
