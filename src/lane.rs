@@ -8,13 +8,16 @@ use std::sync::Arc;
 
 use crate::queue::SpillQueue;
 use crate::sink::SinkStats;
-use crate::source::SourceStats;
+use crate::source::{EventFamily, SourceStats};
 
 /// One relay's running parts.
 #[derive(Clone)]
 pub struct Lane {
     /// The relay host.
     pub host: String,
+    /// What its source reads (the `source` label of its metrics: a relay, a labeler and a
+    /// repo listing may share a host).
+    pub family: EventFamily,
     /// Its queue.
     pub queue: SpillQueue,
     /// Its source's counters.

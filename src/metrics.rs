@@ -33,6 +33,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::lane::Lane;
 use crate::queue::{ConsumerStats, QueueStats};
 use crate::sink::{now_ms, SinkStats};
+use crate::source::EventFamily;
 
 /// Largest request head read (hyper's smallest allowed read buffer, 8 KiB).
 pub const REQUEST_BYTES_MAX: usize = 8 * 1024;
@@ -401,41 +402,42 @@ impl Collector for LaneCollector {
             let mut metric = encoder.encode_descriptor(family, help, None, kind)?;
             for ((lane, s), rate) in stats.iter().zip(&rates) {
                 let host = ("host", lane.host.as_str());
+                let from = ("source", lane.family.name());
                 match source {
                     Source::Counter(f) => metric
-                        .encode_family(&[host])?
+                        .encode_family(&[host, from])?
                         .encode_counter::<NoLabelSet, _, u64>(&f(lane, s), None)?,
                     Source::Gauge(f) => metric
-                        .encode_family(&[host])?
+                        .encode_family(&[host, from])?
                         .encode_gauge(&Value(f(lane, s)))?,
                     Source::Rate(f) => metric
-                        .encode_family(&[host])?
+                        .encode_family(&[host, from])?
                         .encode_gauge(&Value(f(*rate)))?,
                     Source::Reasons(f) => {
                         for (reason, value) in f(lane, s) {
                             metric
-                                .encode_family(&[host, ("reason", reason)])?
+                                .encode_family(&[host, from, ("reason", reason)])?
                                 .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
                         }
                     }
                     Source::Consumer(f) => {
                         for c in &s.consumers {
                             metric
-                                .encode_family(&[host, ("consumer", c.name.as_str())])?
+                                .encode_family(&[host, from, ("consumer", c.name.as_str())])?
                                 .encode_gauge(&Value(f(c)))?;
                         }
                     }
                     Source::SinkCounter(f) => {
                         for sink in &lane.sinks {
                             metric
-                                .encode_family(&[host, ("sink", sink.kind.as_str())])?
+                                .encode_family(&[host, from, ("sink", sink.kind.as_str())])?
                                 .encode_counter::<NoLabelSet, _, u64>(&f(&sink.stats), None)?;
                         }
                     }
                     Source::SinkGauge(f) => {
                         for sink in &lane.sinks {
                             metric
-                                .encode_family(&[host, ("sink", sink.kind.as_str())])?
+                                .encode_family(&[host, from, ("sink", sink.kind.as_str())])?
                                 .encode_gauge(&Value(f(&sink.stats)))?;
                         }
                     }
@@ -443,7 +445,7 @@ impl Collector for LaneCollector {
                         for sink in &lane.sinks {
                             for (reason, value) in f(&sink.stats) {
                                 let labels =
-                                    [host, ("sink", sink.kind.as_str()), ("reason", reason)];
+                                    [host, from, ("sink", sink.kind.as_str()), ("reason", reason)];
                                 metric
                                     .encode_family(&labels)?
                                     .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
@@ -500,10 +502,12 @@ pub fn health_reasons(lanes: &[Lane], rules: HealthRules) -> Vec<String> {
             ));
         }
         if lane.source.connected.load(Ordering::Relaxed) == 0 {
-            reasons.push(format!(
-                "{}: the relay is disconnected (or its listRepos pages fail)",
-                lane.host
-            ));
+            let what = match lane.family {
+                EventFamily::Firehose => "the relay is disconnected",
+                EventFamily::Labels => "the labeler is disconnected",
+                EventFamily::RepoListing => "its listRepos pages fail",
+            };
+            reasons.push(format!("{}: {what}", lane.host));
         }
         for sink in &lane.sinks {
             sink_reasons(&lane.host, sink, rules, &mut reasons);

@@ -122,6 +122,7 @@ impl Pipeline {
             let source_stats = Arc::new(SourceStats::default());
             // Settled before any task runs: no sink reads stored events ahead of the replay.
             let cursor = source.resume_point(&queue)?;
+            let family = source.family();
             let sinks = sink_task::spawn_all(
                 config,
                 &host,
@@ -147,6 +148,7 @@ impl Pipeline {
             }
             lanes.push(Lane {
                 host,
+                family,
                 queue,
                 source: source_stats,
                 sinks,

@@ -352,10 +352,10 @@ async fn every_label_arrives_in_label_live_as_rsky_writes_it_through_backpressur
 
     let scrape = get(metrics, "/metrics").await;
     for line in [
-        format!("spillway_source_events_total{{host=\"{host}\"}} {LABEL_FRAMES}"),
-        format!("spillway_sink_events_total{{host=\"{host}\",sink=\"redis\"}} {LABEL_FRAMES}"),
-        format!("spillway_relay_cursor{{host=\"{host}\"}} {LABEL_FRAMES}"),
-        format!("spillway_source_connected{{host=\"{host}\"}} 1"),
+        format!("spillway_source_events_total{{host=\"{host}\",source=\"labels\"}} {LABEL_FRAMES}"),
+        format!("spillway_sink_events_total{{host=\"{host}\",source=\"labels\",sink=\"redis\"}} {LABEL_FRAMES}"),
+        format!("spillway_relay_cursor{{host=\"{host}\",source=\"labels\"}} {LABEL_FRAMES}"),
+        format!("spillway_source_connected{{host=\"{host}\",source=\"labels\"}} 1"),
     ] {
         assert!(scrape.contains(&line), "/metrics has {line:?}:\n{scrape}");
     }

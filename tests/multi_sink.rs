@@ -397,15 +397,15 @@ async fn a_paused_redis_spills_its_backlog_while_jsonl_goes_on_and_catches_up_af
     let metrics = get(metrics_addr, "/metrics").await;
     let host = &lane.host;
     for line in [
-        format!("spillway_sink_backpressure{{host=\"{host}\",sink=\"redis\"}} 1"),
-        format!("spillway_sink_backpressure{{host=\"{host}\",sink=\"jsonl\"}} 0"),
-        format!("spillway_consumer_lag_events{{host=\"{host}\",consumer=\"jsonl\"}} 0"),
+        format!("spillway_sink_backpressure{{host=\"{host}\",source=\"firehose\",sink=\"redis\"}} 1"),
+        format!("spillway_sink_backpressure{{host=\"{host}\",source=\"firehose\",sink=\"jsonl\"}} 0"),
+        format!("spillway_consumer_lag_events{{host=\"{host}\",source=\"firehose\",consumer=\"jsonl\"}} 0"),
     ] {
         assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     assert!(
         metrics.contains(&format!(
-            "spillway_sink_events_total{{host=\"{host}\",sink=\"jsonl\"}}"
+            "spillway_sink_events_total{{host=\"{host}\",source=\"firehose\",sink=\"jsonl\"}}"
         )),
         "{metrics}"
     );

@@ -134,7 +134,7 @@ async fn a_listing_arrives_as_rskys_entries_through_429_and_500_and_ends_at_inge
     // Its lane in /metrics, under its host, like a relay's.
     let metrics = http_get(metrics_addr, "/metrics");
     let listed = format!(
-        "spillway_source_events_total{{host=\"{}\"}} {REPOS}",
+        "spillway_source_events_total{{host=\"{}\",source=\"repos\"}} {REPOS}",
         server.addr
     );
     assert!(metrics.contains(&listed), "{listed} in:\n{metrics}");

@@ -54,6 +54,17 @@ pub enum EventFamily {
     RepoListing,
 }
 
+impl EventFamily {
+    /// Its name as the `source` label of metrics gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventFamily::Firehose => "firehose",
+            EventFamily::Labels => "labels",
+            EventFamily::RepoListing => "repos",
+        }
+    }
+}
+
 /// A source of events with a resumable position (the position each event carries).
 pub trait Source: Send {
     /// The source as logs and metrics name it (`host[:port]` for a relay).
