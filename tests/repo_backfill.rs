@@ -5,16 +5,14 @@
 //! listing resumes from its checkpoint, and the child's memory stays within its budget.
 
 mod common;
-#[path = "common/list_repos_server.rs"]
-mod list_repos_server;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::list_repos_server::{expected_entry, Fault, ListReposServer};
 use common::redis_server::RedisServer;
-use list_repos_server::{expected_entry, Fault, ListReposServer};
 use spillway::config::Config;
 use spillway::pipeline::Pipeline;
 use spillway::source::repo_listing::{
