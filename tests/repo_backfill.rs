@@ -502,7 +502,7 @@ async fn listing_survives_a_sigkill_with_the_reader_stalled(repos: u64, page_del
     let _ = child.wait();
 
     let missing = (0..repos)
-        .filter(|i| !seen.contains_key(&list_repos_server::repo_did(*i)))
+        .filter(|i| !seen.contains_key(&common::list_repos_server::repo_did(*i)))
         .count();
     let duplicates = entries_total - seen.len() as u64;
     let mut twice: Vec<u64> = seen
