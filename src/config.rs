@@ -558,6 +558,7 @@ impl Config {
             let family = EventFamily::RepoListing;
             config.redis_cursor = Some(RepoListingCursorKey {
                 url: self.redis_url.clone(),
+                url_redacted: crate::sink::redis::redact_url(&self.redis_url),
                 key: format!("{}:cursor:{}", self.redis_stream_for(family), config.host()),
             });
         }

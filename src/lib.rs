@@ -21,6 +21,8 @@
 #![deny(missing_docs)]
 
 #[cfg(feature = "pipeline")]
+pub mod backoff;
+#[cfg(feature = "pipeline")]
 pub mod bench;
 #[cfg(feature = "pipeline")]
 pub mod cbor;

@@ -4,8 +4,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::firehose::Subscription;
-
 /// The path every relay serves the firehose on; a relay URL with it keeps the short names.
 pub const STANDARD_PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
 
@@ -238,6 +236,43 @@ pub fn parse_cursor(bytes: &[u8]) -> Result<u64, String> {
     trimmed
         .parse::<u64>()
         .map_err(|e| format!("{trimmed:?} is not a decimal number ({e})"))
+}
+
+/// The event stream endpoint a client reads: both speak the same framing, cursor and
+/// error rules, and differ in the frame types they send and the path they serve on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Subscription {
+    /// A relay's `com.atproto.sync.subscribeRepos`.
+    #[default]
+    Repos,
+    /// A labeler's `com.atproto.label.subscribeLabels`.
+    Labels,
+}
+
+impl Subscription {
+    /// The path every server of this kind serves the stream on; a URL with it keeps the short names.
+    pub fn standard_path(self) -> &'static str {
+        match self {
+            Subscription::Repos => STANDARD_PATH,
+            Subscription::Labels => LABELS_PATH,
+        }
+    }
+
+    /// The frame types the lexicon defines (others are kept and counted as unknown).
+    pub(crate) fn known_types(self) -> &'static [&'static str] {
+        match self {
+            Subscription::Repos => &["#commit", "#sync", "#identity", "#account", "#info"],
+            Subscription::Labels => &["#labels", "#info"],
+        }
+    }
+
+    /// What logs call the server.
+    pub fn peer(self) -> &'static str {
+        match self {
+            Subscription::Repos => "relay",
+            Subscription::Labels => "labeler",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+pub use super::cursor::Subscription;
 use super::cursor::{CursorFile, RelayId};
 use super::frame::{self, Frame};
 use crate::queue::{Event, SpillQueue};
@@ -49,43 +50,6 @@ pub struct FirehoseConfig {
     pub subscription: Subscription,
     /// Where to start with no saved cursor and no `start_cursor` (`None`: live).
     pub initial_cursor: Option<u64>,
-}
-
-/// The event stream endpoint a client reads: both speak the same framing, cursor and
-/// error rules, and differ in the frame types they send and the path they serve on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Subscription {
-    /// A relay's `com.atproto.sync.subscribeRepos`.
-    #[default]
-    Repos,
-    /// A labeler's `com.atproto.label.subscribeLabels`.
-    Labels,
-}
-
-impl Subscription {
-    /// The path every server of this kind serves the stream on; a URL with it keeps the short names.
-    pub fn standard_path(self) -> &'static str {
-        match self {
-            Subscription::Repos => super::cursor::STANDARD_PATH,
-            Subscription::Labels => super::cursor::LABELS_PATH,
-        }
-    }
-
-    /// The frame types the lexicon defines (others are kept and counted as unknown).
-    fn known_types(self) -> &'static [&'static str] {
-        match self {
-            Subscription::Repos => &["#commit", "#sync", "#identity", "#account", "#info"],
-            Subscription::Labels => &["#labels", "#info"],
-        }
-    }
-
-    /// What logs call the server.
-    pub fn peer(self) -> &'static str {
-        match self {
-            Subscription::Repos => "relay",
-            Subscription::Labels => "labeler",
-        }
-    }
 }
 
 impl FirehoseConfig {

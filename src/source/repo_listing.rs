@@ -93,8 +93,10 @@ pub struct RepoListingConfig {
 /// The Redis key rsky keeps the listing cursor in.
 #[derive(Debug, Clone)]
 pub struct RedisCursorKey {
-    /// `redis://...` (printed redacted).
+    /// `redis://...` (never printed).
     pub url: String,
+    /// The same with any password hidden: the form logs show.
+    pub url_redacted: String,
     /// `repo_backfill:cursor:<host>`.
     pub key: String,
 }
@@ -1001,7 +1003,7 @@ impl Listing {
         let Some(redis_key) = self.config.redis_cursor.clone() else {
             return Some(None);
         };
-        let url = crate::sink::redis::redact_url(&redis_key.url);
+        let url = redis_key.url_redacted.clone();
         let mut failures = 0u32;
         loop {
             let timeout = Duration::from_millis(self.config.connect_timeout_ms);
@@ -1031,7 +1033,7 @@ impl Listing {
     fn retry_delay(&self, failures: u32, asked_ms: Option<u64>) -> Duration {
         let ms = match asked_ms {
             Some(asked) => asked.min(self.config.retry_after_max_ms),
-            None => crate::sink::retry_delay(
+            None => crate::backoff::retry_delay(
                 self.config.retry_delay_min_ms,
                 self.config.retry_delay_max_ms,
                 failures,
