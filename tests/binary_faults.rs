@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -73,18 +72,6 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
         assert!(started.elapsed() < WAIT, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("response");
-    body
 }
 
 fn metric_sum(metrics: &str, name: &str) -> u64 {
@@ -303,7 +290,7 @@ async fn redis_with_requirepass_gives_the_reason_and_never_the_password() {
             read_text(&log).contains(reason.as_str())
         })
         .await;
-        let scraped = http_get(metrics, "/metrics");
+        let scraped = common::http::get_blocking(metrics, "/metrics");
         assert!(
             metric_sum(&scraped, "spillway_sink_failures_total") > 0,
             "counted as sink failures"
@@ -484,7 +471,7 @@ async fn relays_on_one_host_get_their_own_queue_cursor_and_label() {
         tokio::task::spawn_blocking(move || drain_seqs(&url, "firehose_live", 3 * total, WAIT))
             .await
             .expect("drain");
-    let scraped = http_get(metrics, "/metrics");
+    let scraped = common::http::get_blocking(metrics, "/metrics");
     assert_eq!(stop(child), Some(0), "{}", read_text(&log));
 
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();

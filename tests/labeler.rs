@@ -14,7 +14,6 @@ use common::redis_server::RedisServer;
 use spillway::config::Config;
 use spillway::pipeline::{Lane, Pipeline};
 use spillway::source::relay::{Fault, LoopbackRelay};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LABEL_FRAMES: u64 = 300;
 const RELAY_BASE_SEQ: u64 = 90_000_000_000;
@@ -99,20 +98,6 @@ fn cursor_key(redis: &RedisServer, labeler: &LoopbackRelay) -> u64 {
         .arg(format!("label_live:cursor:{}", labeler.addr()))
         .query(&mut redis.connection())
         .expect("the labeler's cursor key")
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    response
 }
 
 /// Log lines of this test binary (every test's; each looks for its own host).
@@ -208,7 +193,7 @@ async fn every_label_arrives_in_label_live_as_rsky_writes_it_through_backpressur
         "the relay's lane runs beside the labeler's"
     );
 
-    let scrape = get(metrics, "/metrics").await;
+    let scrape = common::http::get(metrics, "/metrics").await;
     for line in [
         format!("spillway_source_events_total{{host=\"{host}\",source=\"labels\"}} {LABEL_FRAMES}"),
         format!("spillway_sink_events_total{{host=\"{host}\",source=\"labels\",sink=\"redis\"}} {LABEL_FRAMES}"),

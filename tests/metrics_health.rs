@@ -8,33 +8,9 @@ use std::time::{Duration, Instant};
 use spillway::config::Config;
 use spillway::pipeline::Pipeline;
 use spillway::source::relay::LoopbackRelay;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BASE_SEQ: u64 = 70_000_000_000;
 const EVENTS: u64 = 2_000;
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 fn sample(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
     let found = scrape
@@ -53,7 +29,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
 async fn wait_for_health(addr: std::net::SocketAddr, status: u16, containing: &str) -> String {
     let started = Instant::now();
     loop {
-        let (code, body) = get(addr, "/health").await;
+        let (code, body) = common::http::get_status_and_body(addr, "/health").await;
         if code == status && body.contains(containing) {
             return body;
         }
@@ -99,7 +75,7 @@ async fn metrics_parse_and_health_follows_the_backlog_and_the_relay() {
     // While the sink lags: the lag's age, the rates and the relay cursor's age show it.
     let started = Instant::now();
     loop {
-        let (_, text) = get(addr, "/metrics").await;
+        let (_, text) = common::http::get_status_and_body(addr, "/metrics").await;
         let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
             .expect("Prometheus text format");
         let lag_seconds = sample(&scrape, "spillway_consumer_lag_seconds");
@@ -127,7 +103,7 @@ async fn metrics_parse_and_health_follows_the_backlog_and_the_relay() {
     wait_for_health(addr, 200, "\"healthy\":true").await;
     let started = Instant::now();
     let scrape = loop {
-        let (code, text) = get(addr, "/metrics").await;
+        let (code, text) = common::http::get_status_and_body(addr, "/metrics").await;
         assert_eq!(code, 200);
         let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
             .expect("Prometheus text format");
@@ -182,7 +158,10 @@ async fn metrics_parse_and_health_follows_the_backlog_and_the_relay() {
     // The relay goes away: unhealthy, with the reason.
     drop(relay);
     wait_for_health(addr, 503, "relay is disconnected").await;
-    assert_eq!(get(addr, "/nothing").await.0, 404);
+    assert_eq!(
+        common::http::get_status_and_body(addr, "/nothing").await.0,
+        404
+    );
 
     let _ = stop.send(true);
     running.await.expect("join").expect("clean stop");

@@ -16,7 +16,6 @@ use spillway::config::{Config, ConfigError};
 use spillway::pipeline::Pipeline;
 use spillway::queue::{Event, SpillQueue};
 use spillway::source::relay::LoopbackRelay;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[global_allocator]
 static ALLOCATOR: CountingAlloc = CountingAlloc;
@@ -164,20 +163,6 @@ async fn a_lagging_consumer_pins_at_most_the_memory_tier_and_the_rest_spills() {
         drained.disk_events, 0,
         "every consumer acked: the log is consumed"
     );
-}
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    response
 }
 
 fn two_sinks(data: &std::path::Path, relay: &LoopbackRelay, redis: &RedisServer) -> Config {
@@ -394,7 +379,7 @@ async fn a_paused_redis_spills_its_backlog_while_jsonl_goes_on_and_catches_up_af
         "redis's backlog spilled: {stats:?}"
     );
     assert!(stats.memory_bytes <= stats.memory_tier_bytes);
-    let metrics = get(metrics_addr, "/metrics").await;
+    let metrics = common::http::get(metrics_addr, "/metrics").await;
     let host = &lane.host;
     for line in [
         format!("spillway_sink_backpressure{{host=\"{host}\",source=\"firehose\",sink=\"redis\"}} 1"),
@@ -480,7 +465,7 @@ async fn a_redis_that_is_down_holds_back_neither_jsonl_nor_its_own_catch_up() {
     })
     .await;
     assert_eq!(redis_stats.events_total.load(Ordering::Relaxed), 0);
-    let health = get(metrics_addr, "/health").await;
+    let health = common::http::get(metrics_addr, "/health").await;
     assert!(
         health.starts_with("HTTP/1.1 503") && health.contains("the redis sink has failed"),
         "{health}"

@@ -130,7 +130,7 @@ async fn a_listing_arrives_as_rskys_entries_through_429_and_500_and_ends_at_inge
     )
     .await;
     // Its lane in /metrics, under its host, like a relay's.
-    let metrics = http_get(metrics_addr, "/metrics");
+    let metrics = common::http::get_blocking(metrics_addr, "/metrics");
     let listed = format!(
         "spillway_source_events_total{{host=\"{}\",source=\"repos\"}} {REPOS}",
         server.addr
@@ -149,19 +149,6 @@ async fn a_listing_arrives_as_rskys_entries_through_429_and_500_and_ends_at_inge
     assert!(text.contains(&queue_dir), "{queue_dir} in:\n{text}");
     let position = format!("ordinal {} cursor \"{DONE_CURSOR}\"", REPOS + 1);
     assert!(text.contains(&position), "{position} in:\n{text}");
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("read");
-    text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

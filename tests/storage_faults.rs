@@ -126,8 +126,8 @@ async fn drain(data: &Path, relay_url: String, out: &Path, expected: u64) -> Dra
             >= expected
     })
     .await;
-    let health = http_get(addr, "/health").await;
-    let metrics = http_get(addr, "/metrics").await;
+    let health = common::http::get(addr, "/health").await;
+    let metrics = common::http::get(addr, "/metrics").await;
     let _ = stop.send(true);
     running.await.expect("join").expect("clean stop");
     Drained {
@@ -136,19 +136,6 @@ async fn drain(data: &Path, relay_url: String, out: &Path, expected: u64) -> Dra
         health,
         metrics,
     }
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("response");
-    response
 }
 
 fn assert_every_seq_once_in_order(seqs: &[u64], expected: impl Iterator<Item = u64>) {
@@ -285,8 +272,8 @@ async fn a_damaged_range_the_relay_no_longer_holds_is_counted_lost_and_health_sa
             && common::jsonl_seqs(&out).last() == Some(&(BASE_SEQ + TOTAL - 1))
     })
     .await;
-    let health = http_get(metrics_addr, "/health").await;
-    let metrics = http_get(metrics_addr, "/metrics").await;
+    let health = common::http::get(metrics_addr, "/health").await;
+    let metrics = common::http::get(metrics_addr, "/metrics").await;
     let _ = stop.send(true);
     running.await.expect("join").expect("clean stop");
 

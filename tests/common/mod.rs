@@ -6,6 +6,8 @@ pub mod counting_alloc;
 #[cfg(feature = "pipeline")]
 pub mod fixture;
 #[cfg(feature = "pipeline")]
+pub mod http;
+#[cfg(feature = "pipeline")]
 pub mod labels;
 #[cfg(feature = "pipeline")]
 pub mod list_repos_server;
