@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -26,15 +26,13 @@ fn free_addr() -> SocketAddr {
 /// `spillway run` with `env` (values in TOML syntax where they are strings: `"\"jsonl\""`),
 /// its stderr appended to `log`.
 fn spillway_run(data: &Path, env: &[(&str, String)], log: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
-    command
-        .args(["run", "--progress-secs", "0"])
-        .env_remove("RUST_LOG")
-        .env("SPILLWAY_DATA_DIR", data)
-        .env("SPILLWAY_METRICS_LISTEN", "\"\"")
-        .env("SPILLWAY_REDIS_HIGH_WATER_EVENTS", "0")
-        .stdout(Stdio::null())
-        .stderr(common::append_log(log));
+    let defaults = [
+        ("SPILLWAY_DATA_DIR", data.display().to_string()),
+        ("SPILLWAY_METRICS_LISTEN", "\"\"".to_string()),
+        ("SPILLWAY_REDIS_HIGH_WATER_EVENTS", "0".to_string()),
+    ];
+    let mut command = common::binary::spillway_run(&defaults, log);
+    command.env_remove("RUST_LOG");
     for (key, value) in env {
         command.env(key, value);
     }

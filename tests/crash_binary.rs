@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -24,23 +24,7 @@ fn start_binary(
     first: bool,
     log: &std::path::Path,
 ) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
-    command
-        .args(["run", "--progress-secs", "0"])
-        .env("SPILLWAY_DATA_DIR", data)
-        .env("SPILLWAY_RELAYS", format!("[\"{relay}\"]"))
-        .env("SPILLWAY_REDIS_URL", redis)
-        .env("SPILLWAY_MEMORY_BUDGET_BYTES", (64u64 << 20).to_string())
-        .env("SPILLWAY_DURABILITY", "\"periodic:50\"")
-        .env("SPILLWAY_REDIS_HIGH_WATER_EVENTS", "0")
-        .env("SPILLWAY_METRICS_LISTEN", "\"127.0.0.1:0\"")
-        .env("RUST_LOG", "spillway=info")
-        .stdout(Stdio::null())
-        .stderr(common::append_log(log));
-    if first {
-        command.env("SPILLWAY_START_CURSOR", (BASE_SEQ - 1).to_string());
-    }
-    command.spawn().expect("spawn the spillway binary")
+    common::binary::start_relay_to_redis(data, relay, redis, first.then_some(BASE_SEQ), &[], log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

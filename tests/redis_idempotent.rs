@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -295,25 +295,17 @@ fn start_binary(
     first: bool,
     log: &std::path::Path,
 ) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
-    command
-        .args(["run", "--progress-secs", "0"])
-        .env("SPILLWAY_DATA_DIR", data)
-        .env("SPILLWAY_RELAYS", format!("[\"{relay}\"]"))
-        .env("SPILLWAY_REDIS_URL", redis)
-        .env("SPILLWAY_REDIS_IDEMPOTENT_IDS", "true")
-        .env("SPILLWAY_REDIS_MULTI_EVENTS_MAX", "100")
-        .env("SPILLWAY_MEMORY_BUDGET_BYTES", (64u64 << 20).to_string())
-        .env("SPILLWAY_DURABILITY", "\"periodic:50\"")
-        .env("SPILLWAY_REDIS_HIGH_WATER_EVENTS", "0")
-        .env("SPILLWAY_METRICS_LISTEN", "\"127.0.0.1:0\"")
-        .env("RUST_LOG", "spillway=info")
-        .stdout(Stdio::null())
-        .stderr(common::append_log(log));
-    if first {
-        command.env("SPILLWAY_START_CURSOR", (BASE_SEQ - 1).to_string());
-    }
-    command.spawn().expect("spawn the spillway binary")
+    common::binary::start_relay_to_redis(
+        data,
+        relay,
+        redis,
+        first.then_some(BASE_SEQ),
+        &[
+            ("SPILLWAY_REDIS_IDEMPOTENT_IDS", "true".to_string()),
+            ("SPILLWAY_REDIS_MULTI_EVENTS_MAX", "100".to_string()),
+        ],
+        log,
+    )
 }
 
 /// Runs the binary with idempotent IDs through `KILLS` kill -9s and a last run; returns how often each seq

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -359,39 +359,31 @@ fn start_binary(
     redis: &str,
     log: &std::path::Path,
 ) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["run", "--progress-secs", "0"])
-        .env("SPILLWAY_DATA_DIR", data)
-        .env("SPILLWAY_RELAYS", "[]")
-        .env("SPILLWAY_REPO_LISTING_HOSTS", format!("[\"{listing}\"]"))
-        .env("SPILLWAY_REDIS_URL", redis)
-        .env(
+    let env = [
+        ("SPILLWAY_DATA_DIR", data.display().to_string()),
+        ("SPILLWAY_RELAYS", "[]".to_string()),
+        ("SPILLWAY_REPO_LISTING_HOSTS", format!("[\"{listing}\"]")),
+        ("SPILLWAY_REDIS_URL", redis.to_string()),
+        (
             "SPILLWAY_MEMORY_BUDGET_BYTES",
             MEMORY_BUDGET_BYTES.to_string(),
-        )
-        .env("SPILLWAY_DURABILITY", "\"periodic:50\"")
-        .env("SPILLWAY_REDIS_HIGH_WATER_EVENTS", HIGH_WATER.to_string())
-        .env(
+        ),
+        ("SPILLWAY_DURABILITY", "\"periodic:50\"".to_string()),
+        ("SPILLWAY_REDIS_HIGH_WATER_EVENTS", HIGH_WATER.to_string()),
+        (
             "SPILLWAY_REDIS_LOW_WATER_EVENTS",
             (HIGH_WATER / 2).to_string(),
-        )
-        .env("SPILLWAY_METRICS_LISTEN", "\"\"")
-        .env("RUST_LOG", "spillway=info")
-        .stdout(Stdio::null())
-        .stderr(common::append_log(log))
-        .spawn()
-        .expect("spawn the spillway binary")
+        ),
+        ("SPILLWAY_METRICS_LISTEN", "\"\"".to_string()),
+        ("RUST_LOG", "spillway=info".to_string()),
+    ];
+    common::binary::spawn(common::binary::spillway_run(&env, log))
 }
 
 /// Peak resident set of process `pid` (VmHWM), in bytes.
 fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib * 1024
+    spillway::bench::rss::proc_kib_field(&format!("/proc/{pid}/status"), "VmHWM:").expect("VmHWM")
+        * 1024
 }
 
 /// Lists `repos` repos, paced at `page_delay` a page so the kill comes mid-listing with

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::labels::{label_frames, start_labeler};
@@ -114,32 +114,29 @@ fn start_spillway(
     metrics_port: u16,
     log: &std::path::Path,
 ) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args(["run", "--progress-secs", "0"])
-        .env("REDIS_URL", redis)
-        .env("INGESTER_MODE", "all")
-        .env("INGESTER_RELAY_HOSTS", format!("ws://{relay_host}"))
-        .env("INGESTER_LABELER_HOSTS", format!("ws://{labeler}"))
-        .env("INGESTER_HIGH_WATER_MARK", HIGH_WATER.to_string())
-        .env("INGESTER_BATCH_SIZE", "200")
-        .env("INGESTER_BATCH_TIMEOUT_MS", "1000")
+    let env = [
+        ("REDIS_URL", redis.to_string()),
+        ("INGESTER_MODE", "all".to_string()),
+        ("INGESTER_RELAY_HOSTS", format!("ws://{relay_host}")),
+        ("INGESTER_LABELER_HOSTS", format!("ws://{labeler}")),
+        ("INGESTER_HIGH_WATER_MARK", HIGH_WATER.to_string()),
+        ("INGESTER_BATCH_SIZE", "200".to_string()),
+        ("INGESTER_BATCH_TIMEOUT_MS", "1000".to_string()),
         // Ours, beside the ingester's: where to keep the spool, how much memory, and the
         // relay's first seq (a loopback relay has no live head to join).
-        .env("SPILLWAY_DATA_DIR", data)
-        .env(
+        ("SPILLWAY_DATA_DIR", data.display().to_string()),
+        (
             "SPILLWAY_MEMORY_BUDGET_BYTES",
             MEMORY_BUDGET_BYTES.to_string(),
-        )
-        .env("SPILLWAY_START_CURSOR", (FIRST_SEQ - 1).to_string())
-        .env(
+        ),
+        ("SPILLWAY_START_CURSOR", (FIRST_SEQ - 1).to_string()),
+        (
             "SPILLWAY_METRICS_LISTEN",
             format!("\"127.0.0.1:{metrics_port}\""),
-        )
-        .env("RUST_LOG", "spillway=info")
-        .stdout(Stdio::null())
-        .stderr(common::append_log(log))
-        .spawn()
-        .expect("spawn the spillway binary")
+        ),
+        ("RUST_LOG", "spillway=info".to_string()),
+    ];
+    common::binary::spawn(common::binary::spillway_run(&env, log))
 }
 
 fn metrics(port: u16) -> String {

@@ -1,6 +1,8 @@
 //! Helpers shared by the queue's integration tests.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod binary;
 pub mod cbor_encode;
 pub mod counting_alloc;
 #[cfg(feature = "pipeline")]
