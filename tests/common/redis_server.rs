@@ -125,6 +125,10 @@ impl TlsFiles {
     }
 }
 
+fn os_args(args: &[&str]) -> Vec<std::ffi::OsString> {
+    args.iter().map(Into::into).collect()
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("addr").port()
@@ -148,33 +152,19 @@ impl RedisServer {
     /// `client_certs` it asks clients for a certificate of that CA too.
     pub fn start_tls(tls: TlsFiles, client_certs: bool) -> Self {
         let port = free_port();
-        let binary =
-            std::env::var("REDIS_SERVER_FOR_TESTS").unwrap_or_else(|_| "redis-server".into());
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(&binary)
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--tls-cert-file")
-            .arg(&tls.cert)
-            .arg("--tls-key-file")
-            .arg(&tls.key)
-            .arg("--tls-ca-cert-file")
-            .arg(&tls.ca)
-            .args(["--tls-auth-clients", if client_certs { "yes" } else { "no" }])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary:?} ({e}); run scripts/test, which installs Debian's redis-server"));
-        let server = RedisServer {
-            child,
-            port,
-            password: None,
-            tls: Some(tls),
-            _dir: dir,
-        };
-        server.wait_for_ping();
-        server
+        let mut args = os_args(&["--port", "0", "--tls-port", &port.to_string()]);
+        for (key, path) in [
+            ("--tls-cert-file", &tls.cert),
+            ("--tls-key-file", &tls.key),
+            ("--tls-ca-cert-file", &tls.ca),
+        ] {
+            args.extend([key.into(), path.into()]);
+        }
+        args.extend(os_args(&[
+            "--tls-auth-clients",
+            if client_certs { "yes" } else { "no" },
+        ]));
+        Self::launch(port, &args, None, Some(tls))
     }
 
     fn wait_for_ping(&self) {
@@ -207,14 +197,27 @@ impl RedisServer {
     }
 
     fn start_with(port: u16, password: Option<&str>) -> Self {
+        let args = os_args(&["--port", &port.to_string(), "--protected-mode", "yes"]);
+        Self::launch(port, &args, password, None)
+    }
+
+    /// Starts `redis-server` (or `$REDIS_SERVER_FOR_TESTS`) on loopback, without persistence, in a
+    /// temporary directory, with `args` besides those; returns once it answers PING.
+    fn launch(
+        port: u16,
+        args: &[std::ffi::OsString],
+        password: Option<&str>,
+        tls: Option<TlsFiles>,
+    ) -> Self {
         let binary =
             std::env::var("REDIS_SERVER_FOR_TESTS").unwrap_or_else(|_| "redis-server".into());
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new(&binary)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
+            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
             .arg("--dir")
             .arg(dir.path())
-            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -223,7 +226,7 @@ impl RedisServer {
             child,
             port,
             password: password.map(str::to_string),
-            tls: None,
+            tls,
             _dir: dir,
         };
         server.wait_for_ping();
@@ -332,42 +335,18 @@ fn free_cluster_port() -> u16 {
 
 impl RedisCluster {
     pub fn start(nodes: usize) -> Self {
-        let binary =
-            std::env::var("REDIS_SERVER_FOR_TESTS").unwrap_or_else(|_| "redis-server".into());
         let servers: Vec<RedisServer> = (0..nodes)
             .map(|_| {
                 let port = free_cluster_port();
-                let dir = tempfile::tempdir().expect("tempdir");
-                let child = Command::new(&binary)
-                    .args([
-                        "--port",
-                        &port.to_string(),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                    ])
-                    .arg("--dir")
-                    .arg(dir.path())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("cannot start {binary:?} ({e})"));
-                let server = RedisServer {
-                    child,
-                    port,
-                    password: None,
-                    tls: None,
-                    _dir: dir,
-                };
-                server.wait_for_ping();
-                server
+                let args = os_args(&[
+                    "--port",
+                    &port.to_string(),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ]);
+                RedisServer::launch(port, &args, None, None)
             })
             .collect();
         let addresses: Vec<String> = servers
