@@ -4,7 +4,6 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::redis_server::RedisCluster;
 use spillway::queue::Delivery;
 use spillway::sink::redis::{RedisSink, RedisSinkConfig, RedisSinkError};
@@ -13,22 +12,7 @@ use spillway::sink::SinkStats;
 const HOST: &str = "relay.test";
 
 fn deliveries(count: usize) -> Vec<Delivery> {
-    let capture = common::fixture::frames_bin();
-    let frames = spillway::source::frame::split_capture(&capture, usize::MAX).expect("frames");
-    frames
-        .iter()
-        .take(count)
-        .enumerate()
-        .map(|(index, frame)| Delivery {
-            seq: index as u64 + 1,
-            position: spillway::source::frame::decode(frame, usize::MAX)
-                .expect("decodes")
-                .seq()
-                .expect("seq"),
-            pushed_at_us: 0,
-            payload: Bytes::copy_from_slice(frame),
-        })
-        .collect()
+    common::fixture::deliveries(count, 0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,6 @@ use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::redis_server::{take_seqs, RedisServer};
 use spillway::config::Config;
 use spillway::decode::OutputFormat;
@@ -23,27 +22,8 @@ use spillway::source::relay::LoopbackRelay;
 const STREAM: &str = "firehose_live";
 const HOST: &str = "relay.test";
 
-/// The fixture's real frames as deliveries, positions their seqs.
 fn deliveries(count: usize) -> Vec<Delivery> {
-    let capture = common::fixture::frames_bin();
-    let frames = spillway::source::frame::split_capture(&capture, usize::MAX).expect("frames");
-    frames
-        .iter()
-        .take(count)
-        .enumerate()
-        .map(|(index, frame)| {
-            let seq = spillway::source::frame::decode(frame, usize::MAX)
-                .expect("a fixture frame decodes")
-                .seq()
-                .expect("a fixture frame has a seq");
-            Delivery {
-                seq: index as u64 + 1,
-                position: seq,
-                pushed_at_us: 1_700_000_000_000_000,
-                payload: Bytes::copy_from_slice(frame),
-            }
-        })
-        .collect()
+    common::fixture::deliveries(count, 1_700_000_000_000_000)
 }
 
 fn sink_config(redis: &RedisServer, idempotent_ids: bool) -> RedisSinkConfig {
@@ -67,12 +47,7 @@ async fn write(sink: &mut RedisSink, batch: &[Delivery]) {
 }
 
 fn stream_ids_and_seqs(c: &mut redis::Connection) -> Vec<(String, u64)> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(STREAM)
-        .arg("-")
-        .arg("+")
-        .query(c)
-        .expect("XRANGE");
+    let reply = common::redis_server::xrange(c, STREAM);
     reply
         .ids
         .iter()
@@ -128,12 +103,7 @@ async fn decoded_lines_of_one_frame_get_ids_seq_0_seq_1_and_a_replay_adds_none()
     let batch = deliveries(150);
     write(&mut sink, &batch).await;
     write(&mut sink, &batch[50..]).await;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(STREAM)
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.connection())
-        .expect("XRANGE");
+    let reply = common::redis_server::xrange(&mut redis.connection(), STREAM);
     let mut per_seq: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for entry in &reply.ids {
         let (seq, n) = entry.id.split_once('-').expect("an ID ms-n");
@@ -462,12 +432,7 @@ async fn a_server_frozen_mid_window_leaves_every_event_once_in_order_after_the_r
     }
     freezer.await.expect("freezer");
     let ids: Vec<String> = {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(STREAM)
-            .arg("-")
-            .arg("+")
-            .query(&mut redis.connection())
-            .expect("XRANGE");
+        let reply = common::redis_server::xrange(&mut redis.connection(), STREAM);
         reply.ids.into_iter().map(|entry| entry.id).collect()
     };
     let expected: Vec<String> = (1..=6_000u64).map(|p| format!("{p}-0")).collect();

@@ -43,12 +43,7 @@ fn get_key(c: &mut redis::Connection, key: &str) -> Option<String> {
 
 /// Every `repo` field in the stream, in order (each entry must have that one field only).
 fn all_entries(c: &mut redis::Connection) -> Vec<String> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(STREAM)
-        .arg("-")
-        .arg("+")
-        .query(c)
-        .expect("XRANGE");
+    let reply = common::redis_server::xrange(c, STREAM);
     reply
         .ids
         .iter()
@@ -62,14 +57,6 @@ fn all_entries(c: &mut redis::Connection) -> Vec<String> {
             entry.get::<String>("repo").expect("a repo field")
         })
         .collect()
-}
-
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +80,7 @@ async fn a_listing_arrives_as_rskys_entries_through_429_and_500_and_ends_at_inge
 
     let key = cursor_key(&server);
     let mut c = redis.connection();
-    wait_for(
+    common::wait_until(
         "the cursor key to say done",
         Duration::from_secs(60),
         || get_key(&mut c, &key).as_deref() == Some(DONE_CURSOR),
@@ -120,7 +107,7 @@ async fn a_listing_arrives_as_rskys_entries_through_429_and_500_and_ends_at_inge
     );
     // The position file says done: a restart lists nothing.
     let file = PositionFile::for_source(dir.path(), &RepoListingConfig::new(server.url()));
-    wait_for(
+    common::wait_until(
         "the position file to say done",
         Duration::from_secs(10),
         || {
@@ -171,7 +158,7 @@ async fn the_cursor_key_never_passes_the_repos_written_while_the_reader_is_stall
         pipeline.lanes[0].queue.clone(),
     );
     let running = tokio::spawn(pipeline.join());
-    wait_for(
+    common::wait_until(
         "the whole listing queued and the sink paused",
         Duration::from_secs(60),
         || {
@@ -264,7 +251,7 @@ async fn an_oversized_or_malformed_page_is_an_error_naming_the_host_and_loses_no
     let running = tokio::spawn(pipeline.join());
     let mut c = redis.connection();
     let key = cursor_key(&server);
-    wait_for(
+    common::wait_until(
         "the cursor key to say done",
         Duration::from_secs(60),
         || get_key(&mut c, &key).as_deref() == Some(DONE_CURSOR),
@@ -299,7 +286,7 @@ async fn the_redis_cursor_key_says_where_to_start_and_ingester_done_lists_nothin
         Pipeline::start(&listing_config(&done, &redis, dir.path()), 0).expect("pipeline");
     let (stop, source) = (pipeline.stopper(), pipeline.lanes[0].source.clone());
     let running = tokio::spawn(pipeline.join());
-    wait_for(
+    common::wait_until(
         "the source to read the key and idle",
         Duration::from_secs(30),
         || source.connected.load(Ordering::Relaxed) == 1,
@@ -326,7 +313,7 @@ async fn the_redis_cursor_key_says_where_to_start_and_ingester_done_lists_nothin
     let stop = pipeline.stopper();
     let running = tokio::spawn(pipeline.join());
     let key = cursor_key(&halfway);
-    wait_for(
+    common::wait_until(
         "the cursor key to say done",
         Duration::from_secs(60),
         || get_key(&mut c, &key).as_deref() == Some(DONE_CURSOR),
@@ -399,7 +386,7 @@ async fn listing_survives_a_sigkill_with_the_reader_stalled(repos: u64, page_del
     // listing spills. Killed once about 40% is listed.
     let mut child = start_binary(&data, &server.url(), &redis.url(), &log);
     let kill_at = repos * 2 / 5;
-    wait_for("40% listed", Duration::from_secs(120), || {
+    common::wait_until("40% listed", Duration::from_secs(120), || {
         server.stats.repos_served.load(Ordering::SeqCst) >= kill_at
     })
     .await;
@@ -425,7 +412,7 @@ async fn listing_survives_a_sigkill_with_the_reader_stalled(repos: u64, page_del
 
     // Run 2: the rest is listed with the reader still stalled, then the reader drains.
     let mut child = start_binary(&data, &server.url(), &redis.url(), &log);
-    wait_for("the last page", Duration::from_secs(120), || {
+    common::wait_until("the last page", Duration::from_secs(120), || {
         server.stats.last_page_served.load(Ordering::SeqCst)
     })
     .await;

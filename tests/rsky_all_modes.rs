@@ -196,14 +196,6 @@ fn get(c: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(c).expect("GET")
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingester_environment_runs_all_three_sources_and_loses_nothing_past_the_high_water_mark(
 ) {
@@ -282,7 +274,7 @@ async fn the_ingester_environment_runs_all_three_sources_and_loses_nothing_past_
 
     // The reader catches up and drains all three streams.
     let (mut firehose, mut labels, mut repos) = (Vec::new(), Vec::new(), Vec::new());
-    wait_for(
+    common::wait_until(
         "every entry of the three streams",
         Duration::from_secs(240),
         || {
@@ -316,7 +308,7 @@ async fn the_ingester_environment_runs_all_three_sources_and_loses_nothing_past_
     }
 
     // The cursor keys, as the ingester names them.
-    wait_for("the cursor keys", Duration::from_secs(30), || {
+    common::wait_until("the cursor keys", Duration::from_secs(30), || {
         get(&mut c, &format!("firehose_live:cursor:{host}")) == Some(last_firehose_seq.to_string())
             && get(&mut c, &format!("label_live:cursor:{}", labeler.addr()))
                 == Some(LABEL_FRAMES.to_string())

@@ -295,6 +295,16 @@ pub fn take_seqs(c: &mut redis::Connection, stream: &str, count: usize) -> Vec<u
     seqs
 }
 
+/// Every entry of `stream`, oldest first.
+pub fn xrange(c: &mut redis::Connection, stream: &str) -> redis::streams::StreamRangeReply {
+    redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(c)
+        .unwrap_or_else(|e| panic!("XRANGE {stream}: {e}"))
+}
+
 /// Takes seqs from the stream's head until `count` arrived; panics naming how many did after `timeout`.
 pub fn drain_seqs(url: &str, stream: &str, count: u64, timeout: Duration) -> Vec<u64> {
     let mut c = redis::Client::open(url)
