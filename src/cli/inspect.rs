@@ -170,6 +170,34 @@ fn queue_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// `cursor-*` files in the data directory with their values, or why each cannot be used
 /// (the error names the file).
 fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, Result<u64, String>)>> {
+    state_files(dir, "cursor-", |path| {
+        CursorFile::at(path).load().map_err(|e| e.to_string())
+    })
+}
+
+/// `listing-*` files (the repo listings' positions) in the data directory, or why each
+/// cannot be read (the error names the file).
+#[allow(clippy::type_complexity)]
+fn listing_positions(
+    dir: &Path,
+) -> std::io::Result<Vec<(String, Result<ListingPosition, String>)>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    state_files(dir, "listing-", |path| {
+        PositionFile::at(path).load().map_err(|e| e.to_string())
+    })
+}
+
+/// The files named `prefix*` in the data directory (none in a log's own directory) with what
+/// `load` reads from each, sorted by name; one removed between the listing and the read
+/// (`Ok(None)`) is left out, and a `.tmp` file is a write still in progress.
+#[allow(clippy::type_complexity)]
+fn state_files<T>(
+    dir: &Path,
+    prefix: &str,
+    load: impl Fn(&Path) -> Result<Option<T>, String>,
+) -> std::io::Result<Vec<(String, Result<T, String>)>> {
     let mut out = Vec::new();
     if dir.join("manifest").is_dir() || dir.join("sled").is_dir() {
         return Ok(out);
@@ -181,45 +209,13 @@ fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, Result<u64, String>)
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if !name.starts_with("cursor-") || name.ends_with(".tmp") {
+        if !name.starts_with(prefix) || name.ends_with(".tmp") {
             continue;
         }
-        let value = match CursorFile::at(&path).load() {
-            Ok(Some(cursor)) => Ok(cursor),
-            // Removed between the listing and the read.
+        let value = match load(&path) {
+            Ok(Some(value)) => Ok(value),
             Ok(None) => continue,
-            Err(error) => Err(error.to_string()),
-        };
-        out.push((name.to_string(), value));
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// `listing-*` files (the repo listings' positions) in the data directory, or why each
-/// cannot be read (the error names the file).
-#[allow(clippy::type_complexity)]
-fn listing_positions(
-    dir: &Path,
-) -> std::io::Result<Vec<(String, Result<ListingPosition, String>)>> {
-    let mut out = Vec::new();
-    if !dir.is_dir() || dir.join("manifest").is_dir() || dir.join("sled").is_dir() {
-        return Ok(out);
-    }
-    for entry in std::fs::read_dir(dir)
-        .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?
-    {
-        let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if !name.starts_with("listing-") || name.ends_with(".tmp") {
-            continue;
-        }
-        let value = match PositionFile::at(&path).load() {
-            Ok(Some(position)) => Ok(position),
-            Ok(None) => continue,
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error),
         };
         out.push((name.to_string(), value));
     }
