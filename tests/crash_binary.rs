@@ -64,16 +64,7 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_stay_bounded() {
         }
     });
 
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.as_nanos() as u64)
-        | 1;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = common::clock_seeded_rng();
     for kill in 0..KILLS {
         let mut child = start_binary(&data, &relay.url(), &redis.url(), kill == 0, &log);
         let alive = Duration::from_millis(150 + next() % 900);

@@ -313,16 +313,7 @@ async fn killed_runs() -> (BTreeMap<u64, u32>, u64) {
             }
         }
     });
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(7, |d| d.as_nanos() as u64)
-        | 1;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = common::clock_seeded_rng();
     for kill in 0..KILLS {
         let mut child = start_binary(&data, &relay.url(), &redis.url(), kill == 0, &log);
         tokio::time::sleep(Duration::from_millis(300 + next() % 600)).await;

@@ -74,6 +74,21 @@ pub async fn wait_until(what: &str, timeout: std::time::Duration, mut done: impl
     }
 }
 
+/// A xorshift generator seeded from the clock: kill times that differ from run to run
+/// without a random-number crate.
+pub fn clock_seeded_rng() -> impl FnMut() -> u64 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(7, |d| d.as_nanos() as u64)
+        | 1;
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 /// `path` opened for a child's stderr: created if missing, appended to across restarts.
 pub fn append_log(path: &std::path::Path) -> std::fs::File {
     std::fs::OpenOptions::new()
