@@ -389,12 +389,7 @@ async fn a_lost_range_of_labels_is_fetched_again_from_the_labeler() {
 
 #[test]
 fn a_labeler_alone_is_a_configuration_and_no_source_is_refused() {
-    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
+    let env = common::env_pairs;
     // What the rsky ingester's INGESTER_MODE=labeler with INGESTER_LABELER_HOSTS=mod.bsky.app maps to.
     let config = Config::load(
         None,

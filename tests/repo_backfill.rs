@@ -530,12 +530,7 @@ async fn a_million_repos_survive_a_sigkill_with_the_reader_stalled() {
 
 #[test]
 fn a_backfill_only_configuration_is_accepted_and_bad_hosts_are_refused_naming_the_key() {
-    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
+    let env = common::env_pairs;
     let config = Config::load(
         None,
         env(&[

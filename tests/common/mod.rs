@@ -89,6 +89,14 @@ pub fn clock_seeded_rng() -> impl FnMut() -> u64 {
     }
 }
 
+/// Environment pairs as `Config::load` takes them.
+pub fn env_pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// `path` opened for a child's stderr: created if missing, appended to across restarts.
 pub fn append_log(path: &std::path::Path) -> std::fs::File {
     std::fs::OpenOptions::new()
