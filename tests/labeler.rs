@@ -86,6 +86,24 @@ fn drain_labels(url: &str, count: u64, timeout: Duration) -> Vec<String> {
     out
 }
 
+/// The loopback firehose relay each labeler test runs beside its labeler.
+async fn start_relay() -> LoopbackRelay {
+    LoopbackRelay::start(common::fixture::relay_config(RELAY_BASE_SEQ, RELAY_EVENTS))
+        .await
+        .expect("relay")
+}
+
+/// Waits for all `LABEL_FRAMES` labels in `label_live` and compares them with `expected`.
+async fn assert_all_labels_arrive(redis: &RedisServer, expected: &[String]) {
+    let url = redis.url();
+    let got = tokio::task::spawn_blocking(move || {
+        drain_labels(&url, LABEL_FRAMES, Duration::from_secs(60))
+    })
+    .await
+    .expect("drain");
+    assert_entries(&got, expected);
+}
+
 fn assert_entries(got: &[String], expected: &[String]) {
     assert_eq!(got.len(), expected.len(), "one entry per #labels frame");
     for (seq, (got, want)) in (1..).zip(got.iter().zip(expected)) {
@@ -126,9 +144,7 @@ fn logs() -> &'static Mutex<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_label_arrives_in_label_live_as_rsky_writes_it_through_backpressure() {
     let redis = RedisServer::start();
-    let relay = LoopbackRelay::start(common::fixture::relay_config(RELAY_BASE_SEQ, RELAY_EVENTS))
-        .await
-        .expect("relay");
+    let relay = start_relay().await;
     let (frames, expected) = label_frames(LABEL_FRAMES);
     let labeler = start_labeler(frames, Vec::new()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -169,13 +185,7 @@ async fn every_label_arrives_in_label_live_as_rsky_writes_it_through_backpressur
         stats.spilled_events_total >= LABEL_FRAMES,
         "the labels went through the spill log: {stats:?}"
     );
-    let url = redis.url();
-    let got = tokio::task::spawn_blocking(move || {
-        drain_labels(&url, LABEL_FRAMES, Duration::from_secs(60))
-    })
-    .await
-    .expect("drain");
-    assert_entries(&got, &expected);
+    assert_all_labels_arrive(&redis, &expected).await;
     while sink.events_total.load(Ordering::Relaxed) < LABEL_FRAMES {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -255,9 +265,7 @@ async fn every_label_arrives_in_label_live_as_rsky_writes_it_through_backpressur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_and_an_error_frame_resume_from_the_cursor_with_nothing_missing() {
     let redis = RedisServer::start();
-    let relay = LoopbackRelay::start(common::fixture::relay_config(RELAY_BASE_SEQ, RELAY_EVENTS))
-        .await
-        .expect("relay");
+    let relay = start_relay().await;
     let (frames, expected) = label_frames(LABEL_FRAMES);
     let faults = vec![
         (120, Fault::DropConnection),
@@ -271,13 +279,7 @@ async fn a_dropped_connection_and_an_error_frame_resume_from_the_cursor_with_not
     let stop = pipeline.stopper();
     let running = tokio::spawn(pipeline.join());
 
-    let url = redis.url();
-    let got = tokio::task::spawn_blocking(move || {
-        drain_labels(&url, LABEL_FRAMES, Duration::from_secs(60))
-    })
-    .await
-    .expect("drain");
-    assert_entries(&got, &expected);
+    assert_all_labels_arrive(&redis, &expected).await;
     assert_eq!(
         labeler.stats().connections.load(Ordering::Relaxed),
         3,
@@ -303,9 +305,7 @@ async fn a_dropped_connection_and_an_error_frame_resume_from_the_cursor_with_not
 async fn a_malformed_frame_is_named_in_the_log_and_loses_nothing() {
     let logs = logs();
     let redis = RedisServer::start();
-    let relay = LoopbackRelay::start(common::fixture::relay_config(RELAY_BASE_SEQ, RELAY_EVENTS))
-        .await
-        .expect("relay");
+    let relay = start_relay().await;
     let (frames, expected) = label_frames(LABEL_FRAMES);
     let faults = vec![(50, Fault::Garbage), (150, Fault::Truncated)];
     let labeler = start_labeler(frames, faults).await;
@@ -320,13 +320,7 @@ async fn a_malformed_frame_is_named_in_the_log_and_loses_nothing() {
     let stop = pipeline.stopper();
     let running = tokio::spawn(pipeline.join());
 
-    let url = redis.url();
-    let got = tokio::task::spawn_blocking(move || {
-        drain_labels(&url, LABEL_FRAMES, Duration::from_secs(60))
-    })
-    .await
-    .expect("drain");
-    assert_entries(&got, &expected);
+    assert_all_labels_arrive(&redis, &expected).await;
     assert_eq!(
         source.decode_errors_total.load(Ordering::Relaxed),
         2,
