@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::redis_server::{drain_seqs, RedisServer};
+use common::redis_server::{drain_seqs_blocking, RedisServer};
 use spillway::source::relay::{LoopbackRelay, RelayConfig};
 
 const BASE_SEQ: u64 = 80_000_000_000;
@@ -145,11 +145,7 @@ async fn a_deleted_cursor_file_resumes_from_the_queues_own_record_and_warns() {
         .spawn()
         .expect("spawn");
     let url = redis.url();
-    let seqs = tokio::task::spawn_blocking(move || {
-        drain_seqs(&url, "firehose_live", total, Duration::from_secs(30))
-    })
-    .await
-    .expect("drain");
+    let seqs = drain_seqs_blocking(url, "firehose_live", total, Duration::from_secs(30)).await;
     assert_eq!(stop(second), Some(0));
     let text = read_text(&log);
     assert!(
@@ -313,9 +309,7 @@ async fn redis_with_requirepass_gives_the_reason_and_never_the_password() {
     .spawn()
     .expect("spawn");
     let url = redis.url();
-    let seqs = tokio::task::spawn_blocking(move || drain_seqs(&url, "firehose_live", total, WAIT))
-        .await
-        .expect("drain");
+    let seqs = drain_seqs_blocking(url, "firehose_live", total, WAIT).await;
     assert_eq!(seqs.len() as u64, total);
     assert_eq!(stop(child), Some(0));
     assert!(!read_text(&log).contains(PASSWORD), "the password leaked");
@@ -461,10 +455,7 @@ async fn relays_on_one_host_get_their_own_queue_cursor_and_label() {
     .spawn()
     .expect("spawn");
     let url = redis.url();
-    let seqs =
-        tokio::task::spawn_blocking(move || drain_seqs(&url, "firehose_live", 3 * total, WAIT))
-            .await
-            .expect("drain");
+    let seqs = drain_seqs_blocking(url, "firehose_live", 3 * total, WAIT).await;
     let scraped = common::http::get_blocking(metrics, "/metrics");
     assert_eq!(stop(child), Some(0), "{}", read_text(&log));
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::counting_alloc::{self, CountingAlloc};
-use common::redis_server::{drain_seqs, RedisServer};
+use common::redis_server::{drain_seqs_blocking, RedisServer};
 use spillway::config::Config;
 use spillway::pipeline::Pipeline;
 use spillway::source::relay::LoopbackRelay;
@@ -80,11 +80,8 @@ async fn two_hundred_thousand_events_arrive_in_order_through_backpressure() {
     // Now drain the stream like a downstream indexer.
     let mut next = BASE_SEQ;
     let url = redis.url();
-    let collected = tokio::task::spawn_blocking(move || {
-        drain_seqs(&url, "firehose_live", EVENTS, Duration::from_secs(300))
-    })
-    .await
-    .expect("drain");
+    let collected =
+        drain_seqs_blocking(url, "firehose_live", EVENTS, Duration::from_secs(300)).await;
     for seq in &collected {
         assert_eq!(*seq, next, "a gap or a reordering in the stream");
         next += 1;

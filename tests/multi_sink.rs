@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::counting_alloc::{self, CountingAlloc};
-use common::redis_server::{drain_seqs, RedisServer};
+use common::redis_server::{drain_seqs_blocking, RedisServer};
 use common::{jsonl_seqs, small_queue_config, wait_until};
 use spillway::config::{Config, ConfigError};
 use spillway::pipeline::Pipeline;
@@ -217,11 +217,7 @@ async fn redis_and_jsonl_each_get_every_seq() {
     assert_eq!(kinds, vec![("redis", "redis"), ("jsonl", "jsonl")]);
     let running = tokio::spawn(pipeline.join());
     let url = redis.url();
-    let in_redis = tokio::task::spawn_blocking(move || {
-        drain_seqs(&url, STREAM, EVENTS, Duration::from_secs(120))
-    })
-    .await
-    .expect("drain");
+    let in_redis = drain_seqs_blocking(url, STREAM, EVENTS, Duration::from_secs(120)).await;
     assert_eq!(in_redis, (BASE_SEQ..BASE_SEQ + EVENTS).collect::<Vec<_>>());
     let out = std::path::PathBuf::from(&config.jsonl_path);
     wait_until(
@@ -401,11 +397,7 @@ async fn a_paused_redis_spills_its_backlog_while_jsonl_goes_on_and_catches_up_af
     );
     // Phase three: Redis drained like a downstream reader: it catches up, every seq.
     let url = redis.url();
-    let in_redis = tokio::task::spawn_blocking(move || {
-        drain_seqs(&url, STREAM, EVENTS, Duration::from_secs(300))
-    })
-    .await
-    .expect("drain");
+    let in_redis = drain_seqs_blocking(url, STREAM, EVENTS, Duration::from_secs(300)).await;
     assert_every_seq_in_order("redis", &in_redis, BASE_SEQ..BASE_SEQ + EVENTS);
     let peak = counting_alloc::peak_bytes() as u64 - baseline;
     println!(
@@ -474,11 +466,7 @@ async fn a_redis_that_is_down_holds_back_neither_jsonl_nor_its_own_catch_up() {
 
     let redis = RedisServer::start_on(port);
     let url = redis.url();
-    let in_redis = tokio::task::spawn_blocking(move || {
-        drain_seqs(&url, STREAM, EVENTS, Duration::from_secs(120))
-    })
-    .await
-    .expect("drain");
+    let in_redis = drain_seqs_blocking(url, STREAM, EVENTS, Duration::from_secs(120)).await;
     assert_every_seq_in_order("redis", &in_redis, BASE_SEQ..BASE_SEQ + EVENTS);
     assert_eq!(
         jsonl_seqs(std::path::Path::new(&config.jsonl_path)),

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::redis_server::{drain_seqs, RedisServer};
+use common::redis_server::{drain_seqs_blocking, RedisServer};
 use spillway::config::Config;
 use spillway::pipeline::{Pipeline, PipelineError};
 use spillway::source::firehose::SourceError;
@@ -192,11 +192,7 @@ async fn an_unreachable_redis_keeps_events_queued_until_it_comes_up() {
 
     let redis = RedisServer::start_on(port);
     let url = redis.url();
-    let seqs = tokio::task::spawn_blocking(move || {
-        drain_seqs(&url, "firehose_live", total, Duration::from_secs(60))
-    })
-    .await
-    .expect("drain");
+    let seqs = drain_seqs_blocking(url, "firehose_live", total, Duration::from_secs(60)).await;
     assert_eq!(
         seqs,
         (BASE_SEQ..BASE_SEQ + total).collect::<Vec<_>>(),

@@ -327,6 +327,19 @@ pub fn drain_seqs(url: &str, stream: &str, count: u64, timeout: Duration) -> Vec
     seqs
 }
 
+/// [`drain_seqs`] on a blocking thread, for async tests (the runtime keeps driving the pipeline).
+pub async fn drain_seqs_blocking(
+    url: String,
+    stream: &str,
+    count: u64,
+    timeout: Duration,
+) -> Vec<u64> {
+    let stream = stream.to_string();
+    tokio::task::spawn_blocking(move || drain_seqs(&url, &stream, count, timeout))
+        .await
+        .expect("the drain thread")
+}
+
 /// A Redis Cluster of `nodes` masters (no replicas) on free loopback ports, made with
 /// `redis-cli --cluster create`; stopped when dropped.
 pub struct RedisCluster {
