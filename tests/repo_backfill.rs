@@ -188,6 +188,15 @@ async fn the_cursor_key_never_passes_the_repos_written_while_the_reader_is_stall
     running.await.expect("join").expect("pipeline");
 }
 
+/// The error of `client`'s next page fetch as text (`expected` says what the test expects to go wrong).
+async fn page_error(client: &mut ListReposClient, expected: &str) -> String {
+    client
+        .fetch_page(None)
+        .await
+        .expect_err(expected)
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_or_malformed_page_is_an_error_naming_the_host_and_loses_nothing() {
     const REPOS: u64 = 3_000;
@@ -197,42 +206,26 @@ async fn an_oversized_or_malformed_page_is_an_error_naming_the_host_and_loses_no
     small.page_bytes_max = 10_000;
     let mut client = ListReposClient::new(&small);
     server.fault_at(0, Fault::Oversized(50_000));
-    let error = client
-        .fetch_page(None)
-        .await
-        .expect_err("oversized")
-        .to_string();
+    let error = page_error(&mut client, "oversized").await;
     assert!(
         error.contains(&host) && error.contains("repo_listing_page_bytes_max"),
         "{error}"
     );
     server.fault_at(1, Fault::Malformed);
-    let error = client
-        .fetch_page(None)
-        .await
-        .expect_err("malformed")
-        .to_string();
+    let error = page_error(&mut client, "malformed").await;
     assert!(
         error.contains(&host) && error.contains("malformed"),
         "{error}"
     );
     server.fault_at(2, Fault::Status(500, None));
-    let error = client.fetch_page(None).await.expect_err("500").to_string();
+    let error = page_error(&mut client, "500").await;
     assert!(error.contains(&host) && error.contains("500"), "{error}");
     let unreachable = RepoListingConfig::new("http://127.0.0.1:1");
-    let error = ListReposClient::new(&unreachable)
-        .fetch_page(None)
-        .await
-        .expect_err("nothing listens")
-        .to_string();
+    let error = page_error(&mut ListReposClient::new(&unreachable), "nothing listens").await;
     assert!(error.contains("127.0.0.1:1"), "{error}");
     // https:// to a plain-text server: the TLS handshake fails, named (rustls has its provider).
     let tls = RepoListingConfig::new(format!("https://{host}"));
-    let error = ListReposClient::new(&tls)
-        .fetch_page(None)
-        .await
-        .expect_err("no TLS there")
-        .to_string();
+    let error = page_error(&mut ListReposClient::new(&tls), "no TLS there").await;
     assert!(error.contains(&host) && error.contains("TLS"), "{error}");
 
     // Through the pipeline: the bad pages are retried, and every repo arrives once.
