@@ -41,6 +41,16 @@ fn get_key(c: &mut redis::Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(c).expect("GET")
 }
 
+/// Waits (up to a minute) until the listing's cursor key `key` says the listing is done.
+async fn wait_for_done(c: &mut redis::Connection, key: &str) {
+    common::wait_until(
+        "the cursor key to say done",
+        Duration::from_secs(60),
+        || get_key(c, key).as_deref() == Some(DONE_CURSOR),
+    )
+    .await;
+}
+
 /// Every `repo` field in the stream, in order (each entry must have that one field only).
 fn all_entries(c: &mut redis::Connection) -> Vec<String> {
     let reply = common::redis_server::xrange(c, STREAM);
@@ -80,12 +90,7 @@ async fn a_listing_arrives_as_rskys_entries_through_429_and_500_and_ends_at_inge
 
     let key = cursor_key(&server);
     let mut c = redis.connection();
-    common::wait_until(
-        "the cursor key to say done",
-        Duration::from_secs(60),
-        || get_key(&mut c, &key).as_deref() == Some(DONE_CURSOR),
-    )
-    .await;
+    wait_for_done(&mut c, &key).await;
     let entries = all_entries(&mut c);
     let host_field = server.url();
     let expected: Vec<String> = (0..REPOS).map(|i| expected_entry(i, &host_field)).collect();
@@ -244,12 +249,7 @@ async fn an_oversized_or_malformed_page_is_an_error_naming_the_host_and_loses_no
     let running = tokio::spawn(pipeline.join());
     let mut c = redis.connection();
     let key = cursor_key(&server);
-    common::wait_until(
-        "the cursor key to say done",
-        Duration::from_secs(60),
-        || get_key(&mut c, &key).as_deref() == Some(DONE_CURSOR),
-    )
-    .await;
+    wait_for_done(&mut c, &key).await;
     let entries = all_entries(&mut c);
     let expected: Vec<String> = (0..REPOS)
         .map(|i| expected_entry(i, &server.url()))
@@ -306,12 +306,7 @@ async fn the_redis_cursor_key_says_where_to_start_and_ingester_done_lists_nothin
     let stop = pipeline.stopper();
     let running = tokio::spawn(pipeline.join());
     let key = cursor_key(&halfway);
-    common::wait_until(
-        "the cursor key to say done",
-        Duration::from_secs(60),
-        || get_key(&mut c, &key).as_deref() == Some(DONE_CURSOR),
-    )
-    .await;
+    wait_for_done(&mut c, &key).await;
     let cursors = halfway.stats.cursors.lock().expect("cursors").clone();
     assert_eq!(cursors, vec![Some(2000), Some(3000)]);
     let expected: Vec<String> = (2000..REPOS)
