@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};
+use crate::sink::nats::NatsSink;
 use crate::sink::redis::RedisSink;
 use crate::sink::{Sink, SinkError};
 use crate::source::firehose_source::FirehoseSource;
@@ -38,6 +39,7 @@ pub fn sink(
 ) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match config.sink.as_str() {
         "redis" => Box::new(RedisSink::new(config.redis_config(family), host)?),
+        "nats" => Box::new(NatsSink::new(config.nats_config(family), host)),
         // The configuration refuses other kinds, so this arm is `jsonl`.
         _ => {
             let target = if config.jsonl_path == "-" {

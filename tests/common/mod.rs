@@ -6,6 +6,8 @@ pub mod counting_alloc;
 pub mod fixture;
 pub mod memory_case;
 #[cfg(feature = "pipeline")]
+pub mod nats_server;
+#[cfg(feature = "pipeline")]
 pub mod redis_server;
 
 use spillway::queue::{QueueConfig, SpillMode};
