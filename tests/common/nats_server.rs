@@ -240,12 +240,24 @@ pub async fn wait_ready(url: &str, options: async_nats::ConnectOptions) {
             }
         }
     };
-    let js = jetstream::new(client);
-    while js.query_account().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "JetStream at {url} not ready within 30 s"
-        );
+    // The raw account request: the client's typed one does not parse nats-server 2.9's reply.
+    loop {
+        let answer = match client.request("$JS.API.INFO", "".into()).await {
+            Ok(reply) => serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|v| match v.get("error") {
+                    Some(error) => Err(error.to_string()),
+                    None => Ok(()),
+                }),
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok(()) => return,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "JetStream at {url} not ready within 30 s: {e}"
+            ),
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
