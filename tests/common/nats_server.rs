@@ -272,10 +272,21 @@ pub async fn stream_seqs(
     let js = jetstream::new(client);
     let mut handle = js.get_stream(stream).await.expect("the stream exists");
     let total = handle.info().await.expect("stream info").state.messages;
-    let consumer = handle
-        .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .expect("an ordered consumer");
+    // Right after a node's death the meta leader may be in election: ask again for a while.
+    let started = Instant::now();
+    let consumer = loop {
+        match handle
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await
+        {
+            Ok(consumer) => break consumer,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no ordered consumer on {stream} within 30 s: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut messages = consumer.messages().await.expect("messages");
     let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
     let mut read = 0u64;
