@@ -835,3 +835,53 @@ mod tests {
         assert_eq!(sink.subject(), "firehose.relay_example");
     }
 }
+
+#[cfg(test)]
+mod config_tests {
+    use crate::config::{Config, ConfigError};
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = pairs
+            .iter()
+            .map(|(k, v)| (format!("SPILLWAY_{k}"), v.to_string()));
+        Config::load(None, env)
+    }
+
+    #[test]
+    fn the_nats_keys_are_checked_only_for_the_nats_sink_and_name_the_key() {
+        let refused = load(&[("SINK", "nats"), ("NATS_ACK_WINDOW_EVENTS", "5000")])
+            .expect_err("a window past the client's limit");
+        assert!(
+            matches!(
+                refused,
+                ConfigError::Invalid {
+                    key: "nats_ack_window_events",
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert!(load(&[("NATS_ACK_WINDOW_EVENTS", "5000")]).is_ok());
+        let refused = load(&[("SINK", "nats"), ("NATS_REPLICAS", "7")]).expect_err("replicas");
+        assert!(matches!(
+            refused,
+            ConfigError::Invalid {
+                key: "nats_replicas",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_numeric_password_is_read_and_never_printed() {
+        let config = load(&[
+            ("SINK", "nats"),
+            ("NATS_USER", "spillway"),
+            ("NATS_PASSWORD", "918273645"),
+        ])
+        .expect("a password of digits is a password");
+        assert_eq!(config.nats_auth().password.expose(), "918273645");
+        let printed = format!("{config:?} {}", toml::to_string(&config).expect("toml"));
+        assert!(!printed.contains("918273645"), "{printed}");
+    }
+}
