@@ -480,7 +480,7 @@ async fn tls_and_credentials_connect_and_wrong_ones_are_refused_clearly() {
 
     // The stream on the TLS server holds the batch once, with its headers.
     let seen = stream_seqs(
-        &[url.clone()],
+        std::slice::from_ref(&url),
         async_nats::ConnectOptions::with_user_and_password("spillway".into(), PASSWORD.into())
             .add_root_certificates(ca)
             .require_tls(true),
@@ -491,5 +491,76 @@ async fn tls_and_credentials_connect_and_wrong_ones_are_refused_clearly() {
     assert!(
         missing.is_empty() && duplicates == 0,
         "missing {missing:?}, {duplicates} duplicates"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoded_lines_get_one_message_each_and_a_retried_batch_adds_none() {
+    const BASE_SEQ: u64 = 90_000_000_000;
+    let server = NatsServer::start().await;
+    let capture = common::fixture::frames_bin();
+    let frames = spillway::source::frame::split_capture(&capture, usize::MAX).expect("capture");
+    let batch: Vec<Delivery> = frames
+        .iter()
+        .take(300)
+        .enumerate()
+        .map(|(i, frame)| {
+            let mut bytes = frame.to_vec();
+            spillway::source::frame::rewrite_seq(&mut bytes, BASE_SEQ + i as u64).expect("seq");
+            Delivery {
+                seq: i as u64 + 1,
+                position: BASE_SEQ + i as u64,
+                pushed_at_us: 1_700_000_000_000_000,
+                payload: bytes.into(),
+            }
+        })
+        .collect();
+    let mut config = sink_config(&server.url(), NatsAuth::default());
+    config.output.format = spillway::decode::OutputFormat::Jetstream;
+    // A window smaller than the batch, so acks are awaited while publishing goes on.
+    config.ack_window_events = 16;
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stats = SinkStats::default();
+    let mut sink = NatsSink::new(config.clone(), "relay.example");
+    assert!(sink.write(&batch, &stats, &stop).await);
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let stored = js
+        .get_stream("firehose")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    // The same batch again, from a new sink (a restart replaying it): all duplicates.
+    let mut again = NatsSink::new(config, "relay.example");
+    assert!(again.write(&batch, &stats, &stop).await);
+    let after = js
+        .get_stream("firehose")
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("info")
+        .state
+        .messages;
+    println!("{} frames became {stored} JSON lines", batch.len());
+    assert!(
+        stored > batch.len() as u64 / 2,
+        "the frames rendered into lines ({stored})"
+    );
+    assert_eq!(after, stored, "a replayed batch added messages");
+    let seen = stream_seqs(
+        &[server.url()],
+        async_nats::ConnectOptions::new(),
+        "firehose",
+    )
+    .await;
+    assert_eq!(seen.values().map(|n| u64::from(*n)).sum::<u64>(), stored);
+    assert!(
+        seen.values().any(|n| *n > 1),
+        "some frame renders several lines, each its own message"
     );
 }
