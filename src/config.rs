@@ -10,6 +10,8 @@
 //! composes them, and checks what belongs to no single component (the budgets shared
 //! between queues, the frame limit that queue, source and decoder share).
 
+pub mod ingester_env;
+
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -36,6 +38,8 @@ pub struct Config {
     pub relays: Vec<String>,
     /// Start cursor for every relay (default: the saved cursor, else live).
     pub start_cursor: Option<u64>,
+    /// Labeler URLs (`subscribeLabels`), one source task and queue each; empty: none.
+    pub labelers: Vec<String>,
     /// All event bytes in RAM, split evenly between relays.
     pub memory_budget_bytes: u64,
     /// Disk for the spill logs, split evenly between relays.
@@ -61,6 +65,8 @@ pub struct Config {
     pub redis_url: String,
     /// The Redis stream.
     pub redis_stream: String,
+    /// The Redis stream of labels (rsky's `label_live`).
+    pub redis_label_stream: String,
     /// Pause writing at this XLEN (0: never).
     pub redis_high_water_events: u64,
     /// Resume below this XLEN.
@@ -129,6 +135,7 @@ impl Default for Config {
             data_dir: PathBuf::from("spillway-data"),
             relays: vec!["wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos".into()],
             start_cursor: None,
+            labelers: Vec::new(),
             memory_budget_bytes: 256 * 1024 * 1024,
             disk_budget_bytes: 20 * 1024 * 1024 * 1024,
             durability: "periodic:100".into(),
@@ -141,6 +148,7 @@ impl Default for Config {
             wanted_dids: Vec::new(),
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_stream: "firehose_live".into(),
+            redis_label_stream: "label_live".into(),
             redis_high_water_events: 100_000,
             redis_low_water_events: 50_000,
             nats_urls: vec!["nats://127.0.0.1:4222".into()],
@@ -203,6 +211,18 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// The rsky ingester's environment and a Spillway key disagree.
+    #[error("{variable} (the rsky ingester's environment) sets {key} = {ingester_value}, but {key} is already {spillway_value} (config file or SPILLWAY_{upper}); set one of the two", upper = key.to_ascii_uppercase())]
+    Conflict {
+        /// The ingester's variable(s).
+        variable: &'static str,
+        /// The Spillway key.
+        key: &'static str,
+        /// The value the ingester's variables give (a URL's password hidden).
+        ingester_value: String,
+        /// The value the file or `SPILLWAY_*` gave (a URL's password hidden).
+        spillway_value: String,
+    },
     /// The queue refused its settings; its error names the field.
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueConfigError),
@@ -215,11 +235,14 @@ pub enum ConfigError {
 pub const ENV_PREFIX: &str = "SPILLWAY_";
 
 impl Config {
-    /// Reads `path` (if any), applies `SPILLWAY_*` overrides from `env`, and validates.
+    /// Reads `path` (if any), applies `SPILLWAY_*` overrides from `env`, then the rsky
+    /// ingester's variables ([`ingester_env`]), and validates.
     pub fn load(
         path: Option<&std::path::Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let ingester = ingester_env::mapped(&env)?;
         let mut table: toml::Table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
@@ -249,6 +272,7 @@ impl Config {
                 .and_then(|mut t| t.remove("v"));
             table.insert(key, parsed.unwrap_or(toml::Value::String(value)));
         }
+        ingester_env::apply(&mut table, ingester)?;
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -268,6 +292,25 @@ impl Config {
             checked.map_err(|(key, reason)| ConfigError::Invalid { key, reason })
         };
         component(crate::source::firehose::check_relays(&self.relays))?;
+        component(crate::source::labeler::check_labelers(&self.labelers))?;
+        if self.queue_count() == 0 {
+            return invalid(
+                "relays",
+                "no source to run: at least one relay or labeler URL is needed".into(),
+            );
+        }
+        if self.redis_label_stream.is_empty() {
+            return invalid("redis_label_stream", "must not be empty".into());
+        }
+        if !self.labelers.is_empty() && self.redis_label_stream == self.redis_stream {
+            return invalid(
+                "redis_label_stream",
+                format!(
+                    "{:?} is also redis_stream: labels and firehose events, and their cursor keys, would mix in one stream",
+                    self.redis_label_stream
+                ),
+            );
+        }
         if !matches!(self.sink.as_str(), "redis" | "nats" | "jsonl") {
             return invalid(
                 "sink",
@@ -289,7 +332,8 @@ impl Config {
             self.redis_high_water_events,
             self.redis_low_water_events,
         ))?;
-        if self.sink == "nats" {
+        // Checked whichever sink runs, as the Redis keys are: a wrong key is wrong at once.
+        {
             let auth = self.nats_auth();
             component(crate::sink::nats::check_keys(
                 &crate::sink::nats::NatsKeys {
@@ -377,15 +421,20 @@ impl Config {
                 ),
             );
         }
-        for relay in 0..self.relays.len() {
-            self.queue_config(relay).validate()?;
+        for queue in 0..self.queue_count() {
+            self.queue_config(queue).validate()?;
         }
         Ok(())
     }
 
-    /// The queue configuration of each relay: an even share of the budgets.
-    pub fn queue_config(&self, _relay: usize) -> QueueConfig {
-        let share = self.relays.len().max(1) as u64;
+    /// How many queues the budgets are split between: one per relay and one per labeler.
+    pub fn queue_count(&self) -> usize {
+        self.relays.len() + self.labelers.len()
+    }
+
+    /// The queue configuration of each source (relays, then labelers): an even share of the budgets.
+    pub fn queue_config(&self, _source: usize) -> QueueConfig {
+        let share = self.queue_count().max(1) as u64;
         let mut config = QueueConfig::new();
         config.memory_budget_bytes = self.memory_budget_bytes / share;
         config.log.backend = Backend::Segment;
@@ -418,6 +467,13 @@ impl Config {
         config
     }
 
+    /// The settings of labeler `index` (the frame limit shared; no filter: labels carry no collection).
+    pub fn labeler_config(&self, index: usize) -> FirehoseConfig {
+        let mut config = crate::source::labeler::labeler_config(self.labelers[index].clone());
+        config.frame_bytes_max = self.frame_bytes_max as usize;
+        config
+    }
+
     /// The filter applied before the queue and again at output: the wanted collections
     /// and DIDs, with rsky's collections when that format is chosen without any.
     ///
@@ -442,13 +498,23 @@ impl Config {
     pub fn redis_stream_for(&self, family: EventFamily) -> &str {
         match family {
             EventFamily::Firehose => &self.redis_stream,
+            EventFamily::Labels => &self.redis_label_stream,
         }
     }
 
     /// The NATS stream that events of `family` go to.
     pub fn nats_stream_for(&self, family: EventFamily) -> &str {
         match family {
-            EventFamily::Firehose => &self.nats_stream,
+            // One stream: labels are told apart by subject (`nats_subject_family_for`).
+            EventFamily::Firehose | EventFamily::Labels => &self.nats_stream,
+        }
+    }
+
+    /// The subject token between the prefix and the host for events of `family` (empty: none).
+    pub fn nats_subject_family_for(&self, family: EventFamily) -> &'static str {
+        match family {
+            EventFamily::Firehose => "",
+            EventFamily::Labels => "labels",
         }
     }
 
@@ -471,6 +537,7 @@ impl Config {
         let mut config = NatsSinkConfig::new(self.nats_urls.clone());
         config.stream = self.nats_stream_for(family).to_string();
         config.subject_prefix = self.nats_subject_prefix.clone();
+        config.subject_family = self.nats_subject_family_for(family).to_string();
         config.replicas = self.nats_replicas as usize;
         config.duplicate_window_secs = self.nats_duplicate_window_secs;
         config.ack_window_events = self.nats_ack_window_events as usize;
@@ -511,8 +578,9 @@ pub fn help() -> String {
   data_dir = \"spillway-data\"          queues, relay cursors and the lock (one run per directory)
 ",
         crate::source::firehose::CONFIG_HELP,
-        "  memory_budget_bytes = 268435456       all event bytes in RAM, split between relays
-  disk_budget_bytes = 21474836480       spill logs on disk, split between relays
+        crate::source::labeler::CONFIG_HELP,
+        "  memory_budget_bytes = 268435456       all event bytes in RAM, split evenly between queues (relays, labelers)
+  disk_budget_bytes = 21474836480       spill logs on disk, split evenly between queues
   durability = \"periodic:100\"          every-batch | periodic:<ms> | manual
   full_policy = \"block\"                block | drop_newest | drop_oldest (when the disk budget is full)
   spill_mode = \"memory-first\"          memory-first | write-through
@@ -534,7 +602,9 @@ pub fn help() -> String {
         crate::metrics::CONFIG_HELP,
         "  segment_bytes_max = 67108864          spill log segment file size (at least 1 MiB and 2 x frame_bytes_max)
   disk_reserve_bytes = 4194304          kept allocated per queue, given up to open and drain on a full disk (0: none)
-  disk_free_margin_bytes = 1048576      free space a spill leaves on the filesystem; past it the producer blocks",
+  disk_free_margin_bytes = 1048576      free space a spill leaves on the filesystem; past it the producer blocks
+",
+        ingester_env::HELP,
     ]
     .concat()
 }

@@ -186,7 +186,7 @@ fn load(value: &AtomicU64) -> u64 {
 const FAMILIES: &[(&str, &str, Source)] = &[
     (
         "spillway_source_events_total",
-        "Frames received from the relay and pushed.",
+        "Frames received from the relay (or labeler) and pushed.",
         Source::Counter(|l, _| load(&l.source.frames_total)),
     ),
     (
@@ -196,7 +196,7 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     ),
     (
         "spillway_source_reconnects_total",
-        "Reconnections to the relay.",
+        "Reconnections to the relay (or labeler).",
         Source::Counter(|l, _| load(&l.source.reconnects_total)),
     ),
     (
@@ -216,12 +216,12 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     ),
     (
         "spillway_source_connected",
-        "1 while connected to the relay.",
+        "1 while connected to the relay (or labeler).",
         Source::Gauge(|l, _| load(&l.source.connected) as f64),
     ),
     (
         "spillway_relay_cursor",
-        "The last relay seq pushed.",
+        "The last relay (or label) seq pushed.",
         Source::Gauge(|l, _| load(&l.source.last_seq) as f64),
     ),
     (
@@ -234,7 +234,7 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     ),
     (
         "spillway_durable_watermark",
-        "The relay seq saved as the resume cursor (durable watermark).",
+        "The relay (or label) seq saved as the resume cursor (durable watermark).",
         Source::Gauge(|_, s| s.durable_watermark.map_or(f64::NAN, |w| w as f64)),
     ),
     (

@@ -92,7 +92,7 @@ pub fn run_inspect(args: &InspectArgs) -> std::io::Result<()> {
         let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors, "held_by_pid": holder});
         println!("{out:#}");
     } else if !cursors.is_empty() {
-        println!("relay cursors (the durable watermark a restart resumes from):");
+        println!("relay and labeler (cursor-labels-*) cursors (the durable watermark a restart resumes from):");
         for (name, value) in &cursors {
             println!("  {name}: {}", shown(value));
         }

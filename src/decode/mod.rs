@@ -1,5 +1,6 @@
 //! Full decoding of relay frames into the JSON that firehose consumers read: Jetstream v1
-//! and the rsky ingester's `StreamEvent`, with collection and DID filters.
+//! and the rsky ingester's `StreamEvent`, with collection and DID filters; and of labeler
+//! frames into its `LabelStreamEvent` ([`labels`]).
 //!
 //! Everything here is bounded by the frame size limit: the CBOR reader checks every
 //! length against the bytes left and refuses nesting past [`CBOR_DEPTH_MAX`](crate::cbor::CBOR_DEPTH_MAX), and a
@@ -16,6 +17,7 @@ pub mod cid;
 pub mod event;
 pub mod format;
 pub mod json;
+pub mod labels;
 
 pub use event::{decode_frame, Decoded};
 pub use format::{render, Filter, OutputFormat};

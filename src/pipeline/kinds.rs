@@ -12,18 +12,25 @@ use crate::sink::nats::NatsSink;
 use crate::sink::redis::RedisSink;
 use crate::sink::{Sink, SinkError};
 use crate::source::firehose_source::FirehoseSource;
+use crate::source::labeler::LabelerSource;
 use crate::source::{EventFamily, Source};
 
-/// The configured sources: one relay firehose per `relays` entry, in order.
+/// The configured sources: one relay firehose per `relays` entry, then one labeler per
+/// `labelers` entry, in order (the order of [`Config::queue_config`]'s index).
 pub fn sources(config: &Config) -> Vec<Box<dyn Source>> {
-    (0..config.relays.len())
-        .map(|index| {
-            Box::new(FirehoseSource::new(
-                config.firehose_config(index),
-                &config.data_dir,
-            )) as Box<dyn Source>
-        })
-        .collect()
+    let relays = (0..config.relays.len()).map(|index| {
+        Box::new(FirehoseSource::new(
+            config.firehose_config(index),
+            &config.data_dir,
+        )) as Box<dyn Source>
+    });
+    let labelers = (0..config.labelers.len()).map(|index| {
+        Box::new(LabelerSource::new(
+            config.labeler_config(index),
+            &config.data_dir,
+        )) as Box<dyn Source>
+    });
+    relays.chain(labelers).collect()
 }
 
 /// The configured sink (`sink` key) for the events of source `host`, of `family`; the

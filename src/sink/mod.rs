@@ -123,6 +123,7 @@ impl OutputOptions {
     pub fn writes_raw_frames(&self) -> bool {
         match self.family {
             EventFamily::Firehose => self.format == OutputFormat::Raw,
+            EventFamily::Labels => self.format == OutputFormat::Raw,
         }
     }
 
@@ -130,6 +131,8 @@ impl OutputOptions {
     pub fn entry_field(&self) -> &'static str {
         match self.family {
             EventFamily::Firehose => "event",
+            // rsky's `label_live` entries.
+            EventFamily::Labels => "labels",
         }
     }
 
@@ -139,6 +142,8 @@ impl OutputOptions {
         match self.family {
             // The source pushes each frame with its relay seq as the position.
             EventFamily::Firehose => batch.last().map(|d| d.position.to_string()),
+            // The labeler source pushes each frame with its label seq as the position.
+            EventFamily::Labels => batch.last().map(|d| d.position.to_string()),
         }
     }
 
@@ -148,6 +153,22 @@ impl OutputOptions {
         lines.clear();
         match self.family {
             EventFamily::Firehose => self.render_firehose(batch, stats, lines),
+            EventFamily::Labels => self.render_labels(batch, stats, lines),
+        }
+    }
+
+    /// Renders labeler frames as rsky's `LabelStreamEvent` (the one decoded form labels
+    /// have: `jetstream` and `rsky` both write it).
+    fn render_labels(&self, batch: &[Delivery], stats: &SinkStats, lines: &mut Vec<String>) {
+        for delivery in batch {
+            match crate::decode::labels::render_rsky(&delivery.payload, self.frame_bytes_max) {
+                Ok(Some(line)) => lines.push(line),
+                Ok(None) => {}
+                Err(error) => {
+                    stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(seq = delivery.position, %error, "skipping a labels frame that does not decode into rsky's entry");
+                }
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //!
 //! # Exactly once in the stream
 //! Every message carries `Nats-Msg-Id: <host>:<seq>` (plus `:<n>`, the operation index,
-//! where one frame renders several JSON lines). The server drops a publish whose id it saw
+//! where one frame renders several JSON lines; a labeler's ids start with `labels:`). The server drops a publish whose id it saw
 //! within the stream's duplicate window, so a batch retried after a timeout or a leader
 //! failover, a batch replayed after a `kill -9`, and the same event published by the other
 //! process of an active-active pair are all stored once. The window is the bound: an
@@ -137,6 +137,9 @@ pub struct NatsSinkConfig {
     pub stream: String,
     /// Subjects are `<subject_prefix>.<host>`; the stream is created over `<subject_prefix>.>`.
     pub subject_prefix: String,
+    /// A token between the prefix and the host for a family other than the firehose
+    /// (`labels`: `<subject_prefix>.labels.<host>`); empty for none.
+    pub subject_family: String,
     /// Replicas of a stream this sink creates.
     pub replicas: usize,
     /// The duplicate window of a stream this sink creates, in seconds.
@@ -167,6 +170,7 @@ impl NatsSinkConfig {
             urls,
             stream: "firehose".into(),
             subject_prefix: "firehose".into(),
+            subject_family: String::new(),
             replicas: 1,
             duplicate_window_secs: 120,
             ack_window_events: 1_024,
@@ -184,7 +188,7 @@ impl NatsSinkConfig {
 /// Its lines of `spillway run --help`: the keys of the NATS sink.
 pub const CONFIG_HELP: &str = "  nats_urls = [\"nats://127.0.0.1:4222\"]  servers (several for a cluster); tls://host:port for TLS
   nats_stream = \"firehose\"             JetStream stream, created when absent
-  nats_subject_prefix = \"firehose\"     subject <prefix>.<relay host, dots as _>; the stream takes <prefix>.>
+  nats_subject_prefix = \"firehose\"     subject <prefix>.<relay host, dots as _> (labelers: <prefix>.labels.<host>); the stream takes <prefix>.>
   nats_replicas = 1                     replicas of a created stream (3 for a 3-node cluster)
   nats_duplicate_window_secs = 120      dedupe window of a created stream: the server keeps every msg id
                                         of the window in memory (~100 B each: at 2,000 events/s, 120 s is
@@ -317,16 +321,23 @@ fn check_auth(auth: &NatsAuth) -> Result<(), (&'static str, String)> {
             "set one of nats_token, nats_user/nats_password and nats_creds_file".into(),
         ));
     }
-    if auth.user.is_empty() != auth.password.is_empty() {
-        return Err((
-            "nats_user",
-            "nats_user and nats_password go together".into(),
-        ));
+    // Each message names its own key only: the configuration's errors name one key.
+    if auth.password.is_empty() && !auth.user.is_empty() {
+        return Err(("nats_user", "a user name without its password".into()));
     }
-    if auth.tls_cert_file.is_some() != auth.tls_key_file.is_some() {
+    if auth.user.is_empty() && !auth.password.is_empty() {
+        return Err(("nats_password", "a password without its user name".into()));
+    }
+    if auth.tls_cert_file.is_some() && auth.tls_key_file.is_none() {
         return Err((
             "nats_tls_cert_file",
-            "nats_tls_cert_file and nats_tls_key_file go together".into(),
+            "a client certificate without its key".into(),
+        ));
+    }
+    if auth.tls_key_file.is_some() && auth.tls_cert_file.is_none() {
+        return Err((
+            "nats_tls_key_file",
+            "a client key without its certificate".into(),
         ));
     }
     let files = [
@@ -441,7 +452,16 @@ impl NatsSink {
             .map(|u| redact_url(u))
             .collect::<Vec<_>>()
             .join(",");
-        let subject = format!("{}.{}", config.subject_prefix, subject_token(host));
+        let subject = if config.subject_family.is_empty() {
+            format!("{}.{}", config.subject_prefix, subject_token(host))
+        } else {
+            format!(
+                "{}.{}.{}",
+                config.subject_prefix,
+                config.subject_family,
+                subject_token(host)
+            )
+        };
         NatsSink {
             config,
             servers,
@@ -586,7 +606,16 @@ impl NatsSink {
         let raw = self.config.output.writes_raw_frames();
         for delivery in batch {
             let fields = EventFields::of(delivery);
-            let id = format!("{}:{}", self.host, delivery.position);
+            // The family token keeps a labeler's ids apart from a relay's on the same host:
+            // the stream dedupes by id across all its subjects.
+            let id = if self.config.subject_family.is_empty() {
+                format!("{}:{}", self.host, delivery.position)
+            } else {
+                format!(
+                    "{}:{}:{}",
+                    self.config.subject_family, self.host, delivery.position
+                )
+            };
             if raw {
                 self.outgoing.push(Outgoing {
                     id,
@@ -848,7 +877,7 @@ mod config_tests {
     }
 
     #[test]
-    fn the_nats_keys_are_checked_only_for_the_nats_sink_and_name_the_key() {
+    fn the_nats_keys_are_checked_and_name_the_key() {
         let refused = load(&[("SINK", "nats"), ("NATS_ACK_WINDOW_EVENTS", "5000")])
             .expect_err("a window past the client's limit");
         assert!(
@@ -861,7 +890,7 @@ mod config_tests {
             ),
             "{refused}"
         );
-        assert!(load(&[("NATS_ACK_WINDOW_EVENTS", "5000")]).is_ok());
+        assert!(load(&[("NATS_ACK_WINDOW_EVENTS", "4000")]).is_ok());
         let refused = load(&[("SINK", "nats"), ("NATS_REPLICAS", "7")]).expect_err("replicas");
         assert!(matches!(
             refused,

@@ -4,8 +4,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::firehose::Subscription;
+
 /// The path every relay serves the firehose on; a relay URL with it keeps the short names.
 pub const STANDARD_PATH: &str = "/xrpc/com.atproto.sync.subscribeRepos";
+
+/// The path every labeler serves its labels on; a labeler URL with it keeps the short names.
+pub const LABELS_PATH: &str = "/xrpc/com.atproto.label.subscribeLabels";
+
+/// Prefix of a labeler's file names (`queue-labels-<host>`, `cursor-labels-<host>`), so a
+/// labeler and a relay on one host keep their own queue and cursor.
+pub const LABELS_FILE_PREFIX: &str = "labels-";
 
 /// Characters of a non-standard path kept readable in a file name (a hash follows them).
 const PATH_TAG_CHARS_MAX: usize = 24;
@@ -32,13 +41,21 @@ pub fn file_safe(host: &str) -> String {
 pub struct RelayId {
     /// `host[:port]` as written in the URL, without any `user:password@`.
     authority: String,
-    /// Everything after the authority (path and query), when it is not [`STANDARD_PATH`].
+    /// Everything after the authority (path and query), when it is not the standard one.
     path: Option<String>,
+    /// What the endpoint streams (decides the standard path and the file names).
+    subscription: Subscription,
 }
 
 impl RelayId {
     /// The relay of `url` (`wss://HOST[:PORT]/PATH`).
     pub fn of_url(url: &str) -> Self {
+        Self::of_subscription_url(url, Subscription::Repos)
+    }
+
+    /// The server of `url` streaming `subscription` (a relay, or a labeler whose names
+    /// start with [`LABELS_FILE_PREFIX`]).
+    pub fn of_subscription_url(url: &str, subscription: Subscription) -> Self {
         let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(end);
@@ -48,7 +65,8 @@ impl RelayId {
             .map_or(authority, |(_, host)| host);
         RelayId {
             authority: authority.to_string(),
-            path: (path != STANDARD_PATH).then(|| path.to_string()),
+            path: (path != subscription.standard_path()).then(|| path.to_string()),
+            subscription,
         }
     }
 
@@ -62,9 +80,15 @@ impl RelayId {
 
     /// The file-name part of its queue directory and cursor file (`relay.example_8443`).
     pub fn file_name(&self) -> String {
-        let mut name = file_safe(&self.authority);
+        let mut name = match self.subscription {
+            Subscription::Repos => String::new(),
+            Subscription::Labels => LABELS_FILE_PREFIX.to_string(),
+        };
+        name.push_str(&file_safe(&self.authority));
         if let Some(path) = &self.path {
-            let readable = path.strip_suffix(STANDARD_PATH).unwrap_or(path);
+            let readable = path
+                .strip_suffix(self.subscription.standard_path())
+                .unwrap_or(path);
             let readable: String = file_safe(readable.trim_matches('/'))
                 .chars()
                 .take(PATH_TAG_CHARS_MAX)
@@ -263,6 +287,25 @@ mod tests {
         let secret = RelayId::of_url("wss://me:hunter2@relay.example/feed");
         assert!(!secret.file_name().contains("hunter2"));
         assert!(!secret.label().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_labeler_keeps_its_host_as_label_and_its_own_file_names() {
+        let labels = |url| RelayId::of_subscription_url(url, Subscription::Labels);
+        let id = labels("wss://mod.bsky.app/xrpc/com.atproto.label.subscribeLabels");
+        assert_eq!(id.label(), "mod.bsky.app");
+        assert_eq!(id.file_name(), "labels-mod.bsky.app");
+        let id = labels("ws://127.0.0.1:8443/xrpc/com.atproto.label.subscribeLabels");
+        assert_eq!(id.label(), "127.0.0.1:8443");
+        assert_eq!(id.file_name(), "labels-127.0.0.1_8443");
+        let relay = RelayId::of_url("ws://127.0.0.1:8443/xrpc/com.atproto.sync.subscribeRepos");
+        assert_ne!(relay.file_name(), id.file_name());
+        let odd = labels("wss://mod.example/labels/xrpc/com.atproto.label.subscribeLabels");
+        assert!(
+            odd.file_name().starts_with("labels-mod.example_labels-"),
+            "{}",
+            odd.file_name()
+        );
     }
 
     #[test]

@@ -42,6 +42,47 @@ pub struct FirehoseConfig {
     pub cursor_save_interval_ms: u64,
     /// Frames this filter does not want are counted and never enter the queue.
     pub filter: crate::decode::Filter,
+    /// What the endpoint streams: repo events from a relay, or labels from a labeler.
+    pub subscription: Subscription,
+    /// Where to start with no saved cursor and no `start_cursor` (`None`: live).
+    pub initial_cursor: Option<u64>,
+}
+
+/// The event stream endpoint a client reads: both speak the same framing, cursor and
+/// error rules, and differ in the frame types they send and the path they serve on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Subscription {
+    /// A relay's `com.atproto.sync.subscribeRepos`.
+    #[default]
+    Repos,
+    /// A labeler's `com.atproto.label.subscribeLabels`.
+    Labels,
+}
+
+impl Subscription {
+    /// The path every server of this kind serves the stream on; a URL with it keeps the short names.
+    pub fn standard_path(self) -> &'static str {
+        match self {
+            Subscription::Repos => super::cursor::STANDARD_PATH,
+            Subscription::Labels => super::cursor::LABELS_PATH,
+        }
+    }
+
+    /// The frame types the lexicon defines (others are kept and counted as unknown).
+    fn known_types(self) -> &'static [&'static str] {
+        match self {
+            Subscription::Repos => &["#commit", "#sync", "#identity", "#account", "#info"],
+            Subscription::Labels => &["#labels", "#info"],
+        }
+    }
+
+    /// What logs call the server.
+    pub fn peer(self) -> &'static str {
+        match self {
+            Subscription::Repos => "relay",
+            Subscription::Labels => "labeler",
+        }
+    }
 }
 
 impl FirehoseConfig {
@@ -58,6 +99,8 @@ impl FirehoseConfig {
             ping_interval_ms: 15_000,
             idle_timeout_ms: 60_000,
             cursor_save_interval_ms: 250,
+            subscription: Subscription::Repos,
+            initial_cursor: None,
         }
     }
 
@@ -69,7 +112,7 @@ impl FirehoseConfig {
 
     /// The relay as the data directory tells it apart from others.
     pub fn relay_id(&self) -> RelayId {
-        RelayId::of_url(&self.url)
+        RelayId::of_subscription_url(&self.url, self.subscription)
     }
 }
 
@@ -80,15 +123,13 @@ pub const CONFIG_HELP: &str = "  relays = [\"wss://bsky.network/xrpc/com.atproto
   start_cursor = <seq>                  resume here instead of the saved cursor (default: saved, else live)
 ";
 
-/// Checks the `relays` key: at least one, each a `ws://` or `wss://` URL, no two sharing a
-/// queue directory (each relay owns one, and a cursor file, named after it).
+/// Checks the `relays` key: each a `ws://` or `wss://` URL, no two sharing a queue
+/// directory (each relay owns one, and a cursor file, named after it). None is fine here
+/// when another source runs (a labeler alone): the configuration asks for at least one source.
 ///
 /// # Errors
 /// The key and why, for the configuration to report.
 pub fn check_relays(urls: &[String]) -> Result<(), (&'static str, String)> {
-    if urls.is_empty() {
-        return Err(("relays", "at least one relay URL is needed".into()));
-    }
     let mut names = std::collections::BTreeMap::new();
     for url in urls {
         if !(url.starts_with("ws://") || url.starts_with("wss://")) {
@@ -114,11 +155,9 @@ enum Disconnect {
     Shutdown,
 }
 
-const KNOWN_TYPES: [&str; 5] = ["#commit", "#sync", "#identity", "#account", "#info"];
-
 /// Where the source resumes, settled before any task starts: `start_cursor`, else the
 /// cursor file, else the queue's own record of the source position (the cursor file was
-/// lost: warned), else live (`None`).
+/// lost: warned), else `initial_cursor` (`None`: live).
 ///
 /// With a resume point, the queue is told of the replay here ([`SpillQueue::begin_replay`]),
 /// so no consumer can read stored events above it ahead of the replayed ones, whenever
@@ -153,7 +192,7 @@ pub fn resume_point(
             );
             Some(kept)
         }
-        (None, None, None) => None,
+        (None, None, None) => config.initial_cursor,
     };
     if let Some(c) = cursor {
         // Events above the checkpoint that survived in the log come again from the relay.
@@ -183,7 +222,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SourceError> {
     let host = config.host();
-    tracing::info!(host = %host, cursor = ?cursor, "firehose source starting");
+    let peer = config.subscription.peer();
+    tracing::info!(host = %host, peer, cursor = ?cursor, "event stream source starting");
     let mut failures = 0u32;
     let mut last_save = Instant::now();
     loop {
@@ -205,7 +245,7 @@ pub async fn run(
             {
                 Ok((socket, _)) => {
                     stats.connected.store(1, Ordering::Relaxed);
-                    tracing::info!(host = %host, cursor = ?cursor, "connected to the relay");
+                    tracing::info!(host = %host, peer, cursor = ?cursor, "connected");
                     let outcome = read_loop(
                         &config,
                         &host,
@@ -244,7 +284,7 @@ pub async fn run(
                 failures = failures.saturating_add(1);
                 stats.reconnects_total.fetch_add(1, Ordering::Relaxed);
                 let delay = backoff(&config, failures);
-                tracing::warn!(host = %host, reason = %reason, retry_in_ms = delay.as_millis() as u64, cursor = ?cursor, "relay connection lost; reconnecting");
+                tracing::warn!(host = %host, peer, reason = %reason, retry_in_ms = delay.as_millis() as u64, cursor = ?cursor, "connection lost; reconnecting");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.changed() => break,
@@ -253,7 +293,7 @@ pub async fn run(
         }
     }
     save_cursor(&queue, &cursor_file, &host);
-    tracing::info!(host = %host, "firehose source stopped");
+    tracing::info!(host = %host, peer, "event stream source stopped");
     Ok(())
 }
 
@@ -448,7 +488,7 @@ pub(crate) fn handle(
             stats.error_frames_total.fetch_add(1, Ordering::Relaxed);
             let message = message.unwrap_or_default();
             if error == "FutureCursor" {
-                tracing::error!(host, cursor = ?cursor, %message, "the relay says our cursor is in its future");
+                tracing::error!(host, peer = config.subscription.peer(), cursor = ?cursor, %message, "the server says our cursor is in its future");
                 return Err(SourceError::FutureCursor {
                     host: host.to_string(),
                     cursor: *cursor,
@@ -456,13 +496,13 @@ pub(crate) fn handle(
                     cursor_file: String::new(),
                 });
             }
-            tracing::warn!(host, %error, %message, "the relay sent an error frame");
+            tracing::warn!(host, peer = config.subscription.peer(), %error, %message, "the server sent an error frame");
             Ok(Handled::Drop(format!("error frame {error}: {message}")))
         }
         Ok(Frame::Message {
             kind, info_name, ..
         }) if kind == "#info" => {
-            tracing::warn!(host, name = ?info_name, "the relay sent #info (OutdatedCursor: it resumes from its oldest event)");
+            tracing::warn!(host, peer = config.subscription.peer(), name = ?info_name, "the server sent #info (OutdatedCursor: it resumes from its oldest event)");
             Ok(Handled::Nothing)
         }
         Ok(Frame::Message {
@@ -472,7 +512,7 @@ pub(crate) fn handle(
                 stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
                 return Ok(Handled::Drop(format!("a {kind} frame without seq")));
             };
-            if !KNOWN_TYPES.contains(&kind.as_str()) {
+            if !config.subscription.known_types().contains(&kind.as_str()) {
                 stats.unknown_type_total.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(host, %kind, seq, "keeping a frame of an unknown type");
             }
@@ -510,7 +550,7 @@ pub(crate) fn handle(
         }
         Err(e) => {
             stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(host, error = %e, after_seq = ?cursor, "invalid frame from the relay; dropping the connection");
+            tracing::error!(host, peer = config.subscription.peer(), error = %e, after_seq = ?cursor, "invalid frame; dropping the connection and resuming after the last seq pushed");
             Ok(Handled::Drop(format!("invalid frame: {e}")))
         }
     }

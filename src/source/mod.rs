@@ -7,7 +7,8 @@
 //! lost, says so with [`Source::refetcher`]; one that cannot returns `None`, and a lost
 //! range is then counted as lost for good.
 //!
-//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]). A new kind is a
+//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]) and a
+//! labeler's label stream ([`labeler::LabelerSource`]). A new kind is a
 //! new file here, its keys in the configuration, and one line in [`crate::pipeline::kinds`].
 //!
 //! The traits return boxed futures rather than `async fn`: the kind is chosen at run time
@@ -19,6 +20,7 @@ pub mod cursor;
 pub mod firehose;
 pub mod firehose_source;
 pub mod frame;
+pub mod labeler;
 pub mod refetch;
 pub mod relay;
 
@@ -42,6 +44,9 @@ pub enum EventFamily {
     /// position is the relay seq.
     #[default]
     Firehose,
+    /// Labeler frames (`com.atproto.label.subscribeLabels`): `#labels` DAG-CBOR frames,
+    /// the position is the label seq.
+    Labels,
 }
 
 /// A source of events with a resumable position (the position each event carries).

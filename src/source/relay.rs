@@ -1,6 +1,9 @@
 //! A loopback relay that speaks `subscribeRepos` framing: it replays captured frames in a
 //! loop with rewritten `seq`, honours `cursor`, paces to a rate, drops consumers that read
 //! too slowly (as a real relay does), and can inject faults. Used by `spillway demo` and the tests.
+//!
+//! It serves the same on any path, and any frames whose body has an 8-byte `seq`: given
+//! `#labels` frames it is a loopback labeler (`subscribeLabels` frames the same way).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,6 +147,11 @@ impl LoopbackRelay {
     /// The `ws://` URL of its `subscribeRepos` endpoint.
     pub fn url(&self) -> String {
         format!("ws://{}/xrpc/com.atproto.sync.subscribeRepos", self.addr)
+    }
+
+    /// The `ws://` URL of its `subscribeLabels` endpoint (for a relay serving `#labels` frames).
+    pub fn labels_url(&self) -> String {
+        format!("ws://{}{}", self.addr, super::cursor::LABELS_PATH)
     }
 
     /// The address it listens on.

@@ -1,6 +1,7 @@
 //! Helpers shared by the queue's integration tests.
 #![allow(dead_code)]
 
+pub mod cbor_encode;
 pub mod counting_alloc;
 #[cfg(feature = "pipeline")]
 pub mod fixture;
