@@ -22,8 +22,18 @@ use crate::sink::nats::{NatsAuth, NatsSinkConfig, Secret};
 use crate::sink::redis::RedisSinkConfig;
 use crate::sink::OutputOptions;
 use crate::source::firehose::FirehoseConfig;
+use crate::source::repo_listing::{RedisCursorKey as RepoListingCursorKey, RepoListingConfig};
 use crate::source::EventFamily;
 use crate::storage::{Backend, Durability};
+
+/// Largest `repo_listing_page_bytes_max` accepted: a page is held whole while parsed.
+pub const REPO_LISTING_PAGE_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// The sink kinds the `sink` and `sinks` keys accept (each served by an arm of [`crate::pipeline::kinds::sink`]).
+pub const SINK_KINDS: &[&str] = &["redis", "nats", "jsonl"];
+
+/// The `sink` key's default.
+pub const DEFAULT_SINK: &str = "redis";
 
 /// Smallest `segment_bytes_max` accepted: smaller segments would mostly be headers and file churn.
 pub const SEGMENT_BYTES_MIN: u64 = 1024 * 1024;
@@ -52,8 +62,10 @@ pub struct Config {
     pub spill_mode: String,
     /// Largest relay frame, in bytes.
     pub frame_bytes_max: u64,
-    /// `redis`, `nats` or `jsonl`.
+    /// The one sink, when `sinks` is empty: one of [`SINK_KINDS`].
     pub sink: String,
+    /// Several sinks on each queue, each reading with its own consumer (empty: the one `sink`).
+    pub sinks: Vec<String>,
     /// What the sink writes: `raw`, `jetstream` or `rsky`.
     pub output_format: String,
     /// Collections to keep (`app.bsky.feed.post`, `app.bsky.feed.*`); empty keeps all
@@ -123,6 +135,13 @@ pub struct Config {
     pub health_lost_events_secs: u64,
     /// Size at which a spill log segment file is sealed and a new one begun, in bytes.
     pub segment_bytes_max: u64,
+    /// `listRepos` hosts to backfill from, one source and queue each (`https://host`,
+    /// `http://host:port`, or a bare host name: `https://` implied).
+    pub repo_listing_hosts: Vec<String>,
+    /// Largest `listRepos` page accepted, in bytes.
+    pub repo_listing_page_bytes_max: u64,
+    /// The Redis stream of the listed repos (rsky's `repo_backfill`, field `repo`).
+    pub redis_repo_stream: String,
     /// Space each queue keeps allocated (`<queue>/reserve`) and gives up so it can open and drain on a full disk, in bytes (0: none).
     pub disk_reserve_bytes: u64,
     /// Free space a spill must leave on the filesystem, in bytes; a batch that would not is refused like a full budget.
@@ -142,7 +161,8 @@ impl Default for Config {
             full_policy: "block".into(),
             spill_mode: "memory-first".into(),
             frame_bytes_max: 4 * 1024 * 1024,
-            sink: "redis".into(),
+            sink: DEFAULT_SINK.into(),
+            sinks: Vec::new(),
             output_format: "raw".into(),
             wanted_collections: Vec::new(),
             wanted_dids: Vec::new(),
@@ -179,6 +199,9 @@ impl Default for Config {
             segment_bytes_max: 64 * 1024 * 1024,
             disk_reserve_bytes: 4 * 1024 * 1024,
             disk_free_margin_bytes: 1024 * 1024,
+            repo_listing_hosts: Vec::new(),
+            repo_listing_page_bytes_max: 8 * 1024 * 1024,
+            redis_repo_stream: "repo_backfill".into(),
         }
     }
 }
@@ -273,6 +296,9 @@ impl Config {
             table.insert(key, parsed.unwrap_or(toml::Value::String(value)));
         }
         ingester_env::apply(&mut table, ingester)?;
+        // Whether `sink` was set at all (the ingester's variables imply `redis`): its
+        // default cannot tell an explicit `sink = "redis"`.
+        let sink_set = table.contains_key("sink");
         let config: Config =
             toml::Value::Table(table)
                 .try_into()
@@ -282,8 +308,53 @@ impl Config {
                     }),
                     message: e.to_string(),
                 })?;
+        config.check_sink_keys(sink_set)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configured sink kinds, in order: `sinks`, or the one `sink` when that is empty.
+    pub fn sink_kinds(&self) -> Vec<&str> {
+        if self.sinks.is_empty() {
+            vec![self.sink.as_str()]
+        } else {
+            self.sinks.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Checks `sink` and `sinks` together: known kinds, no kind twice, and not both keys
+    /// set to different sinks (`sink_set`: `sink` was given, even at its default value).
+    fn check_sink_keys(&self, sink_set: bool) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let expected = SINK_KINDS.join(", ");
+        if !SINK_KINDS.contains(&self.sink.as_str()) {
+            return invalid(
+                "sink",
+                format!("{:?}: expected one of {expected}", self.sink),
+            );
+        }
+        for (index, kind) in self.sinks.iter().enumerate() {
+            if !SINK_KINDS.contains(&kind.as_str()) {
+                return invalid("sinks", format!("{kind:?}: expected one of {expected}"));
+            }
+            if self.sinks[..index].contains(kind) {
+                return invalid(
+                    "sinks",
+                    format!("{kind:?} is listed twice: each sink kind reads its queue once"),
+                );
+            }
+        }
+        let differ = self.sinks.len() != 1 || self.sinks[0] != self.sink;
+        if !self.sinks.is_empty() && differ && (sink_set || self.sink != DEFAULT_SINK) {
+            return invalid(
+                "sinks",
+                format!(
+                    "both sink ({:?}) and sinks ({:?}) are set and differ: keep sinks alone (sink = \"x\" is sinks = [\"x\"])",
+                    self.sink, self.sinks
+                ),
+            );
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -296,7 +367,36 @@ impl Config {
         if self.queue_count() == 0 {
             return invalid(
                 "relays",
-                "no source to run: at least one relay or labeler URL is needed".into(),
+                "no source to run: at least one relay, labeler or repo listing host is needed"
+                    .into(),
+            );
+        }
+        component(crate::source::repo_listing::check_hosts(
+            &self.repo_listing_hosts,
+        ))?;
+        if self.repo_listing_page_bytes_max == 0
+            || self.repo_listing_page_bytes_max > REPO_LISTING_PAGE_BYTES_LIMIT
+        {
+            return invalid(
+                "repo_listing_page_bytes_max",
+                format!(
+                    "{} is not in 1..={REPO_LISTING_PAGE_BYTES_LIMIT}",
+                    self.repo_listing_page_bytes_max
+                ),
+            );
+        }
+        if self.redis_repo_stream.is_empty() {
+            return invalid("redis_repo_stream", "must not be empty".into());
+        }
+        if !self.repo_listing_hosts.is_empty()
+            && [&self.redis_stream, &self.redis_label_stream].contains(&&self.redis_repo_stream)
+        {
+            return invalid(
+                "redis_repo_stream",
+                format!(
+                    "{:?} is also redis_stream or redis_label_stream: listed repos and other events, and their cursor keys, would mix in one stream",
+                    self.redis_repo_stream
+                ),
             );
         }
         if self.redis_label_stream.is_empty() {
@@ -311,12 +411,7 @@ impl Config {
                 ),
             );
         }
-        if !matches!(self.sink.as_str(), "redis" | "nats" | "jsonl") {
-            return invalid(
-                "sink",
-                format!("{:?}: expected redis, nats or jsonl", self.sink),
-            );
-        }
+        self.check_sink_keys(false)?;
         if let Err(reason) = OutputFormat::parse(&self.output_format) {
             return invalid("output_format", reason);
         }
@@ -427,13 +522,17 @@ impl Config {
         Ok(())
     }
 
-    /// How many queues the budgets are split between: one per relay and one per labeler.
+    /// How many queues the budgets are split between: one per relay, one per labeler and
+    /// one per repo listing host, in [`crate::pipeline::kinds::sources`]' order.
     pub fn queue_count(&self) -> usize {
-        self.relays.len() + self.labelers.len()
+        self.relays.len() + self.labelers.len() + self.repo_listing_hosts.len()
     }
 
-    /// The queue configuration of each source (relays, then labelers): an even share of the budgets.
-    pub fn queue_config(&self, _source: usize) -> QueueConfig {
+    /// The queue configuration of source `index` (relays, then labelers, then repo
+    /// listings): an even share of the budgets. A repo listing's queue writes through: a
+    /// repo held only in memory holds back the durable watermark, and a restart would list
+    /// again every page above it (see [`crate::source::repo_listing`]).
+    pub fn queue_config(&self, index: usize) -> QueueConfig {
         let share = self.queue_count().max(1) as u64;
         let mut config = QueueConfig::new();
         config.memory_budget_bytes = self.memory_budget_bytes / share;
@@ -455,6 +554,27 @@ impl Config {
             SpillMode::MemoryFirst
         };
         config.backlog_alert_events = self.backlog_alert_events;
+        if (self.relays.len() + self.labelers.len()..self.queue_count()).contains(&index) {
+            config.spill_mode = SpillMode::WriteThrough;
+        }
+        config
+    }
+
+    /// The settings of repo listing host `index` (of `repo_listing_hosts`).
+    pub fn repo_listing_config(&self, index: usize) -> RepoListingConfig {
+        let given = &self.repo_listing_hosts[index];
+        let base = crate::source::repo_listing::normalize_base_url(given)
+            .unwrap_or_else(|_| given.clone());
+        let mut config = RepoListingConfig::new(base);
+        config.page_bytes_max =
+            usize::try_from(self.repo_listing_page_bytes_max).unwrap_or(usize::MAX);
+        if self.sink_kinds().contains(&"redis") {
+            let family = EventFamily::RepoListing;
+            config.redis_cursor = Some(RepoListingCursorKey {
+                url: self.redis_url.clone(),
+                key: format!("{}:cursor:{}", self.redis_stream_for(family), config.host()),
+            });
+        }
         config
     }
 
@@ -498,6 +618,7 @@ impl Config {
     pub fn redis_stream_for(&self, family: EventFamily) -> &str {
         match family {
             EventFamily::Firehose => &self.redis_stream,
+            EventFamily::RepoListing => &self.redis_repo_stream,
             EventFamily::Labels => &self.redis_label_stream,
         }
     }
@@ -506,7 +627,9 @@ impl Config {
     pub fn nats_stream_for(&self, family: EventFamily) -> &str {
         match family {
             // One stream: labels are told apart by subject (`nats_subject_family_for`).
-            EventFamily::Firehose | EventFamily::Labels => &self.nats_stream,
+            EventFamily::Firehose | EventFamily::Labels | EventFamily::RepoListing => {
+                &self.nats_stream
+            }
         }
     }
 
@@ -515,6 +638,7 @@ impl Config {
         match family {
             EventFamily::Firehose => "",
             EventFamily::Labels => "labels",
+            EventFamily::RepoListing => "repos",
         }
     }
 
@@ -586,12 +710,14 @@ pub fn help() -> String {
   spill_mode = \"memory-first\"          memory-first | write-through
   frame_bytes_max = 4194304             larger relay frames are dropped and logged
   sink = \"redis\"                       redis | nats | jsonl
+  sinks = []                            several sinks on each queue, each its own consumer ([\"redis\", \"nats\"]); empty: the one sink
   output_format = \"raw\"                raw (fields seq, type, did, frame) | jetstream | rsky (decoded JSON; Redis field `event`)
   wanted_collections = []               keep only these (app.bsky.feed.post, app.bsky.feed.*); rsky defaults to app.bsky.*, chat.bsky.*
   wanted_dids = []                      keep only these DIDs
 ",
         crate::sink::redis::CONFIG_HELP,
         crate::sink::nats::CONFIG_HELP,
+        crate::source::repo_listing::CONFIG_HELP,
         crate::sink::jsonl::CONFIG_HELP,
         "  sink_batch_events_max = 500           events per sink batch
   sink_batch_bytes_max = 4194304        bytes per sink batch, about

@@ -32,7 +32,8 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::lane::Lane;
 use crate::queue::{ConsumerStats, QueueStats};
-use crate::sink::now_ms;
+use crate::sink::{now_ms, SinkStats};
+use crate::source::EventFamily;
 
 /// Largest request head read (hyper's smallest allowed read buffer, 8 KiB).
 pub const REQUEST_BYTES_MAX: usize = 8 * 1024;
@@ -164,7 +165,7 @@ impl EncodeGaugeValue for Value {
     }
 }
 
-/// Where a family's samples come from: one per lane, or one per lane and reason or consumer.
+/// Where a family's samples come from: one per lane, or one per lane and reason, consumer or sink.
 enum Source {
     /// A counter per lane.
     Counter(fn(&Lane, &QueueStats) -> u64),
@@ -176,6 +177,12 @@ enum Source {
     Reasons(fn(&Lane, &QueueStats) -> [(&'static str, u64); 3]),
     /// A gauge per lane and `consumer`.
     Consumer(fn(&ConsumerStats) -> f64),
+    /// A counter per lane and `sink` (its kind).
+    SinkCounter(fn(&SinkStats) -> u64),
+    /// A gauge per lane and `sink`.
+    SinkGauge(fn(&SinkStats) -> f64),
+    /// A counter per lane, `sink` and `reason`.
+    SinkReasons(fn(&SinkStats) -> [(&'static str, u64); 3]),
 }
 
 fn load(value: &AtomicU64) -> u64 {
@@ -186,7 +193,7 @@ fn load(value: &AtomicU64) -> u64 {
 const FAMILIES: &[(&str, &str, Source)] = &[
     (
         "spillway_source_events_total",
-        "Frames received from the relay (or labeler) and pushed.",
+        "Frames received from the relay (or labeler) and pushed (repos listed, for a listRepos source).",
         Source::Counter(|l, _| load(&l.source.frames_total)),
     ),
     (
@@ -196,7 +203,7 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     ),
     (
         "spillway_source_reconnects_total",
-        "Reconnections to the relay (or labeler).",
+        "Reconnections to the relay (or labeler; listRepos pages retried, for a listRepos source).",
         Source::Counter(|l, _| load(&l.source.reconnects_total)),
     ),
     (
@@ -212,16 +219,16 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     (
         "spillway_sink_decode_errors_total",
         "Frames that did not decode into the sink's output format (logged, skipped).",
-        Source::Counter(|l, _| load(&l.sink.decode_errors_total)),
+        Source::SinkCounter(|s| load(&s.decode_errors_total)),
     ),
     (
         "spillway_source_connected",
-        "1 while connected to the relay (or labeler).",
+        "1 while connected to the relay (or labeler; while listRepos answers, for a listRepos source).",
         Source::Gauge(|l, _| load(&l.source.connected) as f64),
     ),
     (
         "spillway_relay_cursor",
-        "The last relay (or label) seq pushed.",
+        "The last relay (or label) seq pushed (the ordinal of the last repo listed, for a listRepos source).",
         Source::Gauge(|l, _| load(&l.source.last_seq) as f64),
     ),
     (
@@ -240,17 +247,17 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     (
         "spillway_sink_events_total",
         "Events written by the sink and acked.",
-        Source::Counter(|l, _| load(&l.sink.events_total)),
+        Source::SinkCounter(|s| load(&s.events_total)),
     ),
     (
         "spillway_sink_failures_total",
         "Sink write attempts that failed.",
-        Source::Counter(|l, _| load(&l.sink.failures_total)),
+        Source::SinkCounter(|s| load(&s.failures_total)),
     ),
     (
         "spillway_sink_backpressure",
         "1 while the sink is paused above its high-water mark.",
-        Source::Gauge(|l, _| load(&l.sink.backpressure) as f64),
+        Source::SinkGauge(|s| load(&s.backpressure) as f64),
     ),
     (
         "spillway_memory_bytes",
@@ -321,29 +328,23 @@ const FAMILIES: &[(&str, &str, Source)] = &[
     (
         "spillway_lost_events_total",
         "Events of damaged spill-log ranges that could not be fetched again, by reason.",
-        Source::Reasons(|l, _| {
+        Source::SinkReasons(|s| {
             [
-                (
-                    "outside_relay_window",
-                    load(&l.sink.lost_outside_window_total),
-                ),
-                ("refetch_failed", load(&l.sink.lost_refetch_failed_total)),
-                (
-                    "position_unknown",
-                    load(&l.sink.lost_position_unknown_total),
-                ),
+                ("outside_relay_window", load(&s.lost_outside_window_total)),
+                ("refetch_failed", load(&s.lost_refetch_failed_total)),
+                ("position_unknown", load(&s.lost_position_unknown_total)),
             ]
         }),
     ),
     (
         "spillway_damaged_events_total",
         "Spill-log records met damaged or missing by the sink.",
-        Source::Counter(|l, _| load(&l.sink.damaged_events_total)),
+        Source::SinkCounter(|s| load(&s.damaged_events_total)),
     ),
     (
         "spillway_refetched_events_total",
         "Events of damaged ranges fetched again from the relay and written.",
-        Source::Counter(|l, _| load(&l.sink.refetched_events_total)),
+        Source::SinkCounter(|s| load(&s.refetched_events_total)),
     ),
     (
         "spillway_consumer_lag_events",
@@ -382,7 +383,13 @@ impl Collector for LaneCollector {
         let stats: Vec<_> = self.lanes.iter().map(|l| (l, l.queue.stats())).collect();
         let rates: Vec<_> = (0..stats.len()).map(|i| self.rates.per_second(i)).collect();
         for (name, help, source) in FAMILIES {
-            let counter = matches!(source, Source::Counter(_) | Source::Reasons(_));
+            let counter = matches!(
+                source,
+                Source::Counter(_)
+                    | Source::Reasons(_)
+                    | Source::SinkCounter(_)
+                    | Source::SinkReasons(_)
+            );
             let (family, kind) = if counter {
                 // The encoder appends `_total` to a counter's name itself.
                 (
@@ -395,28 +402,54 @@ impl Collector for LaneCollector {
             let mut metric = encoder.encode_descriptor(family, help, None, kind)?;
             for ((lane, s), rate) in stats.iter().zip(&rates) {
                 let host = ("host", lane.host.as_str());
+                let from = ("source", lane.family.name());
                 match source {
                     Source::Counter(f) => metric
-                        .encode_family(&[host])?
+                        .encode_family(&[host, from])?
                         .encode_counter::<NoLabelSet, _, u64>(&f(lane, s), None)?,
                     Source::Gauge(f) => metric
-                        .encode_family(&[host])?
+                        .encode_family(&[host, from])?
                         .encode_gauge(&Value(f(lane, s)))?,
                     Source::Rate(f) => metric
-                        .encode_family(&[host])?
+                        .encode_family(&[host, from])?
                         .encode_gauge(&Value(f(*rate)))?,
                     Source::Reasons(f) => {
                         for (reason, value) in f(lane, s) {
                             metric
-                                .encode_family(&[host, ("reason", reason)])?
+                                .encode_family(&[host, from, ("reason", reason)])?
                                 .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
                         }
                     }
                     Source::Consumer(f) => {
                         for c in &s.consumers {
                             metric
-                                .encode_family(&[host, ("consumer", c.name.as_str())])?
+                                .encode_family(&[host, from, ("consumer", c.name.as_str())])?
                                 .encode_gauge(&Value(f(c)))?;
+                        }
+                    }
+                    Source::SinkCounter(f) => {
+                        for sink in &lane.sinks {
+                            metric
+                                .encode_family(&[host, from, ("sink", sink.kind.as_str())])?
+                                .encode_counter::<NoLabelSet, _, u64>(&f(&sink.stats), None)?;
+                        }
+                    }
+                    Source::SinkGauge(f) => {
+                        for sink in &lane.sinks {
+                            metric
+                                .encode_family(&[host, from, ("sink", sink.kind.as_str())])?
+                                .encode_gauge(&Value(f(&sink.stats)))?;
+                        }
+                    }
+                    Source::SinkReasons(f) => {
+                        for sink in &lane.sinks {
+                            for (reason, value) in f(&sink.stats) {
+                                let labels =
+                                    [host, from, ("sink", sink.kind.as_str()), ("reason", reason)];
+                                metric
+                                    .encode_family(&labels)?
+                                    .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+                            }
                         }
                     }
                 }
@@ -468,33 +501,48 @@ pub fn health_reasons(lanes: &[Lane], rules: HealthRules) -> Vec<String> {
                 }
             ));
         }
-        let failing_since = lane.sink.failing_since_ms.load(Ordering::Relaxed);
-        if failing_since > 0
-            && now_ms().saturating_sub(failing_since) > rules.sink_failure_secs * 1000
-        {
-            reasons.push(format!(
-                "{}: the sink has failed for more than {} s",
-                lane.host, rules.sink_failure_secs
-            ));
-        }
         if lane.source.connected.load(Ordering::Relaxed) == 0 {
-            reasons.push(format!("{}: the relay is disconnected", lane.host));
+            let what = match lane.family {
+                EventFamily::Firehose => "the relay is disconnected",
+                EventFamily::Labels => "the labeler is disconnected",
+                EventFamily::RepoListing => "its listRepos pages fail",
+            };
+            reasons.push(format!("{}: {what}", lane.host));
         }
-        let last_loss = lane.sink.last_loss_ms.load(Ordering::Relaxed);
-        if last_loss > 0 && now_ms().saturating_sub(last_loss) <= rules.lost_events_secs * 1000 {
-            let lost = lane.sink.lost_outside_window_total.load(Ordering::Relaxed)
-                + lane.sink.lost_refetch_failed_total.load(Ordering::Relaxed)
-                + lane
-                    .sink
-                    .lost_position_unknown_total
-                    .load(Ordering::Relaxed);
-            reasons.push(format!(
-                "{}: {lost} events lost from a damaged spill log (see the log for their ranges)",
-                lane.host
-            ));
+        for sink in &lane.sinks {
+            sink_reasons(&lane.host, sink, rules, &mut reasons);
         }
     }
     reasons
+}
+
+/// Why the sink `sink` of `host` makes the pipeline unhealthy: failing too long, or
+/// events lost for good lately. A sink stalled above its high-water mark is not a reason
+/// by itself: its backlog spills, and the backlog and disk rules see that.
+fn sink_reasons(
+    host: &str,
+    sink: &crate::lane::LaneSink,
+    rules: HealthRules,
+    reasons: &mut Vec<String>,
+) {
+    let (kind, stats) = (&sink.kind, &sink.stats);
+    let failing_since = load(&stats.failing_since_ms);
+    if failing_since > 0 && now_ms().saturating_sub(failing_since) > rules.sink_failure_secs * 1000
+    {
+        reasons.push(format!(
+            "{host}: the {kind} sink has failed for more than {} s",
+            rules.sink_failure_secs
+        ));
+    }
+    let last_loss = load(&stats.last_loss_ms);
+    if last_loss > 0 && now_ms().saturating_sub(last_loss) <= rules.lost_events_secs * 1000 {
+        let lost = load(&stats.lost_outside_window_total)
+            + load(&stats.lost_refetch_failed_total)
+            + load(&stats.lost_position_unknown_total);
+        reasons.push(format!(
+            "{host}: {lost} events lost from a damaged spill log for the {kind} sink (see the log for their ranges)"
+        ));
+    }
 }
 
 fn health_json(reasons: &[String]) -> String {

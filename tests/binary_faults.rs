@@ -540,7 +540,7 @@ async fn relays_on_one_host_get_their_own_queue_cursor_and_label() {
     ] {
         assert!(
             scraped.contains(&format!(
-                "spillway_sink_events_total{{host=\"{label}\"}} {total}"
+                "spillway_sink_events_total{{host=\"{label}\",source=\"firehose\",sink=\"redis\"}} {total}"
             )),
             "a metrics lane per relay: {label}\n{scraped}"
         );

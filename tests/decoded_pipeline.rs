@@ -135,7 +135,7 @@ async fn jetstream_lines_keep_only_the_wanted_collections_and_dids() {
     let (stop, lane) = (pipeline.stopper(), pipeline.lanes[0].clone());
     let running = tokio::spawn(pipeline.join());
     wait_until("the sink writes every wanted frame", || {
-        lane.sink.events_total.load(Ordering::Relaxed)
+        lane.sinks[0].stats.events_total.load(Ordering::Relaxed)
             == lane.source.frames_total.load(Ordering::Relaxed)
             && lane.source.frames_total.load(Ordering::Relaxed)
                 + lane.source.filtered_total.load(Ordering::Relaxed)

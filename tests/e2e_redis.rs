@@ -51,7 +51,7 @@ async fn two_hundred_thousand_events_arrive_in_order_through_backpressure() {
     let (queue, source, sink) = (
         pipeline.lanes[0].queue.clone(),
         pipeline.lanes[0].source.clone(),
-        pipeline.lanes[0].sink.clone(),
+        pipeline.lanes[0].sinks[0].stats.clone(),
     );
     let running = tokio::spawn(pipeline.join());
 

@@ -301,7 +301,11 @@ async fn every_label_arrives_in_label_live_as_rsky_writes_it_through_backpressur
     let host = labeler.addr().to_string();
     let (queue, source, sink) = {
         let lane = lane(&pipeline, &host);
-        (lane.queue.clone(), lane.source.clone(), lane.sink.clone())
+        (
+            lane.queue.clone(),
+            lane.source.clone(),
+            lane.sinks[0].stats.clone(),
+        )
     };
     let metrics = pipeline.metrics_addr.expect("metrics listen");
     let stop = pipeline.stopper();
@@ -348,10 +352,10 @@ async fn every_label_arrives_in_label_live_as_rsky_writes_it_through_backpressur
 
     let scrape = get(metrics, "/metrics").await;
     for line in [
-        format!("spillway_source_events_total{{host=\"{host}\"}} {LABEL_FRAMES}"),
-        format!("spillway_sink_events_total{{host=\"{host}\"}} {LABEL_FRAMES}"),
-        format!("spillway_relay_cursor{{host=\"{host}\"}} {LABEL_FRAMES}"),
-        format!("spillway_source_connected{{host=\"{host}\"}} 1"),
+        format!("spillway_source_events_total{{host=\"{host}\",source=\"labels\"}} {LABEL_FRAMES}"),
+        format!("spillway_sink_events_total{{host=\"{host}\",source=\"labels\",sink=\"redis\"}} {LABEL_FRAMES}"),
+        format!("spillway_relay_cursor{{host=\"{host}\",source=\"labels\"}} {LABEL_FRAMES}"),
+        format!("spillway_source_connected{{host=\"{host}\",source=\"labels\"}} 1"),
     ] {
         assert!(scrape.contains(&line), "/metrics has {line:?}:\n{scrape}");
     }
@@ -468,7 +472,7 @@ async fn a_malformed_frame_is_named_in_the_log_and_loses_nothing() {
     let host = labeler.addr().to_string();
     let (source, sink) = {
         let lane = lane(&pipeline, &host);
-        (lane.source.clone(), lane.sink.clone())
+        (lane.source.clone(), lane.sinks[0].stats.clone())
     };
     let stop = pipeline.stopper();
     let running = tokio::spawn(pipeline.join());

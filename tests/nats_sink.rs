@@ -50,7 +50,7 @@ async fn a_three_replica_stream_keeps_every_seq_once_through_a_leader_and_a_foll
     };
     let pipeline = Pipeline::start(&config, 0).expect("pipeline");
     let stop = pipeline.stopper();
-    let sink = pipeline.lanes[0].sink.clone();
+    let sink = pipeline.lanes[0].sinks[0].stats.clone();
     let running = tokio::spawn(pipeline.join());
 
     wait_for("the first 3,000 events", Duration::from_secs(60), || {

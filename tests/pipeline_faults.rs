@@ -171,7 +171,7 @@ async fn an_unreachable_redis_keeps_events_queued_until_it_comes_up() {
         pipeline.stopper(),
         pipeline.lanes[0].queue.clone(),
         pipeline.lanes[0].source.clone(),
-        pipeline.lanes[0].sink.clone(),
+        pipeline.lanes[0].sinks[0].stats.clone(),
     );
     let running = tokio::spawn(pipeline.join());
     wait_for("every frame received while Redis is down", || {
@@ -320,6 +320,7 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("spill_mode", "fast"),
         ("frame_bytes_max", "0"),
         ("sink", "kafka"),
+        ("sinks", "[\"redis\", \"redis\"]"),
         ("output_format", "xml"),
         ("wanted_collections", "[\"app.*.post\"]"),
         ("wanted_dids", "[\"alice\"]"),
@@ -356,6 +357,9 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("segment_bytes_max", "4096"),
         ("disk_reserve_bytes", "4294967296"),
         ("disk_free_margin_bytes", "99999999999999"),
+        ("repo_listing_hosts", "[\"wss://relay.example\"]"),
+        ("repo_listing_page_bytes_max", "0"),
+        ("redis_repo_stream", "\"\""),
     ];
     // The table covers every key the configuration has.
     let every_key: std::collections::BTreeSet<String> = toml::Value::try_from(Config {

@@ -116,7 +116,7 @@ struct Drained {
 async fn drain(data: &Path, relay_url: String, out: &Path, expected: u64) -> Drained {
     let pipeline = Pipeline::start(&draining_config(data, relay_url, out), 0).expect("pipeline");
     let addr = pipeline.metrics_addr.expect("metrics address");
-    let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
+    let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sinks[0].stats.clone());
     let running = tokio::spawn(pipeline.join());
     wait_for("every deliverable seq in the file", || {
         common::jsonl_seqs(out)
@@ -278,7 +278,7 @@ async fn a_damaged_range_the_relay_no_longer_holds_is_counted_lost_and_health_sa
     let pipeline =
         Pipeline::start(&draining_config(&data, relay.url(), &out), 0).expect("pipeline");
     let metrics_addr = pipeline.metrics_addr.expect("metrics address");
-    let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
+    let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sinks[0].stats.clone());
     let running = tokio::spawn(pipeline.join());
     wait_for("the loss counted and the last seq out", || {
         sink.lost_outside_window_total.load(Ordering::Relaxed) > 0

@@ -403,13 +403,24 @@ pub(crate) fn run_queue_phase_child(
     run_child(&args, phase)
 }
 
+/// `(<= +16 MiB)` when the peak meets issue 15's target, `(over +16 MiB)` when not.
+fn rss_target_mark(peak_rss_bytes: u64, budget_bytes: u64) -> String {
+    let target = RSS_OVER_BUDGET_TARGET_BYTES >> 20;
+    if peak_rss_bytes <= budget_bytes + RSS_OVER_BUDGET_TARGET_BYTES {
+        format!("(<= +{target} MiB)")
+    } else {
+        format!("(over +{target} MiB)")
+    }
+}
+
 fn rss_row(figures: Figures, budget_bytes: u64, extra: &str, json: bool) {
     let peak = figures.peak_rss_bytes;
     let extra = format!(
-        "{extra}peak RSS {:.1} MiB = budget {:.0} MiB {:+.1} MiB",
+        "{extra}peak RSS {:.1} MiB = budget {:.0} MiB {:+.1} MiB {}",
         mib(peak),
         mib(budget_bytes),
-        mib(peak) - mib(budget_bytes)
+        mib(peak) - mib(budget_bytes),
+        rss_target_mark(peak, budget_bytes)
     );
     print_row(
         &Row {
@@ -497,8 +508,9 @@ pub fn run_queue(args: &QueueBenchArgs) -> std::io::Result<()> {
         for (figures, _) in run_queue_phase_child("spill", backlog, size, budget, &scratch.0)? {
             let logical = backlog * size as u64;
             let extra = format!(
-                "backlog {backlog}: peak RSS {:+.1} MiB vs budget; ",
-                mib(figures.peak_rss_bytes) - mib(budget)
+                "backlog {backlog}: peak RSS {:+.1} MiB vs budget {}; ",
+                mib(figures.peak_rss_bytes) - mib(budget),
+                rss_target_mark(figures.peak_rss_bytes, budget)
             );
             print_row(
                 &Row {
@@ -517,8 +529,9 @@ pub fn run_queue(args: &QueueBenchArgs) -> std::io::Result<()> {
                 rss_row(figures, budget, &format!("{extra}; "), args.json);
             } else {
                 let extra = format!(
-                    "backlog {backlog}: peak RSS {:+.1} MiB vs budget",
-                    mib(figures.peak_rss_bytes) - mib(budget)
+                    "backlog {backlog}: peak RSS {:+.1} MiB vs budget {}",
+                    mib(figures.peak_rss_bytes) - mib(budget),
+                    rss_target_mark(figures.peak_rss_bytes, budget)
                 );
                 print_row(
                     &Row {
@@ -579,6 +592,9 @@ pub struct E2eBenchArgs {
     /// Run the loopback relay in this process instead of its own (a real relay is remote).
     #[arg(long)]
     pub relay_in_process: bool,
+    /// Run only the spilling row, not the second one under a budget nothing spills under.
+    #[arg(long)]
+    pub spilling_only: bool,
 }
 
 /// Arguments of the hidden relay child of `spillway bench e2e`.
@@ -744,42 +760,130 @@ fn redis_ceiling(
         .ok_or_else(|| std::io::Error::other(format!("unexpected redis-benchmark output: {text}")))
 }
 
+/// CPU seconds each process spent during one end-to-end run (utime + stime from `/proc/<pid>/stat`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct E2eCpu {
+    /// This process: the pipeline (source, queue, spill, sink) and its runtime; with
+    /// `--relay-in-process`, the relay too.
+    pub spillway_seconds: f64,
+    /// The redis-server child.
+    pub redis_seconds: f64,
+    /// The relay child; `None` when it ran in this process (counted in `spillway_seconds`).
+    pub relay_seconds: Option<f64>,
+}
+
+/// One end-to-end run: the loopback relay -> spillway -> redis-server, all events through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct E2eRun {
+    /// The queue's memory budget in this run.
+    pub budget_bytes: u64,
+    /// Events relay -> Redis per second of wall time.
+    pub rate: f64,
+    /// Peak RSS of this process during the run.
+    pub peak_rss_bytes: u64,
+    /// The largest anonymous (heap, stacks) and file-backed (mapped spill log, binary) parts of
+    /// the RSS seen while polling every 5 ms; their sum can be below the peak.
+    pub rss_anon_file_max_bytes: (u64, u64),
+    /// Events the queue wrote to its spill log.
+    pub spilled_events: u64,
+    /// CPU seconds per process.
+    pub cpu: E2eCpu,
+}
+
 /// What `bench e2e` measured.
 pub(crate) struct E2eFigures {
     /// redis-benchmark's XADD events/s.
     pub ceiling: f64,
-    /// spillway's events/s relay -> Redis.
-    pub rate: f64,
-    /// Peak RSS of this process during the run.
-    pub peak_rss_bytes: u64,
+    /// The run at the configured budget (the backlog spills).
+    pub spilling: E2eRun,
+    /// The run under a budget large enough that nothing spills (unless skipped).
+    pub in_memory: Option<E2eRun>,
     /// Mean frame size.
     pub mean_bytes: usize,
+    /// Cores the processes shared.
+    pub cores: usize,
+}
+
+/// Peak RSS allowed above the budget (issue 15's target): runtime, sockets, sink batches.
+pub(crate) const RSS_OVER_BUDGET_TARGET_BYTES: u64 = 16 << 20;
+
+fn us_per_event(cpu_seconds: f64, events: u64) -> f64 {
+    cpu_seconds * 1e6 / events.max(1) as f64
+}
+
+fn print_e2e_run(label: &str, run: &E2eRun, events: u64, ceiling: f64) {
+    let over = run.peak_rss_bytes as f64 - run.budget_bytes as f64;
+    println!(
+        "{label}: {:.0} events/s = {:.2}x the ceiling; {} events spilled; peak RSS {:.1} MiB = budget {:.0} MiB {:+.1} MiB (target <= +{} MiB)",
+        run.rate,
+        run.rate / ceiling,
+        run.spilled_events,
+        mib(run.peak_rss_bytes),
+        mib(run.budget_bytes),
+        over / (1024.0 * 1024.0),
+        RSS_OVER_BUDGET_TARGET_BYTES >> 20,
+    );
+    println!(
+        "  RSS parts (largest seen): anonymous {:.1} MiB, file-backed {:.1} MiB",
+        mib(run.rss_anon_file_max_bytes.0),
+        mib(run.rss_anon_file_max_bytes.1)
+    );
+    let redis = run.cpu.redis_seconds;
+    let line = |name: &str, seconds: f64| {
+        println!(
+            "  {name:<40} {seconds:>9.2} {:>12.2} {:>10.2}x",
+            us_per_event(seconds, events),
+            seconds / redis
+        );
+    };
+    println!(
+        "  {:<40} {:>9} {:>12} {:>11}",
+        "process", "CPU s", "µs/event", "/ redis"
+    );
+    line(
+        "spillway (source, queue, spill, sink)",
+        run.cpu.spillway_seconds,
+    );
+    line("redis-server (the baseline)", redis);
+    match run.cpu.relay_seconds {
+        Some(relay) => line("loopback relay (its own process)", relay),
+        None => println!("  {:<40} {:>9}", "loopback relay", "in spillway's figure"),
+    }
 }
 
 /// Relay -> spillway -> Redis on loopback against redis-benchmark's ceiling, measured in the same run.
 pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
-    let E2eFigures {
-        ceiling,
-        rate,
-        peak_rss_bytes: peak_rss,
-        mean_bytes,
-    } = measure_e2e(args)?;
-    println!("end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {mean_bytes} B), batches of 500 in MULTI/EXEC", args.events);
-    println!("{:<44} {:>12} {:>8}", "", "events/s", "ratio");
+    let figures = measure_e2e(args)?;
     println!(
-        "{:<44} {:>12.0} {:>7.2}x",
-        "redis-benchmark -P 64 XADD (the ceiling)", ceiling, 1.0
+        "end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {} B), batches of 500 in MULTI/EXEC; {} cores shared by every process",
+        args.events, figures.mean_bytes, figures.cores
     );
     println!(
-        "{:<44} {:>12.0} {:>7.2}x   peak RSS {:.1} MiB (budget {} MiB)",
-        "spillway relay -> queue -> Redis stream",
-        rate,
-        rate / ceiling,
-        mib(peak_rss),
-        args.budget_mib
+        "redis-benchmark -P 64 XADD (the ceiling): {:.0} events/s",
+        figures.ceiling
     );
-    nats_rows(args, mean_bytes);
+    print_e2e_run(
+        "spilling (the configured budget)",
+        &figures.spilling,
+        args.events,
+        figures.ceiling,
+    );
+    if let Some(run) = &figures.in_memory {
+        print_e2e_run(
+            "in memory (a budget nothing spills under)",
+            run,
+            args.events,
+            figures.ceiling,
+        );
+    }
+    nats_rows(args, figures.mean_bytes);
     Ok(())
+}
+
+/// A budget under which `events` frames of `mean_bytes` never spill: twice their cost, plus the default.
+fn no_spill_budget_bytes(events: u64, mean_bytes: usize, budget_mib: u64) -> u64 {
+    let per_event = mean_bytes as u64 + spillway::queue::budget::EVENT_OVERHEAD_BYTES;
+    2 * events * per_event + (budget_mib << 20)
 }
 
 /// The NATS rows of `bench e2e`: a plain pipelined `async-nats` publisher of the same
@@ -924,7 +1028,7 @@ fn measure_nats(args: &E2eBenchArgs) -> std::io::Result<(f64, f64, u64)> {
         spillway::bench::rss::reset_peak();
         let started = std::time::Instant::now();
         let pipeline = Pipeline::start(&config, 0).map_err(std::io::Error::other)?;
-        let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
+        let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sinks[0].stats.clone());
         let running = tokio::spawn(pipeline.join());
         while sink.events_total.load(Ordering::Relaxed) < args.events {
             if started.elapsed() > std::time::Duration::from_secs(600) {
@@ -945,31 +1049,63 @@ fn measure_nats(args: &E2eBenchArgs) -> std::io::Result<(f64, f64, u64)> {
 
 /// Runs the end-to-end scenario and its ceiling.
 pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
+    let frames = fixture_frames()?;
+    let mean_bytes = frames.iter().map(|f| f.len()).sum::<usize>() / frames.len();
+    let port = free_port()?;
+    let redis = start_redis(&args.redis_server, port)?;
+    let ceiling = redis_ceiling(&args.redis_benchmark, port, args.events, mean_bytes)?;
+    drop(redis);
+    let spilling = measure_pipeline(args, args.budget_mib << 20)?;
+    let in_memory = if args.spilling_only {
+        None
+    } else {
+        let budget = no_spill_budget_bytes(args.events, mean_bytes, args.budget_mib);
+        Some(measure_pipeline(args, budget)?)
+    };
+    Ok(E2eFigures {
+        ceiling,
+        spilling,
+        in_memory,
+        mean_bytes,
+        cores: spillway::bench::cpu::cores(),
+    })
+}
+
+/// This process's anonymous and file-backed resident bytes now (0 where `/proc` is not readable).
+fn rss_parts_bytes() -> (u64, u64) {
+    use spillway::bench::rss::proc_kib_field;
+    let field = |name| proc_kib_field("/proc/self/status", name).map_or(0, |kib| kib * 1024);
+    (field("RssAnon:"), field("RssFile:"))
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// One run through a fresh redis-server under `budget_bytes`, with each process's CPU time.
+fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E2eRun> {
+    use spillway::bench::cpu::CpuSince;
     use spillway::config::Config;
     use spillway::pipeline::Pipeline;
     use spillway::source::relay::{LoopbackRelay, RelayConfig};
     use std::sync::atomic::Ordering;
 
-    let frames = fixture_frames()?;
-    let mean_bytes = frames.iter().map(|f| f.len()).sum::<usize>() / frames.len();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let redis = start_redis(&args.redis_server, port)?;
-    let ceiling = redis_ceiling(&args.redis_benchmark, port, args.events, mean_bytes)?;
-    drop(redis);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let _redis = start_redis(&args.redis_server, port)?;
+    let redis_pid = redis.0.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let data = std::env::temp_dir().join(format!("spillway-bench-e2e-{}", std::process::id()));
+    let data = std::env::temp_dir().join(format!(
+        "spillway-bench-e2e-{}-{budget_bytes}",
+        std::process::id()
+    ));
     let _data = tempfile_like::Dir(data.clone());
-    let (seconds, peak_rss) = runtime.block_on(async {
+    runtime.block_on(async {
         let base = 1_000_000_000;
-        let (_relay, _relay_child, url) = if args.relay_in_process {
+        let (_relay, relay_child, url) = if args.relay_in_process {
             let mut relay_config = RelayConfig::from_capture(super::FIXTURE_CAPTURE, base)
                 .map_err(std::io::Error::other)?;
             relay_config.total_events = Some(args.events);
@@ -984,16 +1120,32 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
             data_dir: data.clone(),
             relays: vec![url],
             start_cursor: Some(base - 1),
-            memory_budget_bytes: args.budget_mib << 20,
+            memory_budget_bytes: budget_bytes,
             redis_url: format!("redis://127.0.0.1:{port}"),
             redis_high_water_events: 0,
             metrics_listen: "127.0.0.1:0".into(),
             ..Config::default()
         };
+        let unreadable =
+            |what: &str| std::io::Error::other(format!("reading {what}'s CPU time from /proc"));
+        let relay_pid = relay_child.as_ref().map(|c| c.0.id());
         spillway::bench::rss::reset_peak();
+        let spillway_cpu = CpuSince::start(None).ok_or_else(|| unreadable("this process"))?;
+        let redis_cpu =
+            CpuSince::start(Some(redis_pid)).ok_or_else(|| unreadable("redis-server"))?;
+        let relay_cpu = match relay_pid {
+            Some(pid) => Some(CpuSince::start(Some(pid)).ok_or_else(|| unreadable("the relay"))?),
+            None => None,
+        };
         let started = std::time::Instant::now();
+        let mut rss_parts_max = (0u64, 0u64);
         let pipeline = Pipeline::start(&config, 0).map_err(std::io::Error::other)?;
-        let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sink.clone());
+        let lane = &pipeline.lanes[0];
+        let (stop, sink, queue) = (
+            pipeline.stopper(),
+            lane.sinks[0].stats.clone(),
+            lane.queue.clone(),
+        );
         let running = tokio::spawn(pipeline.join());
         while sink.events_total.load(Ordering::Relaxed) < args.events {
             if started.elapsed() > std::time::Duration::from_secs(600) {
@@ -1001,19 +1153,39 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
                     "the end-to-end run did not finish in 10 minutes",
                 ));
             }
+            let (anon, file) = rss_parts_bytes();
+            rss_parts_max = (rss_parts_max.0.max(anon), rss_parts_max.1.max(file));
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let seconds = started.elapsed().as_secs_f64();
+        let cpu = E2eCpu {
+            spillway_seconds: spillway_cpu
+                .elapsed_seconds()
+                .ok_or_else(|| unreadable("this process"))?,
+            redis_seconds: redis_cpu
+                .elapsed_seconds()
+                .ok_or_else(|| unreadable("redis-server"))?,
+            relay_seconds: match relay_cpu {
+                Some(clock) => Some(
+                    clock
+                        .elapsed_seconds()
+                        .ok_or_else(|| unreadable("the relay"))?,
+                ),
+                None => None,
+            },
+        };
         let peak = spillway::bench::rss::peak_bytes();
+        let spilled_events = queue.stats().spilled_events_total;
         let _ = stop.send(true);
         let _ = running.await;
-        Ok::<_, std::io::Error>((seconds, peak))
-    })?;
-    Ok(E2eFigures {
-        ceiling,
-        rate: args.events as f64 / seconds,
-        peak_rss_bytes: peak_rss,
-        mean_bytes,
+        Ok::<_, std::io::Error>(E2eRun {
+            budget_bytes,
+            rate: args.events as f64 / seconds,
+            peak_rss_bytes: peak,
+            rss_anon_file_max_bytes: rss_parts_max,
+            spilled_events,
+            cpu,
+        })
     })
 }
 

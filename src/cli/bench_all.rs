@@ -286,22 +286,50 @@ pub fn run_all(args: &AllBenchArgs) -> std::io::Result<()> {
             redis_benchmark: args.redis_benchmark.clone(),
             budget_mib: args.budget_mib,
             relay_in_process: false,
+            spilling_only: false,
         };
         match measure_e2e(&e2e) {
-            Ok(f) => rows.push(Row {
-                peak_rss_bytes: Some(f.peak_rss_bytes),
-                budget_bytes: Some(budget),
-                note: format!(
-                    "{} real frames looped, mean {} B; the relay runs in its own process",
-                    args.e2e_events, f.mean_bytes
-                ),
-                ..Row::new(
-                    "end to end: relay -> queue -> Redis stream",
-                    f.rate,
-                    "events/s",
-                )
-                .against("redis-benchmark -P 64 XADD, same payload size", f.ceiling)
-            }),
+            Ok(f) => {
+                let events = args.e2e_events as f64;
+                let runs = [
+                    ("spilling", Some(&f.spilling)),
+                    ("nothing spilled", f.in_memory.as_ref()),
+                ];
+                for (label, run) in runs {
+                    let Some(run) = run else { continue };
+                    rows.push(Row {
+                        peak_rss_bytes: Some(run.peak_rss_bytes),
+                        budget_bytes: Some(run.budget_bytes),
+                        note: format!(
+                            "{} real frames looped, mean {} B, {} spilled; the relay runs in its own process; {} cores shared",
+                            args.e2e_events, f.mean_bytes, run.spilled_events, f.cores
+                        ),
+                        ..Row::new(
+                            format!("end to end ({label}): relay -> queue -> Redis stream"),
+                            run.rate,
+                            "events/s",
+                        )
+                        .against("redis-benchmark -P 64 XADD, same payload size", f.ceiling)
+                    });
+                    let mut cpu = Row::new(
+                        format!("end to end ({label}): spillway CPU per event"),
+                        run.cpu.spillway_seconds * 1e6 / events,
+                        "µs",
+                    )
+                    .against(
+                        "redis-server CPU per event, same run",
+                        run.cpu.redis_seconds * 1e6 / events,
+                    )
+                    .note(match run.cpu.relay_seconds {
+                        Some(relay) => {
+                            format!("the relay: {:.2} µs per event", relay * 1e6 / events)
+                        }
+                        None => String::new(),
+                    });
+                    cpu.higher_is_better = false;
+                    rows.push(cpu);
+                }
+            }
             Err(error) => rows.push(
                 Row::new(
                     "end to end: relay -> queue -> Redis stream",

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use spillway::queue::inspect::{inspect, QueueInspection};
 use spillway::source::cursor::CursorFile;
+use spillway::source::repo_listing::{ListingPosition, PositionFile};
 use spillway_storage::inspect::{InspectOptions, VerifyReport, COPY_BYTES_MAX_DEFAULT};
 
 /// Arguments of `spillway inspect`.
@@ -89,12 +90,35 @@ pub fn run_inspect(args: &InspectArgs) -> std::io::Result<()> {
             })
             .collect();
         let holder = spillway::data_dir_lock::DataDirLock::holder(&args.data_dir);
-        let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors, "held_by_pid": holder});
+        let listings: Vec<_> = listing_positions(&args.data_dir)?
+            .into_iter()
+            .map(|(name, value)| match value {
+                Ok(p) => {
+                    serde_json::json!({"file": name, "ordinal": p.ordinal, "cursor": p.cursor})
+                }
+                Err(error) => serde_json::json!({"file": name, "ordinal": null, "error": error}),
+            })
+            .collect();
+        let out = serde_json::json!({"queues": json_queues, "relay_cursors": cursors, "listing_positions": listings, "held_by_pid": holder});
         println!("{out:#}");
     } else if !cursors.is_empty() {
         println!("relay and labeler (cursor-labels-*) cursors (the durable watermark a restart resumes from):");
         for (name, value) in &cursors {
             println!("  {name}: {}", shown(value));
+        }
+    }
+    if !args.json {
+        let listings = listing_positions(&args.data_dir)?;
+        if !listings.is_empty() {
+            println!(
+                "repo listing positions (a restart lists from the cursor, after the ordinal):"
+            );
+            for (name, value) in &listings {
+                match value {
+                    Ok(p) => println!("  {name}: ordinal {} cursor {:?}", p.ordinal, p.cursor),
+                    Err(error) => println!("  {name}: UNREADABLE: {error}"),
+                }
+            }
         }
     }
     if let Some(pid) = spillway::data_dir_lock::DataDirLock::holder(&args.data_dir) {
@@ -169,6 +193,37 @@ fn cursor_files(dir: &Path) -> std::io::Result<Vec<(String, Result<u64, String>)
         out.push((name.to_string(), value));
     }
     out.sort();
+    Ok(out)
+}
+
+/// `listing-*` files (the repo listings' positions) in the data directory, or why each
+/// cannot be read (the error names the file).
+#[allow(clippy::type_complexity)]
+fn listing_positions(
+    dir: &Path,
+) -> std::io::Result<Vec<(String, Result<ListingPosition, String>)>> {
+    let mut out = Vec::new();
+    if !dir.is_dir() || dir.join("manifest").is_dir() || dir.join("sled").is_dir() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", dir.display())))?
+    {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if !name.starts_with("listing-") || name.ends_with(".tmp") {
+            continue;
+        }
+        let value = match PositionFile::at(&path).load() {
+            Ok(Some(position)) => Ok(position),
+            Ok(None) => continue,
+            Err(error) => Err(error.to_string()),
+        };
+        out.push((name.to_string(), value));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

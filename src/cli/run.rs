@@ -137,7 +137,13 @@ async fn drive(
         progress
     });
     tick.tick().await;
-    let mut last = (0u64, 0u64, Instant::now());
+    // Per lane: frames received and each sink's events written at the last tick.
+    let mut last_counts: Vec<(u64, Vec<u64>)> = pipeline
+        .lanes
+        .iter()
+        .map(|lane| (0, vec![0; lane.sinks.len()]))
+        .collect();
+    let mut last_at = Instant::now();
     let signal = shutdown_signal();
     tokio::pin!(signal);
     let lanes = pipeline.lanes.clone();
@@ -154,18 +160,28 @@ async fn drive(
                 let _ = stop.send(true);
             }
             _ = tick.tick() => {
-                let (mut pushed, mut written) = (0, 0);
-                for lane in &lanes {
-                    let (host, queue, source, sink) = (&lane.host, &lane.queue, &lane.source, &lane.sink);
+                let elapsed = last_at.elapsed().as_secs_f64().max(1e-3);
+                for (lane, last) in lanes.iter().zip(&mut last_counts) {
+                    let (host, queue, source) = (&lane.host, &lane.queue, &lane.source);
                     let stats = queue.stats();
-                    pushed += source.frames_total.load(Ordering::Relaxed);
-                    written += sink.events_total.load(Ordering::Relaxed);
-                    let elapsed = last.2.elapsed().as_secs_f64().max(1e-3);
+                    let frames = source.frames_total.load(Ordering::Relaxed);
+                    let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / elapsed;
+                    // One `out` rate per sink, named when there are several.
+                    let mut out = String::new();
+                    let mut paused = Vec::new();
+                    for (sink, written_before) in lane.sinks.iter().zip(&mut last.1) {
+                        let written = sink.stats.events_total.load(Ordering::Relaxed);
+                        let name = if lane.sinks.len() > 1 { format!("{} ", sink.kind) } else { String::new() };
+                        out.push_str(&format!("  out {name}{:>7.0}/s", rate(written, *written_before)));
+                        *written_before = written;
+                        if sink.stats.backpressure.load(Ordering::Relaxed) == 1 {
+                            paused.push(sink.kind.as_str());
+                        }
+                    }
                     println!(
-                        "{:>6.1}s {host}: in {:>7.0}/s  out {:>7.0}/s  memory tier {:>5.1}/{:.1} MiB (budget {:.0} MiB, process RSS {:.0} MiB)  disk backlog {:>8} events {:>7.1} MiB  lag {:>8}  last seq {}{}{}",
+                        "{:>6.1}s {host}: in {:>7.0}/s{out}  memory tier {:>5.1}/{:.1} MiB (budget {:.0} MiB, process RSS {:.0} MiB)  disk backlog {:>8} events {:>7.1} MiB  lag {:>8}  last seq {}{}{}",
                         started.elapsed().as_secs_f64(),
-                        (source.frames_total.load(Ordering::Relaxed) - last.0.min(source.frames_total.load(Ordering::Relaxed))) as f64 / elapsed,
-                        (sink.events_total.load(Ordering::Relaxed) - last.1.min(sink.events_total.load(Ordering::Relaxed))) as f64 / elapsed,
+                        rate(frames, last.0),
                         mib(stats.memory_bytes),
                         mib(stats.memory_tier_bytes),
                         mib(stats.memory_budget_bytes),
@@ -174,16 +190,17 @@ async fn drive(
                         mib(stats.disk_payload_bytes),
                         stats.consumers.iter().map(|c| c.lag_events).max().unwrap_or(0),
                         source.last_seq.load(Ordering::Relaxed),
-                        if sink.backpressure.load(Ordering::Relaxed) == 1 { "  [sink paused: backpressure]" } else { "" },
+                        if paused.is_empty() { String::new() } else { format!("  [sink paused: backpressure: {}]", paused.join(", ")) },
                         if source.connected.load(Ordering::Relaxed) == 0 { "  [relay disconnected]" } else { "" },
                     );
+                    last.0 = frames;
                 }
                 if let Some(relay) = relay {
                     if relay.stats().consumer_too_slow.load(Ordering::Relaxed) > 0 {
                         println!("        the relay dropped us as too slow {} times", relay.stats().consumer_too_slow.load(Ordering::Relaxed));
                     }
                 }
-                last = (pushed, written, Instant::now());
+                last_at = Instant::now();
                 if deadline.is_some_and(|d| started.elapsed() >= d) && !stopping {
                     stopping = true;
                     let _ = stop.send(true);

@@ -25,7 +25,16 @@ impl SpillQueue {
         })
     }
 
+    /// The names of every consumer the queue keeps a position for (attached or not), sorted.
+    pub fn consumer_names(&self) -> Vec<String> {
+        self.core.lock().cursors.keys().cloned().collect()
+    }
+
     /// Forgets a consumer (detached) so it no longer holds back reclaim.
+    ///
+    /// # Errors
+    /// [`QueueError::ConsumerBusy`] while a handle is attached, or a storage error
+    /// removing its saved position.
     pub fn remove_consumer(&self, name: &str) -> Result<(), QueueError> {
         let mut state = self.core.lock();
         if state.cursors.get(name).is_some_and(|c| c.attached) {
@@ -207,5 +216,39 @@ impl Core {
         if let Some(cursor) = self.lock().cursors.get_mut(name) {
             cursor.attached = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Event, QueueConfig, SpillQueue};
+
+    #[tokio::test]
+    async fn a_removed_consumer_is_gone_after_a_reopen_and_holds_nothing_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = SpillQueue::open(dir.path(), QueueConfig::new()).expect("open");
+        let mut kept = queue.consumer("kept").expect("kept");
+        drop(queue.consumer("gone").expect("gone"));
+        let events = (1..=5)
+            .map(|p| Event::new(p, bytes::Bytes::from_static(b"event")))
+            .collect();
+        queue.push_batch(events).await.expect("push");
+        let read = kept.next_batch(10, 1 << 20).await.expect("read");
+        kept.ack(read[4].seq).expect("ack");
+        assert_eq!(queue.stats().memory_events, 5, "`gone` has acked nothing");
+        assert!(
+            queue.remove_consumer("kept").is_err(),
+            "an attached consumer stays"
+        );
+        queue.remove_consumer("gone").expect("remove");
+        assert_eq!(
+            queue.stats().memory_events,
+            0,
+            "nothing holds the events any more"
+        );
+        assert_eq!(queue.consumer_names(), vec!["kept"]);
+        drop((kept, queue));
+        let reopened = SpillQueue::open(dir.path(), QueueConfig::new()).expect("reopen");
+        assert_eq!(reopened.consumer_names(), vec!["kept"]);
     }
 }

@@ -3,7 +3,7 @@
 //! WARNING: persisted. A change needs a new [`ENVELOPE_VERSION`]; the queue refuses
 //! a log written with another one.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// Bytes the envelope adds to a payload.
 pub const ENVELOPE_BYTES: usize = 24;
@@ -26,24 +26,33 @@ pub struct Envelope {
     pub payload: Bytes,
 }
 
-/// Writes the envelope of one event into `out`.
-pub fn encode(out: &mut Vec<u8>, seq: u64, position: u64, pushed_at_us: u64, payload: &[u8]) {
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&position.to_le_bytes());
-    out.extend_from_slice(&pushed_at_us.to_le_bytes());
-    out.extend_from_slice(payload);
+/// The envelope of one event: the bytes stored before its payload.
+pub fn header(seq: u64, position: u64, pushed_at_us: u64) -> [u8; ENVELOPE_BYTES] {
+    let mut out = [0u8; ENVELOPE_BYTES];
+    out[0..8].copy_from_slice(&seq.to_le_bytes());
+    out[8..16].copy_from_slice(&position.to_le_bytes());
+    out[16..24].copy_from_slice(&pushed_at_us.to_le_bytes());
+    out
 }
 
 /// Decodes a record; `None` if it is shorter than an envelope.
 pub fn decode(record: &[u8]) -> Option<Envelope> {
+    decode_into(record, &mut BytesMut::new())
+}
+
+/// Decodes a record, copying its payload into `buffer` and splitting it off: one read's
+/// payloads share one allocation (reserved by the caller) instead of one each.
+pub fn decode_into(record: &[u8], buffer: &mut BytesMut) -> Option<Envelope> {
     let word = |i: usize| -> Option<u64> {
         Some(u64::from_le_bytes(record.get(i..i + 8)?.try_into().ok()?))
     };
+    let (seq, position, pushed_at_us) = (word(0)?, word(8)?, word(16)?);
+    buffer.extend_from_slice(&record[ENVELOPE_BYTES..]);
     Some(Envelope {
-        seq: word(0)?,
-        position: word(8)?,
-        pushed_at_us: word(16)?,
-        payload: Bytes::copy_from_slice(&record[ENVELOPE_BYTES..]),
+        seq,
+        position,
+        pushed_at_us,
+        payload: buffer.split().freeze(),
     })
 }
 

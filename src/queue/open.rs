@@ -47,7 +47,6 @@ impl SpillQueue {
             watermark: Watermark::default(),
             counters: Counters::default(),
             replays: saved_rules(&positions),
-            scratch: Vec::new(),
         };
         tracing::info!(
             backlog_events = stats.records(),

@@ -94,13 +94,15 @@ impl Core {
                     break;
                 }
                 let mut stopped_at = None;
+                // One allocation for the payloads of this read, each event a slice of it.
+                let mut payloads = bytes::BytesMut::with_capacity(batch.payload_bytes() as usize);
                 for (log_seq, record) in batch.iter() {
                     let Some(envelope::Envelope {
                         seq,
                         position,
                         pushed_at_us,
                         payload,
-                    }) = envelope::decode(record)
+                    }) = envelope::decode_into(record, &mut payloads)
                     else {
                         // A record that passed its checksums but is no queue event: lost like
                         // a damaged one, reported where it stands (after what was read so far).

@@ -45,8 +45,6 @@ pub(super) struct State {
     pub(super) counters: Counters,
     /// Log records below `seq_end` with a position above `position` are superseded by a replay.
     pub(super) replays: Vec<ReplayRule>,
-    /// Envelopes of the batch being spilled; cleared after each append.
-    pub(super) scratch: Vec<u8>,
 }
 
 /// The queue itself, shared by [`super::SpillQueue`] and its [`super::Consumer`]s.

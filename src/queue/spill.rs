@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use spillway_storage::AppendError;
+use spillway_storage::{AppendError, RecordParts};
 
 use super::config::FullPolicy;
 use super::cursor::position_keys;
@@ -45,31 +45,25 @@ impl Core {
     /// Appends `events` to the log in one batch, under the full policy.
     pub(super) fn spill(&self, state: &mut State, events: Vec<Event>) -> Spilled {
         let first_seq = state.next_seq;
-        let mut scratch = std::mem::take(&mut state.scratch);
-        scratch.clear();
-        let mut ends = Vec::with_capacity(events.len());
         let pushed_at_us = envelope::now_us();
-        for (i, event) in events.iter().enumerate() {
-            envelope::encode(
-                &mut scratch,
-                first_seq + i as u64,
-                event.position,
-                pushed_at_us,
-                &event.payload,
-            );
-            ends.push(scratch.len());
-        }
-        let records: Vec<&[u8]> = ends
+        // Each record is its envelope header and the payload as the source handed it over:
+        // the log copies both once, into its write buffer, with no joined copy first.
+        let headers: Vec<[u8; envelope::ENVELOPE_BYTES]> = events
             .iter()
-            .scan(0, |start, &end| {
-                let record = &scratch[*start..end];
-                *start = end;
-                Some(record)
+            .enumerate()
+            .map(|(i, event)| envelope::header(first_seq + i as u64, event.position, pushed_at_us))
+            .collect();
+        let records: Vec<RecordParts<'_>> = headers
+            .iter()
+            .zip(&events)
+            .map(|(head, event)| RecordParts {
+                head,
+                tail: &event.payload,
             })
             .collect();
         let mut attempts = 0;
         let outcome = loop {
-            match self.log.append(&records) {
+            match self.log.append_parts(&records) {
                 Err(AppendError::Full {
                     needed_bytes,
                     budget_bytes,
@@ -170,12 +164,6 @@ impl Core {
                 }
             }
         };
-        drop(records);
-        state.scratch = scratch;
-        // Keep the scratch from pinning the memory of one huge batch.
-        if state.scratch.capacity() > self.config.log.write_buffer_bytes as usize {
-            state.scratch = Vec::new();
-        }
         outcome
     }
 

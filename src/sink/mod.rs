@@ -61,7 +61,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::decode::{render, Filter, OutputFormat};
 use crate::queue::Delivery;
-use crate::source::{frame, EventFamily};
+use crate::source::{frame, repo_listing, EventFamily};
 
 /// Counters of one sink, shared with metrics.
 #[derive(Debug, Default)]
@@ -124,6 +124,7 @@ impl OutputOptions {
         match self.family {
             EventFamily::Firehose => self.format == OutputFormat::Raw,
             EventFamily::Labels => self.format == OutputFormat::Raw,
+            EventFamily::RepoListing => false,
         }
     }
 
@@ -133,6 +134,7 @@ impl OutputOptions {
             EventFamily::Firehose => "event",
             // rsky's `label_live` entries.
             EventFamily::Labels => "labels",
+            EventFamily::RepoListing => "repo",
         }
     }
 
@@ -144,6 +146,13 @@ impl OutputOptions {
             EventFamily::Firehose => batch.last().map(|d| d.position.to_string()),
             // The labeler source pushes each frame with its label seq as the position.
             EventFamily::Labels => batch.last().map(|d| d.position.to_string()),
+            // A page's cursor rides on its last repo (or a marker): the key moves past a
+            // page only in the batch that writes the page's end.
+            EventFamily::RepoListing => batch
+                .iter()
+                .rev()
+                .find_map(|d| repo_listing::cursor_of(&d.payload))
+                .map(str::to_string),
         }
     }
 
@@ -154,6 +163,7 @@ impl OutputOptions {
         match self.family {
             EventFamily::Firehose => self.render_firehose(batch, stats, lines),
             EventFamily::Labels => self.render_labels(batch, stats, lines),
+            EventFamily::RepoListing => render_repo_listing(batch, stats, lines),
         }
     }
 
@@ -186,6 +196,20 @@ impl OutputOptions {
             if let Err(error) = rendered {
                 stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(seq = delivery.position, %error, "skipping a frame that does not decode into the output format");
+            }
+        }
+    }
+}
+
+/// Copies the listed repos' entries (rendered at listing time); markers write none.
+fn render_repo_listing(batch: &[Delivery], stats: &SinkStats, lines: &mut Vec<String>) {
+    for delivery in batch {
+        match repo_listing::ListingEvent::decode(&delivery.payload) {
+            Ok(repo_listing::ListingEvent::Repo { json, .. }) => lines.push(json.to_string()),
+            Ok(repo_listing::ListingEvent::Cursor(_)) => {}
+            Err(error) => {
+                stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(position = delivery.position, %error, "skipping a listing event that does not decode");
             }
         }
     }

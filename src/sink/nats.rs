@@ -5,7 +5,8 @@
 //!
 //! # Exactly once in the stream
 //! Every message carries `Nats-Msg-Id: <host>:<seq>` (plus `:<n>`, the operation index,
-//! where one frame renders several JSON lines; a labeler's ids start with `labels:`). The server drops a publish whose id it saw
+//! where one frame renders several JSON lines; other families' ids start with their subject
+//! token, `labels:` or `repos:`). The server drops a publish whose id it saw
 //! within the stream's duplicate window, so a batch retried after a timeout or a leader
 //! failover, a batch replayed after a `kill -9`, and the same event published by the other
 //! process of an active-active pair are all stored once. The window is the bound: an
@@ -188,7 +189,7 @@ impl NatsSinkConfig {
 /// Its lines of `spillway run --help`: the keys of the NATS sink.
 pub const CONFIG_HELP: &str = "  nats_urls = [\"nats://127.0.0.1:4222\"]  servers (several for a cluster); tls://host:port for TLS
   nats_stream = \"firehose\"             JetStream stream, created when absent
-  nats_subject_prefix = \"firehose\"     subject <prefix>.<relay host, dots as _> (labelers: <prefix>.labels.<host>); the stream takes <prefix>.>
+  nats_subject_prefix = \"firehose\"     subject <prefix>.<relay host, dots as _> (labelers: <prefix>.labels.<host>, repo listings: <prefix>.repos.<host>); the stream takes <prefix>.>
   nats_replicas = 1                     replicas of a created stream (3 for a 3-node cluster)
   nats_duplicate_window_secs = 120      dedupe window of a created stream: the server keeps every msg id
                                         of the window in memory (~100 B each: at 2,000 events/s, 120 s is

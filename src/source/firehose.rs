@@ -28,6 +28,9 @@ pub struct FirehoseConfig {
     pub start_cursor: Option<u64>,
     /// Largest frame accepted, in bytes; a larger one is dropped, counted and logged.
     pub frame_bytes_max: usize,
+    /// The WebSocket's read buffer, in bytes: each socket read fills at most this much,
+    /// and received frames are slices of it, handed to the queue without a copy.
+    pub read_buffer_bytes: usize,
     /// Frames gathered into one push at most (only those already received: no waiting).
     pub push_batch_frames_max: usize,
     /// First reconnect delay, doubled per failure up to the max, with jitter.
@@ -92,6 +95,7 @@ impl FirehoseConfig {
             url: url.into(),
             start_cursor: None,
             frame_bytes_max: 4 * 1024 * 1024,
+            read_buffer_bytes: READ_BUFFER_BYTES_DEFAULT,
             filter: crate::decode::Filter::default(),
             push_batch_frames_max: 256,
             reconnect_delay_min_ms: 250,
@@ -117,6 +121,11 @@ impl FirehoseConfig {
 }
 
 pub use super::SourceStats;
+
+/// The default WebSocket read buffer: tungstenite's own default. Frames are split off it
+/// and reach the queue as slices of it, never copied; 64 KiB measured no cheaper per
+/// event and no smaller in RSS (docs/benchmarks.md, "Cost per event").
+pub const READ_BUFFER_BYTES_DEFAULT: usize = 128 * 1024;
 
 /// Its lines of `spillway run --help`: the keys of the relay firehose source.
 pub const CONFIG_HELP: &str = "  relays = [\"wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos\"]   one source + queue each
@@ -235,6 +244,7 @@ pub async fn run(
             None => config.url.clone(),
         };
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(config.read_buffer_bytes)
             // A little above our own limit, so an oversized frame is read, named and dropped
             // rather than looping on a connection error.
             .max_message_size(Some(config.frame_bytes_max.saturating_mul(2)))

@@ -7,8 +7,9 @@
 //! lost, says so with [`Source::refetcher`]; one that cannot returns `None`, and a lost
 //! range is then counted as lost for good.
 //!
-//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]) and a
-//! labeler's label stream ([`labeler::LabelerSource`]). A new kind is a
+//! Members: the AT Protocol relay firehose ([`firehose_source::FirehoseSource`]), a
+//! labeler's label stream ([`labeler::LabelerSource`]) and the `listRepos` repo backfill
+//! ([`repo_listing::RepoListingSource`]). A new kind is a
 //! new file here, its keys in the configuration, and one line in [`crate::pipeline::kinds`].
 //!
 //! The traits return boxed futures rather than `async fn`: the kind is chosen at run time
@@ -23,6 +24,7 @@ pub mod frame;
 pub mod labeler;
 pub mod refetch;
 pub mod relay;
+pub mod repo_listing;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -47,6 +49,20 @@ pub enum EventFamily {
     /// Labeler frames (`com.atproto.label.subscribeLabels`): `#labels` DAG-CBOR frames,
     /// the position is the label seq.
     Labels,
+    /// Repos listed by `com.atproto.sync.listRepos` (rsky's `repo_backfill`): rendered
+    /// JSON entries, the position is a running ordinal (see [`repo_listing`]).
+    RepoListing,
+}
+
+impl EventFamily {
+    /// Its name as the `source` label of metrics gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventFamily::Firehose => "firehose",
+            EventFamily::Labels => "labels",
+            EventFamily::RepoListing => "repos",
+        }
+    }
 }
 
 /// A source of events with a resumable position (the position each event carries).
@@ -168,6 +184,9 @@ pub enum SourceError {
         #[source]
         source: crate::queue::QueueError,
     },
+    /// The repo listing's position file is unreadable, malformed or cannot be written.
+    #[error(transparent)]
+    RepoListing(#[from] repo_listing::RepoListingError),
     /// The queue of `host` refused a push for good (e.g. a failing disk).
     #[error("the queue of {host} refused events: {source}")]
     Push {

@@ -148,16 +148,19 @@ impl LogConfig {
     }
 
     /// Refuses a batch holding a record over `record_bytes_max`, naming the first one.
-    pub fn check_record_sizes(&self, records: &[&[u8]]) -> Result<(), crate::AppendError> {
+    pub fn check_record_sizes<R: crate::record::RecordBytes>(
+        &self,
+        records: &[R],
+    ) -> Result<(), crate::AppendError> {
         let max = self.record_bytes_max;
         match records
             .iter()
             .enumerate()
-            .find(|(_, r)| r.len() > max as usize)
+            .find(|(_, r)| r.byte_len() > max as usize)
         {
             Some((index, r)) => Err(crate::AppendError::RecordTooLarge {
                 index,
-                len: r.len(),
+                len: r.byte_len(),
                 max,
             }),
             None => Ok(()),

@@ -29,6 +29,7 @@ pub use error::{
     AppendError, ConfigError, Corruption, Error, InspectError, OpenError, ReadError, StorageError,
 };
 pub use fs::{FileHandle, Filesystem, RealFs};
+pub use record::RecordParts;
 pub use segment_log::SegmentLog;
 pub use sled_log::SledLog;
 
@@ -54,6 +55,18 @@ pub trait SpillLog: Send + Sync + std::fmt::Debug {
     /// storage failure. On any error nothing of the batch was acknowledged, and the
     /// segment backend undoes whatever of it was written.
     fn append(&self, records: &[&[u8]]) -> Result<SeqRange, AppendError>;
+
+    /// Appends a batch of records each given as two parts stored back to back; otherwise
+    /// exactly [`SpillLog::append`]. The segment backend copies each part once, into its
+    /// write buffer; the default joins each record first.
+    ///
+    /// # Errors
+    /// As [`SpillLog::append`].
+    fn append_parts(&self, records: &[RecordParts<'_>]) -> Result<SeqRange, AppendError> {
+        let joined: Vec<Vec<u8>> = records.iter().map(|r| [r.head, r.tail].concat()).collect();
+        let slices: Vec<&[u8]> = joined.iter().map(Vec::as_slice).collect();
+        self.append(&slices)
+    }
 
     /// Reads up to `max_records` records and about `max_bytes` payload bytes from `from_seq`.
     ///

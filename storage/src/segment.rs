@@ -7,7 +7,7 @@ use memmap2::Mmap;
 
 use crate::error::StorageError;
 use crate::fs::{FileHandle, Filesystem};
-use crate::record::{self, SEGMENT_HEADER_BYTES};
+use crate::record::{self, RecordBytes, SEGMENT_HEADER_BYTES};
 
 /// The file name of the segment whose first record is `first_seq`.
 pub(crate) fn file_name(first_seq: u64) -> String {
@@ -156,15 +156,15 @@ impl ActiveSegment {
     }
 
     /// Encodes one chunk into the write buffer, writing the buffer out when it passes `write_buffer_bytes`.
-    pub(crate) fn append_chunk(
+    pub(crate) fn append_chunk<R: RecordBytes>(
         &mut self,
-        records: &[&[u8]],
+        records: &[R],
         write_buffer_bytes: u32,
     ) -> Result<(), StorageError> {
         self.last_chunk = Some((self.len(), self.next_seq, self.payload_bytes));
         let header = record::encode_chunk(&mut self.buffer, self.next_seq, records);
         self.next_seq = header.next_seq();
-        self.payload_bytes += records.iter().map(|r| r.len() as u64).sum::<u64>();
+        self.payload_bytes += records.iter().map(|r| r.byte_len() as u64).sum::<u64>();
         if self.buffer.len() >= write_buffer_bytes as usize {
             self.write_out()?;
         }

@@ -44,7 +44,9 @@ use crate::error::{AppendError, OpenError, ReadError, StorageError};
 use crate::flusher::{self, Flushable, Flusher};
 use crate::fs::{FileHandle, Filesystem, ReadAt, RealFs};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
-use crate::record::{self, ChunkHeader, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::record::{
+    self, ChunkHeader, RecordBytes, RecordParts, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use crate::recovery::{self, Recovered};
 use crate::segment::{self, ActiveSegment, AppendMark};
 use crate::space::{Reserve, SpaceGauge};
@@ -366,7 +368,7 @@ impl Inner {
         self.sealed_bytes + self.active.len()
     }
 
-    fn append(&mut self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
+    fn append<R: RecordBytes>(&mut self, records: &[R]) -> Result<SeqRange, AppendError> {
         self.config.check_record_sizes(records)?;
         self.check_writable()?;
         let first = self.active.next_seq;
@@ -408,13 +410,15 @@ impl Inner {
     }
 
     /// Writes a batch's chunks, rolling to new segments as they fill.
-    fn append_chunks(&mut self, records: &[&[u8]]) -> Result<(), StorageError> {
+    fn append_chunks<R: RecordBytes>(&mut self, records: &[R]) -> Result<(), StorageError> {
         let mut rest = records;
         while !rest.is_empty() {
             let take = record::records_for_chunk(rest, self.config.chunk_bytes_target);
             let (chunk, tail) = rest.split_at(take);
-            let chunk_bytes =
-                record::chunk_bytes_for(take as u64, chunk.iter().map(|r| r.len() as u64).sum());
+            let chunk_bytes = record::chunk_bytes_for(
+                take as u64,
+                chunk.iter().map(|r| r.byte_len() as u64).sum(),
+            );
             if self.active.has_records()
                 && self.active.len() + chunk_bytes > self.config.segment_bytes_max
             {
@@ -575,12 +579,12 @@ impl Inner {
     }
 
     /// Upper bound of the bytes `records` will take on disk, new segment headers included.
-    fn planned_bytes(&self, records: &[&[u8]]) -> u64 {
+    fn planned_bytes<R: RecordBytes>(&self, records: &[R]) -> u64 {
         let mut total = 0;
         let mut rest = records;
         while !rest.is_empty() {
             let take = record::records_for_chunk(rest, self.config.chunk_bytes_target);
-            let payload: u64 = rest[..take].iter().map(|r| r.len() as u64).sum();
+            let payload: u64 = rest[..take].iter().map(|r| r.byte_len() as u64).sum();
             total += record::chunk_bytes_for(take as u64, payload);
             rest = &rest[take..];
         }
@@ -1068,6 +1072,10 @@ impl Flushable for Inner {
 
 impl SpillLog for SegmentLog {
     fn append(&self, records: &[&[u8]]) -> Result<SeqRange, AppendError> {
+        lock(&self.inner).append(records)
+    }
+
+    fn append_parts(&self, records: &[RecordParts<'_>]) -> Result<SeqRange, AppendError> {
         lock(&self.inner).append(records)
     }
 
