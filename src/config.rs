@@ -113,6 +113,18 @@ pub struct Config {
     pub nats_tls_cert_file: String,
     /// Client certificate key (empty: none).
     pub nats_tls_key_file: String,
+    /// Entry IDs `<seq>-<n>` from the relay seq, so a retried or replayed batch adds no duplicate.
+    pub redis_idempotent_ids: bool,
+    /// Events per Redis `MULTI`/`EXEC` transaction at most.
+    pub redis_multi_events_max: u64,
+    /// Redis transactions sent before the first reply is read, at most.
+    pub redis_transactions_in_flight_max: u64,
+    /// PEM CA of the Redis server's certificate (`rediss://`; empty: Mozilla's roots).
+    pub redis_tls_ca_file: String,
+    /// PEM client certificate for `rediss://` (empty: none).
+    pub redis_tls_cert_file: String,
+    /// PEM private key of the client certificate (empty: none).
+    pub redis_tls_key_file: String,
     /// `-` for stdout, or a file path.
     pub jsonl_path: String,
     /// Events per sink batch at most.
@@ -186,6 +198,13 @@ impl Default for Config {
             nats_tls_ca_file: String::new(),
             nats_tls_cert_file: String::new(),
             nats_tls_key_file: String::new(),
+            redis_idempotent_ids: false,
+            redis_multi_events_max: crate::sink::redis::MULTI_EVENTS_MAX_DEFAULT as u64,
+            redis_transactions_in_flight_max: crate::sink::redis::TRANSACTIONS_IN_FLIGHT_MAX_DEFAULT
+                as u64,
+            redis_tls_ca_file: String::new(),
+            redis_tls_cert_file: String::new(),
+            redis_tls_key_file: String::new(),
             jsonl_path: "-".into(),
             sink_batch_events_max: 500,
             sink_batch_bytes_max: 4 * 1024 * 1024,
@@ -444,6 +463,36 @@ impl Config {
                 },
             ))?;
         }
+        if self.redis_idempotent_ids
+            && !self.repo_listing_hosts.is_empty()
+            && self.sink_kinds().contains(&"redis")
+        {
+            return invalid(
+                "redis_idempotent_ids",
+                "repo listings (repo_listing_hosts) number their entries with a running ordinal, not a seq the host gave: another run may number them differently, so they cannot carry seq-derived IDs; turn it off or list repos in another spillway".into(),
+            );
+        }
+        component(crate::sink::redis::check_more_keys(
+            &crate::sink::redis::RedisKeyChecks {
+                url: &self.redis_url,
+                stream: &self.redis_stream,
+                idempotent_ids: self.redis_idempotent_ids,
+                // Every relay's events go to `redis_stream`, every labeler's to
+                // `redis_label_stream` (`redis_stream_for`; the two streams differ).
+                stream_writers: if self.sink_kinds().contains(&"redis") {
+                    self.relays.len().max(self.labelers.len())
+                } else {
+                    0
+                },
+                multi_events_max: self.redis_multi_events_max,
+                transactions_in_flight_max: self.redis_transactions_in_flight_max,
+                tls_files: [
+                    &self.redis_tls_ca_file,
+                    &self.redis_tls_cert_file,
+                    &self.redis_tls_key_file,
+                ],
+            },
+        ))?;
         if self.sink_batch_events_max == 0 {
             return invalid("sink_batch_events_max", "must be greater than zero".into());
         }
@@ -662,6 +711,9 @@ impl Config {
         config.stream = self.nats_stream_for(family).to_string();
         config.subject_prefix = self.nats_subject_prefix.clone();
         config.subject_family = self.nats_subject_family_for(family).to_string();
+        // A repo listing's positions are a running ordinal another run may number
+        // differently: an id from them could drop a different entry as a duplicate.
+        config.message_ids = !matches!(family, EventFamily::RepoListing);
         config.replicas = self.nats_replicas as usize;
         config.duplicate_window_secs = self.nats_duplicate_window_secs;
         config.ack_window_events = self.nats_ack_window_events as usize;
@@ -690,6 +742,15 @@ impl Config {
         config.high_water_events = self.redis_high_water_events;
         config.low_water_events = self.redis_low_water_events;
         config.output = self.output_options(family);
+        config.idempotent_ids = self.redis_idempotent_ids;
+        config.multi_events_max = self.redis_multi_events_max as usize;
+        config.transactions_in_flight_max = self.redis_transactions_in_flight_max as usize;
+        let file = |path: &str| (!path.is_empty()).then(|| std::path::PathBuf::from(path));
+        config.tls = crate::sink::redis::RedisTlsFiles {
+            ca_file: file(&self.redis_tls_ca_file),
+            cert_file: file(&self.redis_tls_cert_file),
+            key_file: file(&self.redis_tls_key_file),
+        };
         config
     }
 }

@@ -5,16 +5,14 @@
 //! listing resumes from its checkpoint, and the child's memory stays within its budget.
 
 mod common;
-#[path = "common/list_repos_server.rs"]
-mod list_repos_server;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::list_repos_server::{expected_entry, Fault, ListReposServer};
 use common::redis_server::RedisServer;
-use list_repos_server::{expected_entry, Fault, ListReposServer};
 use spillway::config::Config;
 use spillway::pipeline::Pipeline;
 use spillway::source::repo_listing::{
@@ -504,7 +502,7 @@ async fn listing_survives_a_sigkill_with_the_reader_stalled(repos: u64, page_del
     let _ = child.wait();
 
     let missing = (0..repos)
-        .filter(|i| !seen.contains_key(&list_repos_server::repo_did(*i)))
+        .filter(|i| !seen.contains_key(&common::list_repos_server::repo_did(*i)))
         .count();
     let duplicates = entries_total - seen.len() as u64;
     let mut twice: Vec<u64> = seen

@@ -592,6 +592,18 @@ pub struct E2eBenchArgs {
     /// Run the loopback relay in this process instead of its own (a real relay is remote).
     #[arg(long)]
     pub relay_in_process: bool,
+    /// Events per sink batch (`sink_batch_events_max`).
+    #[arg(long, default_value_t = spillway::config::Config::default().sink_batch_events_max)]
+    pub sink_batch_events_max: u64,
+    /// Events per Redis MULTI/EXEC transaction (`redis_multi_events_max`).
+    #[arg(long, default_value_t = spillway::config::Config::default().redis_multi_events_max)]
+    pub redis_multi_events_max: u64,
+    /// Redis transactions in flight (`redis_transactions_in_flight_max`; 1: one at a time).
+    #[arg(long, default_value_t = spillway::config::Config::default().redis_transactions_in_flight_max)]
+    pub redis_transactions_in_flight_max: u64,
+    /// Entry IDs from the relay seq (`redis_idempotent_ids`).
+    #[arg(long)]
+    pub redis_idempotent_ids: bool,
     /// Run only the spilling row, not the second one under a budget nothing spills under.
     #[arg(long)]
     pub spilling_only: bool,
@@ -855,8 +867,14 @@ fn print_e2e_run(label: &str, run: &E2eRun, events: u64, ceiling: f64) {
 pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
     let figures = measure_e2e(args)?;
     println!(
-        "end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {} B), batches of 500 in MULTI/EXEC; {} cores shared by every process",
-        args.events, figures.mean_bytes, figures.cores
+        "end to end, loopback relay -> spillway -> redis-server, {} real frames (mean {} B), batches of {} in MULTI/EXEC transactions of {}, {} in flight{}; {} cores shared by every process",
+        args.events,
+        figures.mean_bytes,
+        args.sink_batch_events_max,
+        args.redis_multi_events_max,
+        args.redis_transactions_in_flight_max,
+        if args.redis_idempotent_ids { ", idempotent IDs" } else { "" },
+        figures.cores
     );
     println!(
         "redis-benchmark -P 64 XADD (the ceiling): {:.0} events/s",
@@ -1124,6 +1142,10 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
             redis_url: format!("redis://127.0.0.1:{port}"),
             redis_high_water_events: 0,
             metrics_listen: "127.0.0.1:0".into(),
+            sink_batch_events_max: args.sink_batch_events_max,
+            redis_multi_events_max: args.redis_multi_events_max,
+            redis_transactions_in_flight_max: args.redis_transactions_in_flight_max,
+            redis_idempotent_ids: args.redis_idempotent_ids,
             ..Config::default()
         };
         let unreadable =

@@ -280,12 +280,17 @@ pub fn run_all(args: &AllBenchArgs) -> std::io::Result<()> {
 
     if !args.no_e2e {
         step("end to end");
+        let defaults = spillway::config::Config::default();
         let e2e = E2eBenchArgs {
             events: args.e2e_events,
             redis_server: args.redis_server.clone(),
             redis_benchmark: args.redis_benchmark.clone(),
             budget_mib: args.budget_mib,
             relay_in_process: false,
+            sink_batch_events_max: defaults.sink_batch_events_max,
+            redis_multi_events_max: defaults.redis_multi_events_max,
+            redis_transactions_in_flight_max: defaults.redis_transactions_in_flight_max,
+            redis_idempotent_ids: false,
             spilling_only: false,
         };
         match measure_e2e(&e2e) {

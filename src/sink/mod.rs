@@ -156,6 +156,19 @@ impl OutputOptions {
         }
     }
 
+    /// True when an event's queue position is its relay seq, so a sink may derive
+    /// idempotent IDs from it (`redis_idempotent_ids`); false refuses that option.
+    pub fn position_is_seq(&self) -> bool {
+        match self.family {
+            EventFamily::Firehose => true,
+            // The labeler source pushes each frame with its label seq (from 1) as the position.
+            EventFamily::Labels => true,
+            // A running ordinal of this spillway's listing, not a seq the labeler or relay
+            // gave: another run may number the same repos differently.
+            EventFamily::RepoListing => false,
+        }
+    }
+
     /// Renders a batch in a decoded format into `lines` (cleared first). A frame that does
     /// not decode is logged and counted, and skipped: retrying cannot make it decode.
     pub fn render_batch(&self, batch: &[Delivery], stats: &SinkStats, lines: &mut Vec<String>) {

@@ -141,6 +141,9 @@ pub struct NatsSinkConfig {
     /// A token between the prefix and the host for a family other than the firehose
     /// (`labels`: `<subject_prefix>.labels.<host>`); empty for none.
     pub subject_family: String,
+    /// Whether messages carry `Nats-Msg-Id` (false for sources whose positions are not
+    /// stable across runs: those get no dedupe, so retries may store duplicates).
+    pub message_ids: bool,
     /// Replicas of a stream this sink creates.
     pub replicas: usize,
     /// The duplicate window of a stream this sink creates, in seconds.
@@ -172,6 +175,7 @@ impl NatsSinkConfig {
             stream: "firehose".into(),
             subject_prefix: "firehose".into(),
             subject_family: String::new(),
+            message_ids: true,
             replicas: 1,
             duplicate_window_secs: 120,
             ack_window_events: 1_024,
@@ -663,9 +667,12 @@ impl NatsSink {
                     duplicates += u64::from(self.await_ack(ack).await?);
                 }
             }
-            let mut publish = jetstream::message::PublishMessage::build()
-                .payload(message.payload.clone())
-                .message_id(&message.id)
+            let mut publish =
+                jetstream::message::PublishMessage::build().payload(message.payload.clone());
+            if self.config.message_ids {
+                publish = publish.message_id(&message.id);
+            }
+            publish = publish
                 .header("seq", message.seq.to_string().as_str())
                 .header("type", message.kind.as_str());
             if !message.did.is_empty() {

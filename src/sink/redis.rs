@@ -1,6 +1,8 @@
-//! The Redis stream sink: one `MULTI`/`EXEC` round trip per batch (an `XADD` per event
-//! with fields `seq`, `type`, `did`, `frame`, or with the decoded JSON in field `event`,
-//! plus the host's cursor key), then the ack.
+//! The Redis stream sink: a batch goes out as `MULTI`/`EXEC` transactions of at most
+//! `redis_multi_events_max` events (an `XADD` per event with fields `seq`, `type`, `did`,
+//! `frame`, or with the decoded JSON in field `event`, plus the host's cursor key with
+//! the transaction's own last seq), up to `redis_transactions_in_flight_max` of them in
+//! flight on the multiplexed connection, their replies read in order; then the ack.
 //!
 //! Backpressure as the story's ingester meant it, done right: when `XLEN` reaches the
 //! high-water mark the sink stops writing and polls until it falls below the low-water
@@ -8,14 +10,56 @@
 //! to disk meanwhile. A Redis that is down or failing is retried with bounded
 //! exponential backoff; events stay in the queue; one log line per interval says so.
 //!
-//! A Redis with `requirepass` that refuses us says so in the error ("authentication
-//! required by HOST:PORT", "authentication failed for HOST:PORT"), and the URL is
-//! printed with its password replaced by `***` everywhere (see [`redact_url`]).
+//! # Idempotent entry IDs (`redis_idempotent_ids`)
+//!
+//! Off by default, entries get server time IDs (`*`), and a retry of a transaction
+//! whose reply was lost (a timeout, a dropped connection, a kill -9 before the ack)
+//! writes its events again. On, each entry's ID is `<seq>-<n>` (the relay seq; `n` the
+//! line's index where one frame renders several lines, else 0), and an `XADD` that Redis
+//! refuses as "equal or smaller than the target stream top item" counts as already
+//! written: inside `MULTI`/`EXEC` only that `XADD` fails, the rest applies, so every
+//! reply is read command by command. A retried or replayed batch then adds nothing twice.
+//!
+//! It costs: entry IDs no longer say when an entry was written (`XRANGE` by time and
+//! `XTRIM MINID <ms>` mean seqs, not times; trim by `MAXLEN` instead); the stream must
+//! hold seq IDs of one relay only (two relays' seqs would collide or interleave, so
+//! the configuration refuses several relays into one stream, and the sink marks the
+//! stream with `<stream>:idempotent-ids` = its relay and refuses a stream marked by
+//! another relay or already holding entries written without the option); and only
+//! families whose queue position is the relay seq can use it.
+//!
+//! Transactions in flight are sent in order on one connection, so Redis applies them in
+//! order; a transaction confirmed is never sent again. A transaction refused as a whole
+//! (a queue-time error such as OOM) while a later one in flight applied is the one case
+//! where order cannot be kept: its events are written again after the later ones, with
+//! `*` IDs, and logged as an error.
+//!
+//! A Redis with `requirepass` or ACL users that refuses us says so in the error
+//! ("authentication required by HOST:PORT", "authentication failed for HOST:PORT"), and
+//! the URL is printed with its password replaced by `***` everywhere (see
+//! [`redact_url`]). `rediss://` URLs use TLS (rustls), trusting Mozilla's roots or the
+//! CA of `redis_tls_ca_file`, with a client certificate when `redis_tls_cert_file` and
+//! `redis_tls_key_file` name one.
+//!
+//! # Redis Cluster
+//!
+//! A `redis_url` of several comma-separated URLs (`redis://a:7000,redis://b:7001`) is a
+//! Redis Cluster, reached through its seed nodes. A transaction must stay in one hash
+//! slot, so the stream name needs a hash tag (`{firehose_live}`): its cursor and marker
+//! keys (`{firehose_live}:cursor:<host>`) then share its slot. The cluster connection
+//! may redirect and retry requests on its own, which could reorder transactions in
+//! flight, so there they go one at a time (`redis_transactions_in_flight_max` is 1).
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
+use redis::RedisFuture;
 
 use super::{now_ms, retry_delay, EventFields, OutputOptions, SinkStats};
 use crate::queue::Delivery;
@@ -45,6 +89,32 @@ pub struct RedisSinkConfig {
     pub log_interval_ms: u64,
     /// `raw` frames (fields `seq`, `type`, `did`, `frame`), or decoded JSON in field `event`.
     pub output: OutputOptions,
+    /// Entry IDs `<seq>-<n>` from the relay seq, so a retried batch adds no duplicate.
+    pub idempotent_ids: bool,
+    /// Events in one `MULTI`/`EXEC` transaction at most.
+    pub multi_events_max: usize,
+    /// Transactions sent before the reply of the first is read, at most (1: one at a time).
+    pub transactions_in_flight_max: usize,
+    /// Certificates for `rediss://` URLs.
+    pub tls: RedisTlsFiles,
+}
+
+/// PEM files for TLS (`rediss://`): each `None` when its key is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTlsFiles {
+    /// The CA that signed the server's certificate (`redis_tls_ca_file`); `None` trusts Mozilla's roots.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate chain (`redis_tls_cert_file`), for servers that ask for one.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (`redis_tls_key_file`).
+    pub key_file: Option<PathBuf>,
+}
+
+impl RedisTlsFiles {
+    /// True when no file is named.
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    }
 }
 
 impl RedisSinkConfig {
@@ -62,16 +132,139 @@ impl RedisSinkConfig {
             command_timeout_ms: 10_000,
             log_interval_ms: 10_000,
             output: OutputOptions::default(),
+            idempotent_ids: false,
+            multi_events_max: MULTI_EVENTS_MAX_DEFAULT,
+            transactions_in_flight_max: TRANSACTIONS_IN_FLIGHT_MAX_DEFAULT,
+            tls: RedisTlsFiles::default(),
         }
     }
 }
 
+/// Default of `redis_multi_events_max`: half the default sink batch, so a batch is two transactions in flight.
+pub const MULTI_EVENTS_MAX_DEFAULT: usize = 250;
+/// Largest `redis_multi_events_max` accepted: one transaction's reply is held whole in memory.
+pub const MULTI_EVENTS_MAX_LIMIT: u64 = 100_000;
+/// Default of `redis_transactions_in_flight_max`.
+pub const TRANSACTIONS_IN_FLIGHT_MAX_DEFAULT: usize = 4;
+/// Largest `redis_transactions_in_flight_max` accepted.
+pub const TRANSACTIONS_IN_FLIGHT_MAX_LIMIT: u64 = 64;
+
+/// What Redis answers an `XADD` whose explicit ID is not above the stream's last one.
+const ID_NOT_ABOVE_TOP: &str = "equal or smaller than the target stream top item";
+
 /// Its lines of `spillway run --help`: the keys of the Redis sink.
-pub const CONFIG_HELP: &str = "  redis_url = \"redis://127.0.0.1:6379\"  redis://:PASSWORD@host:port/db; printed as redis://:***@...
+pub const CONFIG_HELP: &str = "  redis_url = \"redis://127.0.0.1:6379\"  redis[s]://[user:]PASSWORD@host:port/db (rediss: TLS); printed as redis://user:***@...;
+                                        several comma-separated: a Redis Cluster (redis_stream then needs a {hash tag})
   redis_stream = \"firehose_live\"       cursor key: <stream>:cursor:<host>
   redis_high_water_events = 100000      pause writing at this XLEN (0: never)
   redis_low_water_events = 50000        resume below it
+  redis_idempotent_ids = false          entry IDs <seq>-<n>: a retried or replayed batch adds no duplicate.
+                                        Costs: IDs no longer map to time (no XTRIM MINID / XRANGE by time;
+                                        trim by MAXLEN), one relay per stream, a stream never written without it
+  redis_multi_events_max = 250          events per MULTI/EXEC transaction
+  redis_transactions_in_flight_max = 4  transactions sent before the first reply is read (1: one at a time);
+                                        without idempotent IDs a retry after a lost reply may duplicate them all
+  redis_tls_ca_file = \"\"                PEM CA of the server's certificate for rediss:// (empty: Mozilla's roots)
+  redis_tls_cert_file = \"\"              PEM client certificate for rediss:// (with redis_tls_key_file)
+  redis_tls_key_file = \"\"               PEM private key of redis_tls_cert_file
 ";
+
+/// The Redis keys beyond the URL, stream and water marks, for [`check_more_keys`].
+#[derive(Debug, Clone, Copy)]
+pub struct RedisKeyChecks<'a> {
+    /// `redis_url`.
+    pub url: &'a str,
+    /// `redis_stream`.
+    pub stream: &'a str,
+    /// `redis_idempotent_ids`.
+    pub idempotent_ids: bool,
+    /// How many sources write the stream (`relays` into `redis_stream`).
+    pub stream_writers: usize,
+    /// `redis_multi_events_max`.
+    pub multi_events_max: u64,
+    /// `redis_transactions_in_flight_max`.
+    pub transactions_in_flight_max: u64,
+    /// `redis_tls_ca_file`, `redis_tls_cert_file`, `redis_tls_key_file` (empty: none).
+    pub tls_files: [&'a str; 3],
+}
+
+/// Checks the transaction bounds, that idempotent IDs are safe (one relay into the
+/// stream), and that TLS files go with a `rediss://` URL (a certificate with its key).
+///
+/// # Errors
+/// The key and why, for the configuration to report.
+pub fn check_more_keys(keys: &RedisKeyChecks<'_>) -> Result<(), (&'static str, String)> {
+    if keys.multi_events_max == 0 || keys.multi_events_max > MULTI_EVENTS_MAX_LIMIT {
+        return Err((
+            "redis_multi_events_max",
+            format!(
+                "{} is not in 1..={MULTI_EVENTS_MAX_LIMIT}",
+                keys.multi_events_max
+            ),
+        ));
+    }
+    if keys.transactions_in_flight_max == 0
+        || keys.transactions_in_flight_max > TRANSACTIONS_IN_FLIGHT_MAX_LIMIT
+    {
+        return Err((
+            "redis_transactions_in_flight_max",
+            format!(
+                "{} is not in 1..={TRANSACTIONS_IN_FLIGHT_MAX_LIMIT}",
+                keys.transactions_in_flight_max
+            ),
+        ));
+    }
+    if seed_urls(keys.url).len() > 1 && !has_hash_tag(keys.stream) {
+        return Err((
+            "redis_stream",
+            format!(
+                "{:?} has no hash tag: on a Redis Cluster (several URLs) the stream and its cursor key must share a slot for MULTI/EXEC; name it {{{}}}",
+                keys.stream, keys.stream
+            ),
+        ));
+    }
+    if keys.idempotent_ids && keys.stream_writers > 1 {
+        return Err((
+            "redis_idempotent_ids",
+            format!(
+                "{} sources (relays, or labelers) would write one stream with seq-derived IDs, and their seqs would collide or interleave (an entry of one refused as already written by another): run one source per spillway with its own stream, or turn it off",
+                keys.stream_writers
+            ),
+        ));
+    }
+    let [ca, cert, key] = keys.tls_files;
+    let tls = keys.url.starts_with("rediss://");
+    for (name, value) in [
+        ("redis_tls_ca_file", ca),
+        ("redis_tls_cert_file", cert),
+        ("redis_tls_key_file", key),
+    ] {
+        if !value.is_empty() && !tls {
+            return Err((
+                name,
+                format!(
+                    "{value}: TLS files need a rediss:// URL, not {}",
+                    redact_url(keys.url)
+                ),
+            ));
+        }
+    }
+    if cert.is_empty() != key.is_empty() {
+        return Err((
+            if cert.is_empty() {
+                "redis_tls_cert_file"
+            } else {
+                "redis_tls_key_file"
+            },
+            if cert.is_empty() {
+                "a private key needs its client certificate file too".into()
+            } else {
+                "a client certificate needs its private key file too".into()
+            },
+        ));
+    }
+    Ok(())
+}
 
 /// Checks the Redis sink's keys: the low-water mark below the high-water mark (when
 /// there is one), a stream name, and a URL the client can parse (printed redacted).
@@ -95,21 +288,32 @@ pub fn check_keys(
     if stream.is_empty() {
         return Err(("redis_stream", "must not be empty".into()));
     }
-    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url) {
-        return Err((
-            "redis_url",
-            format!(
-                "{}: {e} (expected redis://[user:password@]host:port[/db])",
-                redact_url(url)
-            ),
-        ));
+    for seed in seed_urls(url) {
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(seed) {
+            return Err((
+                "redis_url",
+                format!(
+                    "{}: {e} (expected redis[s]://[user:password@]host:port[/db], several comma-separated for a Redis Cluster)",
+                    redact_url(seed)
+                ),
+            ));
+        }
     }
     Ok(())
 }
 
 /// `url` with any password replaced by `***` (`redis://user:***@host:port/db`), for
 /// every log line, error and report: the only form of a Redis URL that may be printed.
+/// Each seed of a cluster's comma-separated URLs is redacted on its own.
 pub fn redact_url(url: &str) -> String {
+    seed_urls(url)
+        .into_iter()
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let prefix = if scheme.is_empty() {
         String::new()
@@ -143,7 +347,7 @@ pub fn redact_url(url: &str) -> String {
     format!("{prefix}{}{location}", userinfo.unwrap_or_default())
 }
 
-/// A Redis error in words, with authentication refusals named as such for `address`.
+/// A Redis error in words, with authentication and TLS refusals named as such for `address`.
 fn describe(error: &redis::RedisError, address: &str) -> String {
     // A refusal inside a MULTI/EXEC reply carries no top-level code: its text still does.
     let text = error.to_string();
@@ -158,7 +362,98 @@ fn describe(error: &redis::RedisError, address: &str) -> String {
             "authentication required by {address}: the server has a password and redis_url gives none (redis://:PASSWORD@host:port)"
         );
     }
+    if text.contains("CertificateRequired") {
+        return format!(
+            "TLS with {address} failed: {text} (the server asks for a client certificate: set redis_tls_cert_file and redis_tls_key_file)"
+        );
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        return format!(
+            "TLS with {address} failed: {text} (the server's certificate must be signed by redis_tls_ca_file, or by a public CA when that is empty, for the host name of redis_url)"
+        );
+    }
     text
+}
+
+/// The seed URLs of a `redis_url`: several, comma-separated, for a Redis Cluster. A comma
+/// only separates where the next URL begins, so a password may hold commas.
+pub fn seed_urls(url: &str) -> Vec<&str> {
+    let mut seeds = Vec::new();
+    let mut rest = url;
+    loop {
+        let next = ["redis://", "rediss://"]
+            .iter()
+            .filter_map(|scheme| rest[1..].find(&format!(",{scheme}")).map(|at| at + 1))
+            .min();
+        match next {
+            Some(at) => {
+                seeds.push(&rest[..at]);
+                rest = &rest[at + 1..];
+            }
+            None => {
+                seeds.push(rest);
+                return seeds;
+            }
+        }
+    }
+}
+
+/// True when the stream name has a hash tag (`{...}` with something inside), so keys
+/// made by appending to it share its cluster slot.
+fn has_hash_tag(stream: &str) -> bool {
+    stream
+        .find('{')
+        .and_then(|open| stream[open + 1..].find('}'))
+        .is_some_and(|length| length > 0)
+}
+
+/// One server, or a Redis Cluster reached through several seed nodes.
+// One per sink, made once: the size of the larger variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to one server (multiplexed), or to a cluster (routed by slot).
+#[derive(Clone)]
+enum Connection {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The key that marks a stream as written with seq IDs, holding the relay that writes it.
+fn marker_key(stream: &str) -> String {
+    format!("{stream}:idempotent-ids")
 }
 
 /// The sink.
@@ -168,11 +463,15 @@ pub struct RedisSink {
     url_redacted: String,
     /// `host:port` of the server.
     address: String,
-    client: redis::Client,
-    connection: Option<MultiplexedConnection>,
+    client: Client,
+    connection: Option<Connection>,
     host: String,
     /// The batch in hand rendered in a decoded format, once, before its first attempt.
     lines: Vec<String>,
+    /// For each event of the batch in hand, its lines in `lines` (decoded formats).
+    line_ranges: Vec<Range<usize>>,
+    /// The lines of one event while it is rendered.
+    rendered: Vec<String>,
 }
 
 /// A Redis failure, with the server (its URL without password) and what was being done.
@@ -200,23 +499,153 @@ pub enum RedisSinkError {
         /// What was being done.
         what: &'static str,
     },
+    /// A TLS certificate or key file could not be read.
+    #[error("redis at {url}: reading {key} {}: {source}", path.display())]
+    File {
+        /// The URL as it may be printed (see [`redact_url`]).
+        url: String,
+        /// The key that names the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The settings cannot be used with this stream or these events: retrying cannot help.
+    #[error("redis at {url}: {key}: {reason}")]
+    Refused {
+        /// The URL as it may be printed (see [`redact_url`]).
+        url: String,
+        /// The key to change.
+        key: &'static str,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A transaction's reply said a command failed.
+    #[error("redis at {url}: MULTI/EXEC of XADDs on {stream}: {reason}")]
+    Reply {
+        /// The URL as it may be printed (see [`redact_url`]).
+        url: String,
+        /// The stream written.
+        stream: String,
+        /// The server's error for the command, or what was unexpected in the reply.
+        reason: String,
+    },
+}
+
+/// One transaction's reply on its way: `Err` when the command timeout elapsed first.
+type Reply = Pin<
+    Box<
+        dyn Future<Output = Result<redis::RedisResult<redis::Value>, tokio::time::error::Elapsed>>
+            + Send,
+    >,
+>;
+
+/// How one transaction ended: written, or failed, and then whether Redis surely refused
+/// it whole (`definite`: a server error, nothing or part applied) or the reply was lost
+/// (a timeout or a dropped connection: it may have applied).
+struct Failed {
+    definite: bool,
+    error: RedisSinkError,
+}
+
+fn read_pem(url: &str, key: &'static str, path: &Path) -> Result<Vec<u8>, RedisSinkError> {
+    std::fs::read(path).map_err(|source| RedisSinkError::File {
+        url: url.to_string(),
+        key,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl RedisSink {
-    /// Creates the sink for events of relay `host` (the URL is checked, no connection yet).
+    /// Creates the sink for events of relay `host` (the URL is checked and the TLS files
+    /// read, no connection yet).
     ///
     /// # Errors
-    /// A malformed URL.
+    /// A malformed URL, a TLS file that cannot be read, or idempotent IDs for events
+    /// whose position is not a relay seq.
     pub fn new(config: RedisSinkConfig, host: &str) -> Result<Self, RedisSinkError> {
         let url_redacted = redact_url(&config.url);
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|source| RedisSinkError::Redis {
-                url: url_redacted.clone(),
-                what: "parsing the URL",
-                reason: source.to_string(),
-                source,
-            })?;
-        let address = client.get_connection_info().addr().to_string();
+        if config.idempotent_ids && !config.output.position_is_seq() {
+            return Err(RedisSinkError::Refused {
+                url: url_redacted,
+                key: "redis_idempotent_ids",
+                reason: format!(
+                    "events of the {:?} family have no relay seq to derive entry IDs from; turn it off for this sink",
+                    config.output.family
+                ),
+            });
+        }
+        let certificates = if config.tls.is_empty() {
+            None
+        } else {
+            let files = &config.tls;
+            let client_tls = match (&files.cert_file, &files.key_file) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read_pem(&url_redacted, "redis_tls_cert_file", cert)?,
+                    client_key: read_pem(&url_redacted, "redis_tls_key_file", key)?,
+                }),
+                _ => None,
+            };
+            let root_cert = match &files.ca_file {
+                Some(ca) => Some(read_pem(&url_redacted, "redis_tls_ca_file", ca)?),
+                None => None,
+            };
+            Some(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            })
+        };
+        let url = config.url.clone();
+        let seeds = seed_urls(&url);
+        let parse_error = |source: redis::RedisError| RedisSinkError::Redis {
+            url: url_redacted.clone(),
+            what: "parsing the URL and TLS files",
+            reason: source.to_string(),
+            source,
+        };
+        let mut config = config;
+        let (client, address) = if seeds.len() > 1 {
+            if !has_hash_tag(&config.stream) {
+                return Err(RedisSinkError::Refused {
+                    url: url_redacted,
+                    key: "redis_stream",
+                    reason: format!(
+                        "{:?} has no hash tag: on a Redis Cluster the stream and its cursor key must share a slot for MULTI/EXEC; name it {{{}}}",
+                        config.stream, config.stream
+                    ),
+                });
+            }
+            // The cluster connection may redirect and retry on its own: keep order by
+            // sending one transaction at a time.
+            config.transactions_in_flight_max = 1;
+            let mut builder = redis::cluster::ClusterClient::builder(seeds.iter().copied())
+                .connection_timeout(Duration::from_millis(config.command_timeout_ms))
+                .response_timeout(Duration::from_millis(config.command_timeout_ms));
+            if let Some(certificates) = certificates {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(parse_error)?;
+            let address = seeds
+                .iter()
+                .map(|seed| {
+                    redis::IntoConnectionInfo::into_connection_info(*seed)
+                        .map(|info| info.addr().to_string())
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            (Client::Cluster(client), address)
+        } else {
+            let client = match certificates {
+                None => redis::Client::open(url.as_str()),
+                Some(certificates) => redis::Client::build_with_tls(url.as_str(), certificates),
+            }
+            .map_err(parse_error)?;
+            let address = client.get_connection_info().addr().to_string();
+            (Client::Single(client), address)
+        };
         Ok(RedisSink {
             config,
             url_redacted,
@@ -225,6 +654,8 @@ impl RedisSink {
             connection: None,
             host: host.to_string(),
             lines: Vec::new(),
+            line_ranges: Vec::new(),
+            rendered: Vec::new(),
         })
     }
 
@@ -244,13 +675,39 @@ impl RedisSink {
         }
     }
 
-    async fn connection(&mut self) -> Result<MultiplexedConnection, RedisSinkError> {
+    fn refused(&self, key: &'static str, reason: String) -> RedisSinkError {
+        RedisSinkError::Refused {
+            url: self.url_redacted.clone(),
+            key,
+            reason,
+        }
+    }
+
+    /// Connects (TLS and authentication included), checks the stream can be written with
+    /// this sink's IDs, and keeps the connection for the writes.
+    ///
+    /// # Errors
+    /// The server cannot be reached or refuses us (named as such), or the stream is
+    /// marked for another kind of IDs ([`RedisSinkError::Refused`]).
+    pub async fn check(&mut self) -> Result<(), RedisSinkError> {
+        self.connection().await.map(drop)
+    }
+
+    async fn connection(&mut self) -> Result<Connection, RedisSinkError> {
         if let Some(c) = &self.connection {
             return Ok(c.clone());
         }
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
-        let connected =
-            tokio::time::timeout(timeout, self.client.get_multiplexed_async_connection()).await;
+        let connected = match &self.client {
+            Client::Single(client) => {
+                tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
+                    .await
+                    .map(|c| c.map(Connection::Single))
+            }
+            Client::Cluster(client) => tokio::time::timeout(timeout, client.get_async_connection())
+                .await
+                .map(|c| c.map(Connection::Cluster)),
+        };
         let mut connection = match connected {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(self.redis_error("connecting", e)),
@@ -258,47 +715,133 @@ impl RedisSink {
         };
         // A server with a password answers NOAUTH to a client that gave none, and closes
         // its connection on a large unauthenticated write ("broken pipe"): ask once, first.
-        match tokio::time::timeout(
-            timeout,
-            redis::cmd("PING").query_async::<String>(&mut connection),
-        )
-        .await
-        {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(self.redis_error("connecting", e)),
-            Err(_) => return Err(self.timed_out("connecting: PING")),
-        }
+        self.query(&mut connection, "connecting: PING", &redis::cmd("PING"))
+            .await
+            .map(|_: String| ())?;
+        self.check_stream_ids(&mut connection).await?;
         self.connection = Some(connection.clone());
         Ok(connection)
     }
 
-    async fn xlen(&mut self) -> Result<u64, RedisSinkError> {
-        let mut c = self.connection().await?;
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut Connection,
+        what: &'static str,
+        command: &redis::Cmd,
+    ) -> Result<T, RedisSinkError> {
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
-        match tokio::time::timeout(
-            timeout,
-            redis::cmd("XLEN")
-                .arg(&self.config.stream)
-                .query_async::<u64>(&mut c),
-        )
-        .await
-        {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(self.redis_error("XLEN", e)),
-            Err(_) => Err(self.timed_out("XLEN")),
+        match tokio::time::timeout(timeout, command.query_async::<T>(connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.redis_error(what, e)),
+            Err(_) => Err(self.timed_out(what)),
         }
     }
 
-    async fn write_once(&mut self, batch: &[Delivery]) -> Result<(), RedisSinkError> {
+    /// Seq IDs and time IDs must not meet in one stream: time IDs (milliseconds since
+    /// 1970) sit above every seq, so a seq writer would take each event as already
+    /// written. The marker key says which relay writes the stream with seq IDs.
+    async fn check_stream_ids(&self, connection: &mut Connection) -> Result<(), RedisSinkError> {
+        let stream = &self.config.stream;
+        let marker = marker_key(stream);
+        let what = "checking the stream's IDs";
+        let owner: Option<String> = self
+            .query(connection, what, redis::cmd("GET").arg(&marker))
+            .await?;
+        if !self.config.idempotent_ids {
+            return match owner {
+                None => Ok(()),
+                Some(relay) => Err(self.refused(
+                    "redis_idempotent_ids",
+                    format!(
+                        "stream {stream} is written with seq IDs by relay {relay} (key {marker}); time IDs would sit above every seq and that writer would take each later event as already written: turn redis_idempotent_ids on, or use another redis_stream (or DEL {marker} once nothing writes it with seq IDs)"
+                    ),
+                )),
+            };
+        }
+        if owner.is_none() {
+            let kind: String = self
+                .query(connection, what, redis::cmd("TYPE").arg(stream))
+                .await?;
+            if kind != "none" {
+                let info: redis::streams::StreamInfoStreamReply = self
+                    .query(
+                        connection,
+                        what,
+                        redis::cmd("XINFO").arg("STREAM").arg(stream),
+                    )
+                    .await?;
+                if info.last_generated_id != "0-0" {
+                    return Err(self.refused(
+                        "redis_idempotent_ids",
+                        format!(
+                            "stream {stream} already holds entries written without it (last ID {}): seq IDs below it would all be refused; use a new redis_stream",
+                            info.last_generated_id
+                        ),
+                    ));
+                }
+            }
+            let _: Option<String> = self
+                .query(
+                    connection,
+                    what,
+                    redis::cmd("SET").arg(&marker).arg(&self.host).arg("NX"),
+                )
+                .await?;
+        }
+        // Read again: another writer may have marked it between our GET and SET NX.
+        let owner: Option<String> = self
+            .query(connection, what, redis::cmd("GET").arg(&marker))
+            .await?;
+        match owner {
+            Some(relay) if relay == self.host => Ok(()),
+            other => Err(self.refused(
+                "redis_idempotent_ids",
+                format!(
+                    "stream {stream} is written with seq IDs by relay {} (key {marker}), and seqs of two relays collide: give relay {} its own redis_stream",
+                    other.unwrap_or_default(),
+                    self.host
+                ),
+            )),
+        }
+    }
+
+    async fn xlen(&mut self) -> Result<u64, RedisSinkError> {
         let mut c = self.connection().await?;
+        self.query(&mut c, "XLEN", redis::cmd("XLEN").arg(&self.config.stream))
+            .await
+    }
+
+    /// The events of transaction `index` of the batch in hand.
+    fn transaction_range(&self, index: usize, events: usize) -> Range<usize> {
+        let per = self.config.multi_events_max.max(1);
+        index * per..((index + 1) * per).min(events)
+    }
+
+    /// One transaction: an `XADD` per entry of `events` (IDs `<seq>-<n>` when idempotent
+    /// and not `time_ids`, else `*`), then the cursor key with its last seq. Replies are
+    /// kept per command (`ignore_errors`): only a refused `XADD` fails, the rest applies.
+    fn transaction(
+        &self,
+        batch: &[Delivery],
+        events: Range<usize>,
+        time_ids: bool,
+    ) -> redis::Pipeline {
+        let seq_ids = self.config.idempotent_ids && !time_ids;
+        let id = |seq: u64, n: usize| {
+            if seq_ids {
+                format!("{seq}-{n}")
+            } else {
+                "*".to_string()
+            }
+        };
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        pipe.atomic().ignore_errors();
         if self.config.output.writes_raw_frames() {
-            for delivery in batch {
+            for delivery in &batch[events.clone()] {
                 let fields = EventFields::of(delivery);
                 pipe.cmd("XADD")
                     .arg(&self.config.stream)
-                    .arg("*")
+                    .arg(id(delivery.position, 0))
                     .arg("seq")
                     .arg(fields.seq)
                     .arg("type")
@@ -306,56 +849,192 @@ impl RedisSink {
                     .arg("did")
                     .arg(&fields.did)
                     .arg("frame")
-                    .arg(&delivery.payload[..])
-                    .ignore();
+                    .arg(&delivery.payload[..]);
             }
         } else {
-            for line in &self.lines {
-                pipe.cmd("XADD")
-                    .arg(&self.config.stream)
-                    .arg("*")
-                    .arg(self.config.output.entry_field())
-                    .arg(line)
-                    .ignore();
+            for (delivery, lines) in batch[events.clone()]
+                .iter()
+                .zip(&self.line_ranges[events.clone()])
+            {
+                for (n, line) in self.lines[lines.clone()].iter().enumerate() {
+                    pipe.cmd("XADD")
+                        .arg(&self.config.stream)
+                        .arg(id(delivery.position, n))
+                        .arg(self.config.output.entry_field())
+                        .arg(line);
+                }
             }
         }
-        if let Some(cursor) = self.config.output.cursor_value(batch) {
+        if let Some(cursor) = self.config.output.cursor_value(&batch[events]) {
             pipe.cmd("SET")
                 .arg(format!("{}{}", self.config.cursor_key_prefix, self.host))
-                .arg(cursor)
-                .ignore();
+                .arg(cursor);
         }
+        pipe
+    }
+
+    /// Reads a transaction's reply command by command: `Ok` with the number of `XADD`s
+    /// refused as already written (idempotent IDs), or the first other refusal.
+    fn check_reply(&self, reply: redis::Value) -> Result<u64, RedisSinkError> {
+        let reply_error = |reason: String| RedisSinkError::Reply {
+            url: self.url_redacted.clone(),
+            stream: self.config.stream.clone(),
+            reason,
+        };
+        let redis::Value::Array(items) = reply else {
+            return Err(reply_error(format!(
+                "expected one reply per command, got {reply:?}"
+            )));
+        };
+        let mut already_written = 0u64;
+        for item in items {
+            if let redis::Value::ServerError(error) = item {
+                let text = error.to_string();
+                if self.config.idempotent_ids && text.contains(ID_NOT_ABOVE_TOP) {
+                    already_written += 1;
+                } else {
+                    return Err(reply_error(text));
+                }
+            }
+        }
+        Ok(already_written)
+    }
+
+    /// Sends the transactions of the batch not yet `written`, at most
+    /// `transactions_in_flight_max` at a time, and reads their replies in order.
+    /// Stops sending at the first failure, still reads the replies already due, and
+    /// returns that failure; `written` then says which landed. A transaction Redis
+    /// refused whole while a later one applied is marked in `time_ids` (see the module
+    /// docs).
+    async fn write_window(
+        &mut self,
+        batch: &[Delivery],
+        written: &mut [bool],
+        time_ids: &mut [bool],
+    ) -> Result<(), RedisSinkError> {
+        let connection = self.connection().await?;
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
-        match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut c)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.redis_error("MULTI/EXEC of XADDs", e)),
-            Err(_) => Err(self.timed_out("MULTI/EXEC of XADDs")),
+        let in_flight_max = self.config.transactions_in_flight_max.max(1);
+        let unwritten: Vec<usize> = (0..written.len()).filter(|&i| !written[i]).collect();
+        let mut pending = unwritten.into_iter();
+        let mut in_flight: VecDeque<(usize, futures_util::future::MaybeDone<Reply>)> =
+            VecDeque::with_capacity(in_flight_max);
+        let mut first_failure: Option<Failed> = None;
+        let mut refused_whole: Vec<usize> = Vec::new();
+        let mut already_written = 0u64;
+        loop {
+            while first_failure.is_none() && in_flight.len() < in_flight_max {
+                let Some(index) = pending.next() else { break };
+                let range = self.transaction_range(index, batch.len());
+                let pipe = self.transaction(batch, range, time_ids[index]);
+                let mut c = connection.clone();
+                let reply: Reply = Box::pin(tokio::time::timeout(timeout, async move {
+                    pipe.query_async::<redis::Value>(&mut c).await
+                }));
+                let mut reply = futures_util::future::maybe_done(reply);
+                // The first poll hands the request to the connection's queue (first come,
+                // first served, also while it waits for room), so the transactions reach
+                // Redis, and apply, in the order they were built.
+                let _ = futures_util::poll!(Pin::new(&mut reply));
+                in_flight.push_back((index, reply));
+            }
+            let Some((index, mut reply)) = in_flight.pop_front() else {
+                break;
+            };
+            (&mut reply).await;
+            let outcome = match Pin::new(&mut reply).take_output() {
+                Some(Ok(Ok(value))) => self.check_reply(value).map_err(|error| Failed {
+                    definite: true,
+                    error,
+                }),
+                Some(Ok(Err(e))) => Err(Failed {
+                    definite: e.code().is_some(),
+                    error: self.redis_error("MULTI/EXEC of XADDs", e),
+                }),
+                Some(Err(_)) | None => Err(Failed {
+                    definite: false,
+                    error: self.timed_out("MULTI/EXEC of XADDs"),
+                }),
+            };
+            match outcome {
+                Ok(refused) => {
+                    written[index] = true;
+                    already_written += refused;
+                    for &earlier in refused_whole.iter().filter(|&&k| k < index) {
+                        if !time_ids[earlier] {
+                            time_ids[earlier] = true;
+                            let events = &batch[self.transaction_range(earlier, batch.len())];
+                            tracing::error!(
+                                stream = %self.config.stream,
+                                first_seq = events.first().map(|d| d.position),
+                                last_seq = events.last().map(|d| d.position),
+                                "a transaction was refused while a later one applied: its events are written again after the later ones, out of order, with time IDs"
+                            );
+                        }
+                    }
+                }
+                Err(failed) => {
+                    if failed.definite {
+                        refused_whole.push(index);
+                    }
+                    first_failure.get_or_insert(failed);
+                }
+            }
+        }
+        if already_written > 0 {
+            tracing::debug!(stream = %self.config.stream, already_written, "entries refused as already in the stream (a replay or a retry)");
+        }
+        match first_failure {
+            Some(failed) => Err(failed.error),
+            None => Ok(()),
+        }
+    }
+
+    /// Renders the batch in a decoded format, once, keeping each event's lines apart.
+    fn render(&mut self, batch: &[Delivery], stats: &SinkStats) {
+        self.lines.clear();
+        self.line_ranges.clear();
+        if self.config.output.writes_raw_frames() {
+            return;
+        }
+        for delivery in batch {
+            self.config.output.render_batch(
+                std::slice::from_ref(delivery),
+                stats,
+                &mut self.rendered,
+            );
+            let start = self.lines.len();
+            self.lines.append(&mut self.rendered);
+            self.line_ranges.push(start..self.lines.len());
         }
     }
 
     /// Writes the batch, waiting out backpressure and retrying failures until it is written
-    /// or `stop` says so; returns false if stopped before writing (the batch is then not acked).
+    /// or `stop` says so; `Ok(false)` if stopped before writing (the batch is then not acked).
+    ///
+    /// # Errors
+    /// The settings cannot work with this stream ([`RedisSinkError::Refused`]); any
+    /// other failure is retried.
     pub async fn write(
         &mut self,
         batch: &[Delivery],
         stats: &SinkStats,
         stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> bool {
+    ) -> Result<bool, RedisSinkError> {
         let mut attempt = 0u32;
         let mut last_log: Option<Instant> = None;
         let log_every = Duration::from_millis(self.config.log_interval_ms);
-        if !self.config.output.writes_raw_frames() {
-            let mut lines = std::mem::take(&mut self.lines);
-            self.config.output.render_batch(batch, stats, &mut lines);
-            self.lines = lines;
-        }
+        self.render(batch, stats);
+        let transactions = batch.len().div_ceil(self.config.multi_events_max.max(1));
+        let mut written = vec![false; transactions];
+        let mut time_ids = vec![false; transactions];
         loop {
             if *stop.borrow() {
-                return false;
+                return Ok(false);
             }
             let outcome = match self.wait_below_high_water(stats, stop).await {
-                Ok(true) => self.write_once(batch).await,
-                Ok(false) => return false,
+                Ok(true) => self.write_window(batch, &mut written, &mut time_ids).await,
+                Ok(false) => return Ok(false),
                 Err(e) => Err(e),
             };
             match outcome {
@@ -363,8 +1042,9 @@ impl RedisSink {
                     if stats.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
                         tracing::info!(stream = %self.config.stream, "redis writes recovered");
                     }
-                    return true;
+                    return Ok(true);
                 }
+                Err(error @ RedisSinkError::Refused { .. }) => return Err(error),
                 Err(error) => {
                     stats.failures_total.fetch_add(1, Ordering::Relaxed);
                     let _ = stats.failing_since_ms.compare_exchange(
@@ -381,14 +1061,15 @@ impl RedisSink {
                         attempt,
                     );
                     if last_log.is_none_or(|at| at.elapsed() >= log_every) {
-                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, batch_events = batch.len(), "redis write failed; the batch stays in the queue and is retried");
+                        let unwritten = written.iter().filter(|w| !**w).count();
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, batch_events = batch.len(), transactions_unwritten = unwritten, "redis write failed; the batch stays in the queue and is retried");
                         last_log = Some(Instant::now());
                     }
                     attempt = attempt.saturating_add(1);
                     let mut stop = stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = stop.changed() => return false,
+                        _ = stop.changed() => return Ok(false),
                     }
                 }
             }
@@ -436,7 +1117,11 @@ impl super::Sink for RedisSink {
         stats: &'a SinkStats,
         stop: &'a tokio::sync::watch::Receiver<bool>,
     ) -> futures_util::future::BoxFuture<'a, Result<bool, super::SinkError>> {
-        Box::pin(async move { Ok(RedisSink::write(self, batch, stats, stop).await) })
+        Box::pin(async move {
+            RedisSink::write(self, batch, stats, stop)
+                .await
+                .map_err(super::SinkError::from)
+        })
     }
 }
 
@@ -462,6 +1147,10 @@ mod tests {
                 "rediss://app:***@host:6380",
             ),
             ("redis://s3cret@host:6379", "redis://***@host:6379"),
+            (
+                "redis://app:s3,cret@a:7000,rediss://app:s3cret@b:7001",
+                "redis://app:***@a:7000,rediss://app:***@b:7001",
+            ),
             (
                 "redis+unix:///run/redis.sock?db=1&pass=s3cret",
                 "redis+unix:///run/redis.sock?db=1&pass=***",

@@ -5,6 +5,10 @@ pub mod cbor_encode;
 pub mod counting_alloc;
 #[cfg(feature = "pipeline")]
 pub mod fixture;
+#[cfg(feature = "pipeline")]
+pub mod labels;
+#[cfg(feature = "pipeline")]
+pub mod list_repos_server;
 pub mod memory_case;
 #[cfg(feature = "pipeline")]
 pub mod nats_server;
