@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::decode::{Filter, OutputFormat};
 use crate::queue::{FullPolicy, QueueConfig, SpillMode};
+use crate::sink::nats::{NatsAuth, NatsSinkConfig, Secret};
 use crate::sink::redis::RedisSinkConfig;
 use crate::sink::OutputOptions;
 use crate::source::firehose::FirehoseConfig;
@@ -29,7 +30,7 @@ use crate::storage::{Backend, Durability};
 pub const REPO_LISTING_PAGE_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// The sink kinds the `sink` and `sinks` keys accept (each served by an arm of [`crate::pipeline::kinds::sink`]).
-pub const SINK_KINDS: &[&str] = &["redis", "jsonl"];
+pub const SINK_KINDS: &[&str] = &["redis", "nats", "jsonl"];
 
 /// The `sink` key's default.
 pub const DEFAULT_SINK: &str = "redis";
@@ -82,6 +83,36 @@ pub struct Config {
     pub redis_high_water_events: u64,
     /// Resume below this XLEN.
     pub redis_low_water_events: u64,
+    /// NATS server URLs (several for a cluster).
+    pub nats_urls: Vec<String>,
+    /// The JetStream stream.
+    pub nats_stream: String,
+    /// Subjects are `<prefix>.<relay host>`.
+    pub nats_subject_prefix: String,
+    /// Replicas of a stream the sink creates.
+    pub nats_replicas: u64,
+    /// Duplicate window of a stream the sink creates, in seconds.
+    pub nats_duplicate_window_secs: u64,
+    /// Publishes awaiting their ack, at most.
+    pub nats_ack_window_events: u64,
+    /// Connecting may take this long, in milliseconds.
+    pub nats_connect_timeout_ms: u64,
+    /// A publish ack may take this long, in milliseconds.
+    pub nats_ack_timeout_ms: u64,
+    /// A server token (never printed).
+    pub nats_token: Secret,
+    /// A user name, with `nats_password`.
+    pub nats_user: String,
+    /// The user's password (never printed).
+    pub nats_password: Secret,
+    /// A `.creds` file (empty: none).
+    pub nats_creds_file: String,
+    /// CA of the servers' certificates (empty: no TLS unless a `tls://` URL).
+    pub nats_tls_ca_file: String,
+    /// Client certificate (empty: none).
+    pub nats_tls_cert_file: String,
+    /// Client certificate key (empty: none).
+    pub nats_tls_key_file: String,
     /// Entry IDs `<seq>-<n>` from the relay seq, so a retried or replayed batch adds no duplicate.
     pub redis_idempotent_ids: bool,
     /// Events per Redis `MULTI`/`EXEC` transaction at most.
@@ -152,6 +183,21 @@ impl Default for Config {
             redis_label_stream: "label_live".into(),
             redis_high_water_events: 100_000,
             redis_low_water_events: 50_000,
+            nats_urls: vec!["nats://127.0.0.1:4222".into()],
+            nats_stream: "firehose".into(),
+            nats_subject_prefix: "firehose".into(),
+            nats_replicas: 1,
+            nats_duplicate_window_secs: 120,
+            nats_ack_window_events: 1_024,
+            nats_connect_timeout_ms: 5_000,
+            nats_ack_timeout_ms: 5_000,
+            nats_token: Secret::default(),
+            nats_user: String::new(),
+            nats_password: Secret::default(),
+            nats_creds_file: String::new(),
+            nats_tls_ca_file: String::new(),
+            nats_tls_cert_file: String::new(),
+            nats_tls_key_file: String::new(),
             redis_idempotent_ids: false,
             redis_multi_events_max: crate::sink::redis::MULTI_EVENTS_MAX_DEFAULT as u64,
             redis_transactions_in_flight_max: crate::sink::redis::TRANSACTIONS_IN_FLIGHT_MAX_DEFAULT
@@ -400,6 +446,23 @@ impl Config {
             self.redis_high_water_events,
             self.redis_low_water_events,
         ))?;
+        // Checked whichever sink runs, as the Redis keys are: a wrong key is wrong at once.
+        {
+            let auth = self.nats_auth();
+            component(crate::sink::nats::check_keys(
+                &crate::sink::nats::NatsKeys {
+                    urls: &self.nats_urls,
+                    stream: &self.nats_stream,
+                    subject_prefix: &self.nats_subject_prefix,
+                    replicas: self.nats_replicas,
+                    duplicate_window_secs: self.nats_duplicate_window_secs,
+                    ack_window_events: self.nats_ack_window_events,
+                    connect_timeout_ms: self.nats_connect_timeout_ms,
+                    ack_timeout_ms: self.nats_ack_timeout_ms,
+                    auth: &auth,
+                },
+            ))?;
+        }
         if self.redis_idempotent_ids
             && !self.repo_listing_hosts.is_empty()
             && self.sink_kinds().contains(&"redis")
@@ -610,6 +673,58 @@ impl Config {
         }
     }
 
+    /// The NATS stream that events of `family` go to.
+    pub fn nats_stream_for(&self, family: EventFamily) -> &str {
+        match family {
+            // One stream: labels are told apart by subject (`nats_subject_family_for`).
+            EventFamily::Firehose | EventFamily::Labels | EventFamily::RepoListing => {
+                &self.nats_stream
+            }
+        }
+    }
+
+    /// The subject token between the prefix and the host for events of `family` (empty: none).
+    pub fn nats_subject_family_for(&self, family: EventFamily) -> &'static str {
+        match family {
+            EventFamily::Firehose => "",
+            EventFamily::Labels => "labels",
+            EventFamily::RepoListing => "repos",
+        }
+    }
+
+    /// The NATS credentials and TLS files (an empty path is none).
+    pub fn nats_auth(&self) -> NatsAuth {
+        let path = |p: &str| (!p.is_empty()).then(|| PathBuf::from(p));
+        NatsAuth {
+            token: self.nats_token.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            creds_file: path(&self.nats_creds_file),
+            tls_ca_file: path(&self.nats_tls_ca_file),
+            tls_cert_file: path(&self.nats_tls_cert_file),
+            tls_key_file: path(&self.nats_tls_key_file),
+        }
+    }
+
+    /// The NATS sink settings for events of `family`.
+    pub fn nats_config(&self, family: EventFamily) -> NatsSinkConfig {
+        let mut config = NatsSinkConfig::new(self.nats_urls.clone());
+        config.stream = self.nats_stream_for(family).to_string();
+        config.subject_prefix = self.nats_subject_prefix.clone();
+        config.subject_family = self.nats_subject_family_for(family).to_string();
+        // A repo listing's positions are a running ordinal another run may number
+        // differently: an id from them could drop a different entry as a duplicate.
+        config.message_ids = !matches!(family, EventFamily::RepoListing);
+        config.replicas = self.nats_replicas as usize;
+        config.duplicate_window_secs = self.nats_duplicate_window_secs;
+        config.ack_window_events = self.nats_ack_window_events as usize;
+        config.connect_timeout_ms = self.nats_connect_timeout_ms;
+        config.ack_timeout_ms = self.nats_ack_timeout_ms;
+        config.auth = self.nats_auth();
+        config.output = self.output_options(family);
+        config
+    }
+
     /// When `/health` turns 503.
     pub fn health_rules(&self) -> crate::metrics::HealthRules {
         crate::metrics::HealthRules {
@@ -656,13 +771,14 @@ pub fn help() -> String {
   full_policy = \"block\"                block | drop_newest | drop_oldest (when the disk budget is full)
   spill_mode = \"memory-first\"          memory-first | write-through
   frame_bytes_max = 4194304             larger relay frames are dropped and logged
-  sink = \"redis\"                       redis | jsonl
-  sinks = []                            several sinks on each queue, each its own consumer ([\"redis\", \"jsonl\"]); empty: the one sink
+  sink = \"redis\"                       redis | nats | jsonl
+  sinks = []                            several sinks on each queue, each its own consumer ([\"redis\", \"nats\"]); empty: the one sink
   output_format = \"raw\"                raw (fields seq, type, did, frame) | jetstream | rsky (decoded JSON; Redis field `event`)
   wanted_collections = []               keep only these (app.bsky.feed.post, app.bsky.feed.*); rsky defaults to app.bsky.*, chat.bsky.*
   wanted_dids = []                      keep only these DIDs
 ",
         crate::sink::redis::CONFIG_HELP,
+        crate::sink::nats::CONFIG_HELP,
         crate::source::repo_listing::CONFIG_HELP,
         crate::sink::jsonl::CONFIG_HELP,
         "  sink_batch_events_max = 500           events per sink batch

@@ -894,6 +894,7 @@ pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
             figures.ceiling,
         );
     }
+    nats_rows(args, figures.mean_bytes);
     Ok(())
 }
 
@@ -901,6 +902,167 @@ pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
 fn no_spill_budget_bytes(events: u64, mean_bytes: usize, budget_mib: u64) -> u64 {
     let per_event = mean_bytes as u64 + spillway::queue::budget::EVENT_OVERHEAD_BYTES;
     2 * events * per_event + (budget_mib << 20)
+}
+
+/// The NATS rows of `bench e2e`: a plain pipelined `async-nats` publisher of the same
+/// messages (the ceiling), then relay -> spillway -> JetStream, against one nats-server
+/// (`$NATS_SERVER_FOR_TESTS`, else `nats-server` on the PATH) started for the run. Skipped,
+/// with the reason, when there is no such server.
+fn nats_rows(args: &E2eBenchArgs, mean_bytes: usize) {
+    match measure_nats(args) {
+        Ok((ceiling, rate, peak_rss)) => {
+            println!(
+                "{:<44} {:>12.0} {:>7.2}x",
+                "async-nats publisher, window 1024 (ceiling)", ceiling, 1.0
+            );
+            println!(
+                "{:<44} {:>12.0} {:>7.2}x   peak RSS {:.1} MiB (same frames, mean {mean_bytes} B)",
+                "spillway relay -> queue -> JetStream",
+                rate,
+                rate / ceiling,
+                mib(peak_rss)
+            );
+        }
+        Err(e) => println!("NATS rows skipped: {e}"),
+    }
+}
+
+/// A JetStream nats-server child on a free port, killed with its directory on drop.
+struct NatsChild(std::process::Child, #[allow(dead_code)] tempfile_like::Dir);
+
+impl Drop for NatsChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_nats(tag: &str) -> std::io::Result<(NatsChild, String)> {
+    let binary = std::env::var("NATS_SERVER_FOR_TESTS").unwrap_or_else(|_| "nats-server".into());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir =
+        std::env::temp_dir().join(format!("spillway-bench-nats-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n",
+            dir.join("store")
+        ),
+    )?;
+    let child = std::process::Command::new(&binary)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "starting {binary}: {e} (apt-get install nats-server)"
+            ))
+        })?;
+    let nats = NatsChild(child, tempfile_like::Dir(dir));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok((nats, format!("nats://127.0.0.1:{port}")));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(std::io::Error::other("nats-server did not start"))
+}
+
+/// The ceiling (events/s of a plain publisher), spillway's events/s, and peak RSS.
+fn measure_nats(args: &E2eBenchArgs) -> std::io::Result<(f64, f64, u64)> {
+    use async_nats::jetstream;
+    use spillway::config::Config;
+    use spillway::pipeline::Pipeline;
+    use std::sync::atomic::Ordering;
+
+    let frames = fixture_frames()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (ceiling_server, url) = start_nats("ceiling")?;
+    let ceiling = runtime.block_on(async {
+        let client = async_nats::connect(&url)
+            .await
+            .map_err(std::io::Error::other)?;
+        let js = jetstream::new(client);
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: "ceiling".into(),
+            subjects: vec!["ceiling.>".into()],
+            duplicate_window: std::time::Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        let started = std::time::Instant::now();
+        let mut pending: std::collections::VecDeque<jetstream::context::PublishAckFuture> =
+            std::collections::VecDeque::with_capacity(1_024);
+        for i in 0..args.events {
+            if pending.len() >= 1_024 {
+                if let Some(ack) = pending.pop_front() {
+                    ack.await.map_err(std::io::Error::other)?;
+                }
+            }
+            let frame = frames[(i % frames.len() as u64) as usize];
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(bytes::Bytes::from_static(frame))
+                .message_id(format!("bench:{i}"))
+                .header("seq", i.to_string().as_str())
+                .header("type", "#commit");
+            let ack = js
+                .send_publish("ceiling.bench", publish)
+                .await
+                .map_err(std::io::Error::other)?;
+            pending.push_back(ack);
+        }
+        while let Some(ack) = pending.pop_front() {
+            ack.await.map_err(std::io::Error::other)?;
+        }
+        Ok::<_, std::io::Error>(args.events as f64 / started.elapsed().as_secs_f64())
+    })?;
+    drop(ceiling_server);
+    let (_nats, url) = start_nats("e2e")?;
+    let data = std::env::temp_dir().join(format!("spillway-bench-e2e-nats-{}", std::process::id()));
+    let _data = tempfile_like::Dir(data.clone());
+    let (rate, peak) = runtime.block_on(async {
+        let base = 1_000_000_000;
+        let (_relay_child, relay_url) = start_relay_child(args.events, base)?;
+        let config = Config {
+            data_dir: data.clone(),
+            relays: vec![relay_url],
+            start_cursor: Some(base - 1),
+            memory_budget_bytes: args.budget_mib << 20,
+            sink: "nats".into(),
+            nats_urls: vec![url],
+            metrics_listen: "127.0.0.1:0".into(),
+            ..Config::default()
+        };
+        spillway::bench::rss::reset_peak();
+        let started = std::time::Instant::now();
+        let pipeline = Pipeline::start(&config, 0).map_err(std::io::Error::other)?;
+        let (stop, sink) = (pipeline.stopper(), pipeline.lanes[0].sinks[0].stats.clone());
+        let running = tokio::spawn(pipeline.join());
+        while sink.events_total.load(Ordering::Relaxed) < args.events {
+            if started.elapsed() > std::time::Duration::from_secs(600) {
+                return Err(std::io::Error::other(
+                    "the NATS end-to-end run did not finish in 10 minutes",
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let rate = args.events as f64 / started.elapsed().as_secs_f64();
+        let peak = spillway::bench::rss::peak_bytes();
+        let _ = stop.send(true);
+        let _ = running.await;
+        Ok::<_, std::io::Error>((rate, peak))
+    })?;
+    Ok((ceiling, rate, peak))
 }
 
 /// Runs the end-to-end scenario and its ceiling.

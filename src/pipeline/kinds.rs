@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use crate::sink::jsonl::{JsonlOptions, JsonlSink, JsonlTarget};
+use crate::sink::nats::NatsSink;
 use crate::sink::redis::RedisSink;
 use crate::sink::{Sink, SinkError};
 use crate::source::firehose_source::FirehoseSource;
@@ -80,6 +81,7 @@ pub fn sink(
 ) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match kind {
         "redis" => Box::new(RedisSink::new(config.redis_config(family), host)?),
+        "nats" => Box::new(NatsSink::new(config.nats_config(family), host)),
         "jsonl" => Box::new(jsonl(config, family, events_per_sec_max)?),
         // The configuration refuses other kinds; a caller passing one gets it named.
         other => {

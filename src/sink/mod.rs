@@ -3,8 +3,8 @@
 //!
 //! A sink is a [`Sink`]: it takes a batch and returns once the batch is durable where it
 //! goes (then the pipeline acks it), or once stopped first (then it is not acked and comes
-//! again after a restart). Members: Redis streams ([`redis::RedisSink`]) and JSON lines
-//! ([`jsonl::JsonlSink`]). A new kind is a new file here, its keys in the configuration,
+//! again after a restart). Members: Redis streams ([`redis::RedisSink`]), NATS JetStream
+//! ([`nats::NatsSink`]) and JSON lines ([`jsonl::JsonlSink`]). A new kind is a new file here, its keys in the configuration,
 //! its variant of [`SinkError`], and one line in [`crate::pipeline::kinds`].
 //!
 //! [`Sink::write`] returns a boxed future rather than being an `async fn`: the kind is
@@ -13,6 +13,7 @@
 //! against a round trip or a flush.
 
 pub mod jsonl;
+pub mod nats;
 pub mod redis;
 
 use futures_util::future::BoxFuture;

@@ -15,6 +15,8 @@ pub mod labels;
 pub mod list_repos_server;
 pub mod memory_case;
 #[cfg(feature = "pipeline")]
+pub mod nats_server;
+#[cfg(feature = "pipeline")]
 pub mod redis_server;
 
 use spillway::queue::{QueueConfig, SpillMode};
