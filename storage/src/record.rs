@@ -219,7 +219,7 @@ impl ChunkHeader {
 /// must map to an aligned file offset; the chunk is padded so the next one is too.
 /// Returns the chunk's header.
 ///
-/// The body is written by hand in exactly the bytes rkyv serialises a [`ChunkBody`]
+/// The body is written by hand in exactly the bytes rkyv serialises a `ChunkBody`
 /// to (a test compares the two on random records, and every read checks the body
 /// with rkyv's validation): each record's bytes back to back, zero padding to 4, one
 /// `(i32 offset relative to itself, u32 len)` per record, then the root vector's
