@@ -565,8 +565,12 @@ impl Config {
                 ),
             );
         }
-        for queue in 0..self.queue_count() {
-            self.queue_config(queue).validate()?;
+        for family in [
+            EventFamily::Firehose,
+            EventFamily::Labels,
+            EventFamily::RepoListing,
+        ] {
+            self.queue_config(family).validate()?;
         }
         Ok(())
     }
@@ -577,11 +581,10 @@ impl Config {
         self.relays.len() + self.labelers.len() + self.repo_listing_hosts.len()
     }
 
-    /// The queue configuration of source `index` (relays, then labelers, then repo
-    /// listings): an even share of the budgets. A repo listing's queue writes through: a
-    /// repo held only in memory holds back the durable watermark, and a restart would list
-    /// again every page above it (see [`crate::source::repo_listing`]).
-    pub fn queue_config(&self, index: usize) -> QueueConfig {
+    /// The queue configuration of a source of `family`: an even share of the budgets
+    /// between all queues. A repo listing's queue writes through (see
+    /// [`crate::source::repo_listing`]).
+    pub fn queue_config(&self, family: EventFamily) -> QueueConfig {
         let share = self.queue_count().max(1) as u64;
         let mut config = QueueConfig::new();
         config.memory_budget_bytes = self.memory_budget_bytes / share;
@@ -603,7 +606,9 @@ impl Config {
             SpillMode::MemoryFirst
         };
         config.backlog_alert_events = self.backlog_alert_events;
-        if (self.relays.len() + self.labelers.len()..self.queue_count()).contains(&index) {
+        if family == EventFamily::RepoListing {
+            // A repo held only in memory holds back the durable watermark while the sink is
+            // paused, and a restart would list again every page above it.
             config.spill_mode = SpillMode::WriteThrough;
         }
         config

@@ -108,17 +108,18 @@ impl Pipeline {
         let mut tasks = tokio::task::JoinSet::new();
         let mut lanes = Vec::new();
         let lock = lock_data_dir(&config.data_dir)?;
-        for (index, mut source) in kinds::sources(config).into_iter().enumerate() {
+        for mut source in kinds::sources(config) {
             let host = source.label();
             let dir = config
                 .data_dir
                 .join(format!("queue-{}", source.file_name()));
-            let queue = SpillQueue::open(&dir, config.queue_config(index)).map_err(|source| {
-                PipelineError::Queue {
-                    host: host.clone(),
-                    source,
-                }
-            })?;
+            let queue =
+                SpillQueue::open(&dir, config.queue_config(source.family())).map_err(|source| {
+                    PipelineError::Queue {
+                        host: host.clone(),
+                        source,
+                    }
+                })?;
             let source_stats = Arc::new(SourceStats::default());
             // Settled before any task runs: no sink reads stored events ahead of the replay.
             let cursor = source.resume_point(&queue)?;

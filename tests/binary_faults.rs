@@ -189,7 +189,7 @@ fn a_garbled_cursor_file_is_named_by_run_and_by_inspect_verify() {
     drop(
         spillway::queue::SpillQueue::open(
             &data.join(format!("queue-{}", id.file_name())),
-            config.queue_config(0),
+            config.queue_config(spillway::source::EventFamily::Firehose),
         )
         .expect("a queue"),
     );

@@ -30,7 +30,7 @@ async fn wait_for(what: &str, done: impl FnMut() -> bool) {
 /// The backlog a crash leaves: real frames (seq rewritten) stored in the lane's queue
 /// directory, unacked by the sink, and a cursor file saved before they were stored.
 async fn store_backlog(config: &Config) {
-    let mut queue_config = config.queue_config(0);
+    let mut queue_config = config.queue_config(spillway::source::EventFamily::Firehose);
     queue_config.spill_mode = SpillMode::WriteThrough;
     let relay = RelayId::of_url(&config.relays[0]);
     std::fs::create_dir_all(&config.data_dir).expect("data dir");
@@ -163,7 +163,11 @@ fn the_resume_point_is_start_cursor_then_the_file_then_the_queues_record() {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
-    let queue = SpillQueue::open(&dir.path().join("queue"), config.queue_config(0)).expect("open");
+    let queue = SpillQueue::open(
+        &dir.path().join("queue"),
+        config.queue_config(spillway::source::EventFamily::Firehose),
+    )
+    .expect("open");
     let file = CursorFile::at(dir.path().join("cursor-x"));
     let mut firehose = FirehoseConfig::new(config.relays[0].clone());
     assert_eq!(
@@ -197,8 +201,11 @@ fn the_resume_point_is_start_cursor_then_the_file_then_the_queues_record() {
     );
     assert_eq!(file.load().expect("load"), Some(900));
     drop(queue);
-    let reopened =
-        SpillQueue::open(&dir.path().join("queue"), config.queue_config(0)).expect("reopen");
+    let reopened = SpillQueue::open(
+        &dir.path().join("queue"),
+        config.queue_config(spillway::source::EventFamily::Firehose),
+    )
+    .expect("reopen");
     assert_eq!(
         reopened.source_position().expect("read"),
         Some(700),

@@ -802,7 +802,7 @@ impl Soak {
         );
         let tier_bytes = binary
             .config()
-            .queue_config(0)
+            .queue_config(spillway::source::EventFamily::Firehose)
             .memory_budget()
             .expect("the memory budget fits the log's buffers")
             .memory_tier_bytes;

@@ -17,8 +17,7 @@ use crate::source::repo_listing::RepoListingSource;
 use crate::source::{EventFamily, Source};
 
 /// The configured sources: one relay firehose per `relays` entry, then one labeler per
-/// `labelers` entry, then one repo listing per `repo_listing_hosts` entry, in order (the
-/// order of [`Config::queue_config`]'s index).
+/// `labelers` entry, then one repo listing per `repo_listing_hosts` entry, in order.
 pub fn sources(config: &Config) -> Vec<Box<dyn Source>> {
     let relays = (0..config.relays.len()).map(|index| {
         Box::new(FirehoseSource::new(
