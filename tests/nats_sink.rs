@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -17,14 +17,7 @@ use spillway::sink::nats::{NatsAuth, NatsSink, NatsSinkConfig, Secret};
 use spillway::sink::SinkStats;
 use spillway::source::relay::LoopbackRelay;
 
-/// Polls `done` until it holds; panics naming `what` and the extra context after `timeout`.
-async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::wait_until as wait_for;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_replica_stream_keeps_every_seq_once_through_a_leader_and_a_follower_kill() {
@@ -131,36 +124,28 @@ fn start_binary(
     first: bool,
     log: &std::path::Path,
 ) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
-    command
-        .args(["run", "--progress-secs", "0"])
-        .env("SPILLWAY_DATA_DIR", data)
-        .env("SPILLWAY_RELAYS", format!("[\"{relay}\"]"))
-        .env("SPILLWAY_SINK", "nats")
-        .env("SPILLWAY_NATS_URLS", format!("[\"{nats}\"]"))
-        .env(
+    let mut env = vec![
+        ("SPILLWAY_DATA_DIR", data.display().to_string()),
+        ("SPILLWAY_RELAYS", format!("[\"{relay}\"]")),
+        ("SPILLWAY_SINK", "nats".to_string()),
+        ("SPILLWAY_NATS_URLS", format!("[\"{nats}\"]")),
+        (
             "SPILLWAY_MEMORY_BUDGET_BYTES",
             BIN_MEMORY_BUDGET_BYTES.to_string(),
-        )
-        .env("SPILLWAY_DURABILITY", "\"periodic:50\"")
-        .env("SPILLWAY_METRICS_LISTEN", "\"127.0.0.1:0\"")
-        .env("RUST_LOG", "spillway=info")
-        .stdout(Stdio::null())
-        .stderr(common::append_log(log));
+        ),
+        ("SPILLWAY_DURABILITY", "\"periodic:50\"".to_string()),
+        ("SPILLWAY_METRICS_LISTEN", "\"127.0.0.1:0\"".to_string()),
+        ("RUST_LOG", "spillway=info".to_string()),
+    ];
     if first {
-        command.env("SPILLWAY_START_CURSOR", (BIN_BASE_SEQ - 1).to_string());
+        env.push(("SPILLWAY_START_CURSOR", (BIN_BASE_SEQ - 1).to_string()));
     }
-    command.spawn().expect("spawn the spillway binary")
+    common::binary::spawn(common::binary::spillway_run(&env, log))
 }
 
 /// The kernel's peak RSS of a live child, in bytes.
 fn peak_rss_bytes(child: &Child) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    spillway::bench::rss::proc_kib_field(&format!("/proc/{}/status", child.id()), "VmHWM:")
         .unwrap_or(0)
         * 1024
 }
@@ -359,6 +344,19 @@ fn sink_config(url: &str, auth: NatsAuth) -> NatsSinkConfig {
     config
 }
 
+/// Connects with `auth`, which the server must refuse: the error, checked to name `server`.
+async fn refusal(url: &str, auth: NatsAuth, server: &str, what: &str) -> String {
+    let mut sink = NatsSink::new(sink_config(url, auth), "relay.example");
+    let error = sink
+        .connect()
+        .await
+        .expect_err(&format!("{what} is refused"))
+        .to_string();
+    println!("{what}: {error}");
+    assert!(error.contains(server), "names the server: {error}");
+    error
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_credentials_connect_and_wrong_ones_are_refused_clearly() {
     const PASSWORD: &str = "pa55-Word-of-the-test";
@@ -399,17 +397,8 @@ async fn tls_and_credentials_connect_and_wrong_ones_are_refused_clearly() {
         tls_ca_file: Some(other_ca),
         ..good.clone()
     };
-    let mut sink = NatsSink::new(sink_config(&url, wrong_ca), "relay.example");
-    let error = sink
-        .connect()
-        .await
-        .expect_err("an unknown CA is refused")
-        .to_string();
-    println!("wrong CA: {error}");
-    assert!(
-        error.contains(&format!("localhost:{}", server.node.port)),
-        "names the server: {error}"
-    );
+    let server_name = format!("localhost:{}", server.node.port);
+    let error = refusal(&url, wrong_ca, &server_name, "an unknown CA").await;
     assert!(
         error.to_lowercase().contains("certificate")
             || error.contains("UnknownIssuer")
@@ -422,17 +411,7 @@ async fn tls_and_credentials_connect_and_wrong_ones_are_refused_clearly() {
         password: Secret::from("not-the-pa55word"),
         ..good.clone()
     };
-    let mut sink = NatsSink::new(sink_config(&url, wrong_password), "relay.example");
-    let error = sink
-        .connect()
-        .await
-        .expect_err("a wrong password is refused")
-        .to_string();
-    println!("wrong password: {error}");
-    assert!(
-        error.contains(&format!("localhost:{}", server.node.port)),
-        "names the server: {error}"
-    );
+    let error = refusal(&url, wrong_password, &server_name, "a wrong password").await;
     assert!(
         error.to_lowercase().contains("authorization"),
         "says it is the credentials: {error}"
@@ -462,21 +441,15 @@ async fn tls_and_credentials_connect_and_wrong_ones_are_refused_clearly() {
         sink.write(&batch, &stats, &stop).await,
         "published with a token"
     );
-    let mut sink = NatsSink::new(
-        sink_config(&token_url, token("wr0ng-t0ken")),
-        "relay.example",
-    );
-    let error = sink
-        .connect()
-        .await
-        .expect_err("a wrong token is refused")
-        .to_string();
-    println!("wrong token: {error}");
+    let token_server_name = format!("127.0.0.1:{}", token_server.node.port);
+    let error = refusal(
+        &token_url,
+        token("wr0ng-t0ken"),
+        &token_server_name,
+        "a wrong token",
+    )
+    .await;
     assert!(!error.contains("wr0ng-t0ken"), "{error}");
-    assert!(
-        error.contains(&format!("127.0.0.1:{}", token_server.node.port)),
-        "names the server: {error}"
-    );
 
     // The stream on the TLS server holds the batch once, with its headers.
     let seen = stream_seqs(
