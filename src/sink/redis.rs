@@ -70,7 +70,7 @@ use redis::aio::MultiplexedConnection;
 use redis::RedisFuture;
 
 use super::resp::{self, Arg, RespConnection, RespValue, TransactionReply};
-use super::{now_ms, retry_delay, EventFields, OutputOptions, SinkStats};
+use super::{now_ms, retry_delay, EventFieldsRef, OutputOptions, SinkStats};
 use crate::queue::Delivery;
 
 /// The Redis sink's settings.
@@ -986,7 +986,7 @@ impl RedisSink {
         let stream = self.config.stream.as_bytes();
         if self.config.output.writes_raw_frames() {
             for delivery in &batch[events.clone()] {
-                let fields = EventFields::of(delivery);
+                let fields = EventFieldsRef::of(delivery);
                 out.command(&[
                     Arg::Bytes(b"XADD"),
                     Arg::Bytes(stream),
