@@ -182,7 +182,7 @@ async fn a_restarted_server_is_reconnected_to() {
     assert_eq!(entries(&mut redis.connection()), expected(&batch[24..]));
 }
 
-/// A loopback server that reads what it is sent and answers `reply` once, then closes.
+/// A loopback server that answers the handshake, then the transaction with `reply`, then closes.
 async fn answering(reply: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -192,6 +192,9 @@ async fn answering(reply: &'static [u8]) -> std::net::SocketAddr {
     tokio::spawn(async move {
         if let Ok((mut socket, _)) = listener.accept().await {
             let mut request = vec![0u8; 4096];
+            // The handshake's CLIENT ID, then the transaction.
+            let _ = socket.read(&mut request).await;
+            let _ = socket.write_all(b":7\r\n").await;
             let _ = socket.read(&mut request).await;
             let _ = socket.write_all(reply).await;
             let _ = socket.shutdown().await;
@@ -211,6 +214,11 @@ async fn transaction_reply(reply: &'static [u8]) -> Result<TransactionReply, Res
     )
     .await
     .expect("connect");
+    assert_eq!(
+        connection.client_id(),
+        Some(7),
+        "CLIENT ID asked at connect"
+    );
     let mut encoded = Encoded::new();
     encoded.command(&[Arg::Bytes(b"MULTI")]);
     encoded.command(&[Arg::Bytes(b"SET"), Arg::Bytes(b"k"), Arg::Number(1)]);
@@ -251,4 +259,31 @@ async fn garbage_oversized_or_cut_replies_are_typed_errors() {
         Err(RespError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
         other => panic!("a cut reply: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_abandoned_connection_is_ended_from_a_new_one() {
+    let redis = RedisServer::start();
+    let address = Address::Tcp("127.0.0.1".into(), redis.port);
+    let mut old = RespConnection::connect(&address, None, None, 0, 4096)
+        .await
+        .expect("connect");
+    let mut new = RespConnection::connect(&address, None, None, 0, 4096)
+        .await
+        .expect("connect");
+    let old_id = old.client_id().expect("the server says CLIENT ID");
+    assert_ne!(Some(old_id), new.client_id());
+    new.end_client(old_id).await.expect("reply").expect("ended");
+    // Gone already: still fine, nothing to end.
+    new.end_client(old_id)
+        .await
+        .expect("reply")
+        .expect("nothing to end");
+    let mut ping = Encoded::new();
+    ping.command(&[Arg::Bytes(b"PING")]);
+    let _ = old.send(&ping).await;
+    assert!(
+        old.reply().await.is_err(),
+        "the old connection was closed by the server"
+    );
 }

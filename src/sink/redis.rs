@@ -36,7 +36,14 @@
 //! families whose queue position is the relay seq can use it.
 //!
 //! Transactions in flight are sent in order on one connection, so Redis applies them in
-//! order; a transaction confirmed is never sent again. A transaction refused as a whole
+//! order; a transaction confirmed is never sent again. After a failed or timed-out reply
+//! no later reply is read on that connection (it could be taken for the wrong
+//! transaction), and before a new write connection sends anything it ends the abandoned
+//! one on the server (`CLIENT KILL ID`), so a transaction of the old one cannot apply
+//! after its own retry, where a seq ID out of order would make earlier events look
+//! already written. Found by a server frozen with `SIGSTOP` mid-window
+//! (`tests/redis_idempotent.rs`), which lost one transaction in about one run of three
+//! without both. A transaction refused as a whole
 //! (a queue-time error such as OOM) while a later one in flight applied is the one case
 //! where order cannot be kept: its events are written again after the later ones, with
 //! `*` IDs, and logged as an error.
@@ -485,6 +492,11 @@ pub struct RedisSink {
     /// them through the redis crate's connection.
     write_target: Option<WriteTarget>,
     write_connection: Option<RespConnection>,
+    /// A write connection given up with transactions whose outcome is unknown: the
+    /// server may still run them, after a retry sent on a new connection, and a seq ID
+    /// applied out of order makes the earlier ones look already written. Ended on the
+    /// server (`CLIENT KILL ID`) before the new connection writes anything.
+    abandoned_write_client: Option<i64>,
     host: String,
     /// The batch in hand rendered in a decoded format, once, before its first attempt.
     lines: Vec<String>,
@@ -800,6 +812,7 @@ impl RedisSink {
             client,
             connection: None,
             write_connection: None,
+            abandoned_write_client: None,
             host: host.to_string(),
             lines: Vec::new(),
             line_ranges: Vec::new(),
@@ -1224,7 +1237,7 @@ impl RedisSink {
             reply_bytes_max,
         );
         let what = "connecting the write connection";
-        match tokio::time::timeout(timeout, connecting).await {
+        let mut connection = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(connection)) => {
                 let transport = match &target.address {
                     resp::Address::Tcp(..) => "tcp",
@@ -1232,12 +1245,28 @@ impl RedisSink {
                     resp::Address::Unix(..) => "unix",
                 };
                 tracing::debug!(url = %self.url_redacted, transport, "redis write connection open");
-                Ok(connection)
+                connection
             }
-            Ok(Err(resp::RespError::Io(e))) => Err(self.redis_error(what, e.into())),
-            Ok(Err(e)) => Err(self.reply_error(format!("{what}: {e}"))),
-            Err(_) => Err(self.timed_out(what)),
+            Ok(Err(resp::RespError::Io(e))) => return Err(self.redis_error(what, e.into())),
+            Ok(Err(e)) => return Err(self.reply_error(format!("{what}: {e}"))),
+            Err(_) => return Err(self.timed_out(what)),
+        };
+        if let Some(abandoned) = self.abandoned_write_client {
+            let what = "ending the abandoned write connection (CLIENT KILL ID)";
+            match tokio::time::timeout(timeout, connection.end_client(abandoned)).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(refusal))) => tracing::warn!(
+                    url = %self.url_redacted,
+                    %refusal,
+                    "the server refused CLIENT KILL: transactions of the abandoned write connection may still apply after their retry (with redis_idempotent_ids, an event can then be taken as already written); allow the CLIENT command to this user"
+                ),
+                Ok(Err(resp::RespError::Io(e))) => return Err(self.redis_error(what, e.into())),
+                Ok(Err(e)) => return Err(self.reply_error(format!("{what}: {e}"))),
+                Err(_) => return Err(self.timed_out(what)),
+            }
+            self.abandoned_write_client = None;
         }
+        Ok(connection)
     }
 
     /// [`Self::write_window`] on the write connection: each transaction encoded once and
@@ -1259,6 +1288,8 @@ impl RedisSink {
         let mut window = Window::default();
         // Any failure leaves the connection in an unknown state: it is dropped, not kept.
         let mut healthy = true;
+        // A send cut short counts too: its EXEC never left, but earlier bytes did.
+        let mut sent_any = false;
         loop {
             while window.first_failure.is_none() && in_flight.len() < in_flight_max {
                 let Some(index) = pending.next() else { break };
@@ -1266,6 +1297,7 @@ impl RedisSink {
                 let encoded = self.encoded_transaction(batch, range, time_ids[index]);
                 let error = match tokio::time::timeout(timeout, connection.send(&encoded)).await {
                     Ok(Ok(())) => {
+                        sent_any = true;
                         in_flight.push_back((index, encoded.commands()));
                         continue;
                     }
@@ -1273,6 +1305,7 @@ impl RedisSink {
                     Err(_) => self.timed_out(what),
                 };
                 healthy = false;
+                sent_any = true;
                 // Part of it may have reached Redis, but never its EXEC: nothing applied.
                 window.first_failure = Some(Failed {
                     definite: false,
@@ -1282,6 +1315,26 @@ impl RedisSink {
             let Some((index, commands)) = in_flight.pop_front() else {
                 break;
             };
+            if !healthy {
+                // The replies after a failed or timed-out read cannot be told apart (a
+                // late one would be taken for the next): these stay unknown, and the
+                // connection is ended before anything is sent again.
+                let error = self.reply_error(
+                    "reply not read: an earlier reply on this connection failed".into(),
+                );
+                self.settle(
+                    &mut window,
+                    index,
+                    Err(Failed {
+                        definite: false,
+                        error,
+                    }),
+                    batch,
+                    written,
+                    time_ids,
+                );
+                continue;
+            }
             let outcome =
                 match tokio::time::timeout(timeout, connection.transaction_reply(commands)).await {
                     Ok(Ok(TransactionReply::Applied(items))) => self
@@ -1323,6 +1376,8 @@ impl RedisSink {
         }
         if healthy {
             self.write_connection = Some(connection);
+        } else if sent_any {
+            self.abandoned_write_client = connection.client_id();
         }
         self.finish(window)
     }

@@ -229,6 +229,9 @@ pub struct RespConnection {
     buffer: BytesMut,
     /// A reply larger than this is refused (the buffer never grows past it).
     reply_bytes_max: usize,
+    /// The server's ID of this connection (`CLIENT ID`), to end it from another one;
+    /// `None` where the server refused to say.
+    client_id: Option<i64>,
 }
 
 impl RespConnection {
@@ -264,6 +267,7 @@ impl RespConnection {
             stream,
             buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
             reply_bytes_max,
+            client_id: None,
         };
         let mut handshake = Encoded::new();
         if let Some(password) = password {
@@ -279,20 +283,53 @@ impl RespConnection {
         if db != 0 {
             handshake.command(&[Arg::Bytes(b"SELECT"), Arg::Bytes(db.to_string().as_bytes())]);
         }
-        if handshake.commands() > 0 {
-            connection.send(&handshake).await?;
-            for _ in 0..handshake.commands() {
-                if let RespValue::Error(error) = connection.reply().await? {
-                    let kind = if error.starts_with("WRONGPASS") || error.starts_with("NOAUTH") {
-                        io::ErrorKind::PermissionDenied
-                    } else {
-                        io::ErrorKind::Other
-                    };
-                    return Err(RespError::Io(io::Error::new(kind, error)));
-                }
+        handshake.command(&[Arg::Bytes(b"CLIENT"), Arg::Bytes(b"ID")]);
+        connection.send(&handshake).await?;
+        for _ in 0..handshake.commands() - 1 {
+            if let RespValue::Error(error) = connection.reply().await? {
+                let kind = if error.starts_with("WRONGPASS") || error.starts_with("NOAUTH") {
+                    io::ErrorKind::PermissionDenied
+                } else {
+                    io::ErrorKind::Other
+                };
+                return Err(RespError::Io(io::Error::new(kind, error)));
             }
         }
+        // A server that refuses CLIENT ID (an ACL without it) only loses the fence.
+        if let RespValue::Integer(id) = connection.reply().await? {
+            connection.client_id = Some(id);
+        }
         Ok(connection)
+    }
+
+    /// The server's ID of this connection, if it said.
+    pub fn client_id(&self) -> Option<i64> {
+        self.client_id
+    }
+
+    /// Ends connection `id` on the server (`CLIENT KILL ID`): whatever it sent and the
+    /// server has not run yet never runs. `Ok(Ok(()))` once it is gone (ended now, or
+    /// already), `Ok(Err(refusal))` when the server refused (an ACL without `CLIENT`).
+    ///
+    /// # Errors
+    /// The connection failed, or the reply was malformed.
+    pub async fn end_client(&mut self, id: i64) -> Result<Result<(), String>, RespError> {
+        let mut kill = Encoded::new();
+        kill.command(&[
+            Arg::Bytes(b"CLIENT"),
+            Arg::Bytes(b"KILL"),
+            Arg::Bytes(b"ID"),
+            Arg::Bytes(id.to_string().as_bytes()),
+        ]);
+        self.send(&kill).await?;
+        match self.reply().await? {
+            RespValue::Integer(_) => Ok(Ok(())),
+            RespValue::Error(error) if error.contains("No such client") => Ok(Ok(())),
+            RespValue::Error(error) => Ok(Err(error)),
+            other => Err(RespError::Protocol(format!(
+                "expected CLIENT KILL's count, got {other:?}"
+            ))),
+        }
     }
 
     /// Writes the pipeline whole. Not cancel safe: a write cut short leaves part of a
