@@ -14,6 +14,7 @@ mod flusher;
 pub mod fs;
 pub mod inspect;
 mod manifest;
+mod reaper;
 pub mod record;
 mod recovery;
 mod segment;

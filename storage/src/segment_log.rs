@@ -44,6 +44,7 @@ use crate::error::{AppendError, OpenError, ReadError, StorageError};
 use crate::flusher::{self, Flushable, Flusher};
 use crate::fs::{FileHandle, Filesystem, ReadAt, RealFs};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
+use crate::reaper::{Reaper, Remains};
 use crate::record::{
     self, ChunkHeader, RecordBytes, RecordParts, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
@@ -207,6 +208,8 @@ struct Inner {
     poisoned: Option<String>,
     /// Consumes and position saves whose durability waited for a full disk, since open.
     deferred_on_full_disk: u64,
+    /// Drops the last references to reclaimed files off the lock.
+    reaper: Reaper,
 }
 
 impl SegmentLog {
@@ -343,6 +346,7 @@ impl Inner {
             reserve,
             poisoned: None,
             deferred_on_full_disk: 0,
+            reaper: Reaper::default(),
             segments_dir,
             config,
             manifest: recovered.manifest,
@@ -385,7 +389,14 @@ impl Inner {
                 budget_bytes: budget,
             });
         }
-        if let Err(free_bytes) = self.space.check_fits(&*self.fs, used, needed) {
+        let mut fits = self.space.check_fits(&*self.fs, used, needed);
+        if fits.is_err() && self.reaper.is_busy() {
+            // Reclaimed files whose space is not free until the reaper lets go of them.
+            self.reaper.wait_idle();
+            self.space.measure(&*self.fs, used);
+            fits = self.space.check_fits(&*self.fs, used, needed);
+        }
+        if let Err(free_bytes) = fits {
             return Err(AppendError::NoSpace {
                 path: self.segments_dir.clone(),
                 needed_bytes: needed + self.space.margin_bytes(),
@@ -731,23 +742,28 @@ impl Inner {
         }
         self.gaps.retain(|g| g.seqs.next > consumed);
         self.flush()?;
-        for segment in self.sealed.drain(..freed) {
+        // The last references to the removed files: dropping them is what frees their page
+        // cache and disk space, which the reaper does off the lock.
+        let mut remains = Remains::default();
+        while self
+            .sealed
+            .front()
+            .is_some_and(|s| s.info.next_seq <= consumed)
+        {
+            let Some(segment) = self.sealed.front() else {
+                break;
+            };
             self.fs
                 .remove_file(&segment.path)
                 .map_err(StorageError::io(&segment.path))?;
+            tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
+            let Some(segment) = self.sealed.pop_front() else {
+                break;
+            };
             self.sealed_bytes -= segment.info.file_bytes;
             self.sealed_payload_bytes -= segment.info.payload_bytes;
-            tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
+            remains.handles.extend(segment.reader);
         }
-        // Space just freed: make the reserve again if a full disk took it (best effort).
-        if let Err(error) = self
-            .reserve
-            .ensure(&*self.fs, self.config.disk_free_margin_bytes)
-        {
-            tracing::warn!(%error, "could not make the reserve file again");
-        }
-        let disk_bytes = self.disk_bytes();
-        self.space.measure(&*self.fs, disk_bytes);
         // Hints and the cached window into removed segments are the only stale state;
         // a hint below the consumed position in a live segment still leads reads to their chunk.
         let oldest_live = self
@@ -760,9 +776,27 @@ impl Inner {
             .as_ref()
             .is_some_and(|w| w.segment_first_seq < oldest_live)
         {
-            self.window = None;
+            remains.windows.extend(self.window.take().map(|w| w.map));
         }
-        segment::sync_dir(&*self.fs, &self.segments_dir)
+        let synced = segment::sync_dir(&*self.fs, &self.segments_dir);
+        if self.reserve.is_missing(&*self.fs) {
+            // A full disk took the reserve: free the space now, so the reserve fits again.
+            drop(remains);
+            // Space just freed: make the reserve again (best effort).
+            if let Err(error) = self
+                .reserve
+                .ensure(&*self.fs, self.config.disk_free_margin_bytes)
+            {
+                tracing::warn!(%error, "could not make the reserve file again");
+            }
+            let disk_bytes = self.disk_bytes();
+            self.space.measure(&*self.fs, disk_bytes);
+        } else {
+            // The last measure stays right: the log's bytes and the free bytes move together
+            // (`effective = disk + free`), and an append short of space waits for the reaper.
+            self.reaper.hand_off(remains);
+        }
+        synced
     }
 
     fn read(
@@ -1030,7 +1064,11 @@ impl Inner {
 
     fn stats(&mut self) -> LogStats {
         let disk_bytes = self.disk_bytes();
-        self.space.refresh(&*self.fs, disk_bytes);
+        // While the reaper holds reclaimed files, their space is neither the log's nor
+        // free: the last measure (taken with them counted as the log's) is the right one.
+        if !self.reaper.is_busy() {
+            self.space.refresh(&*self.fs, disk_bytes);
+        }
         LogStats {
             disk_budget_bytes_effective: self.space.effective_budget_bytes(),
             first_seq: self.consumed_seq,
