@@ -131,3 +131,33 @@ impl Drop for Reaper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{Filesystem, RealFs};
+
+    #[test]
+    fn wait_idle_returns_once_every_handed_off_reference_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gone.seg");
+        let file = RealFs.create_new(&path).expect("create");
+        file.write_all_at(&[7u8; 4096], 0).expect("write");
+        let map = Arc::new(file.map(0, 4096).expect("map"));
+        let (weak_file, weak_map) = (Arc::downgrade(&file), Arc::downgrade(&map));
+        RealFs.remove_file(&path).expect("unlink");
+        let mut reaper = Reaper::default();
+        for _ in 0..3 {
+            // More hand-offs than the channel holds: the surplus is dropped inline.
+            reaper.hand_off(Remains {
+                handles: vec![Arc::clone(&file)],
+                windows: vec![Arc::clone(&map)],
+            });
+        }
+        drop((file, map));
+        reaper.wait_idle();
+        assert!(!reaper.is_busy());
+        assert!(weak_file.upgrade().is_none(), "the file handle is closed");
+        assert!(weak_map.upgrade().is_none(), "the window is unmapped");
+    }
+}

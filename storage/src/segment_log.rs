@@ -55,6 +55,8 @@ use crate::SpillLog;
 
 /// Read positions remembered so sequential readers skip the header walk.
 const READ_HINTS_MAX: usize = 8;
+/// Record slots a read reserves up front (more grow as needed).
+const READ_SPANS_RESERVED: usize = 1024;
 
 /// The default log: segment files read through a bounded mmap window, sled for the manifest.
 #[derive(Debug)]
@@ -125,8 +127,8 @@ enum Located {
 
 /// Walks chunk headers from `(offset, seq)` to the chunk holding `target`, stepping over
 /// damaged chunks to the next intact one. Bounded by the segment's size.
-fn locate_chunk(
-    file: &dyn FileHandle,
+fn locate_chunk<F: ReadAt + ?Sized>(
+    file: &F,
     path: &Path,
     mut offset: u64,
     mut seq: u64,
@@ -180,6 +182,42 @@ struct CachedWindow {
     segment_first_seq: u64,
     offset: u64,
     map: Arc<memmap2::Mmap>,
+    /// The last chunk of this mapping that passed every check, so a read resuming inside
+    /// it does not check it again: a mapping's bytes are checked once, not once per read.
+    checked: Option<CheckedChunk>,
+}
+
+/// A chunk of a mapped window that passed both checksums and rkyv's validation.
+#[derive(Debug)]
+struct CheckedChunk {
+    /// Its offset in the segment file.
+    offset: u64,
+    header: ChunkHeader,
+    /// Its records as `(start, len)` in the window's bytes.
+    spans: Vec<(usize, usize)>,
+}
+
+/// A segment file whose reads inside a mapped window come from the mapping (no syscall);
+/// for walking chunk headers, which are checked as they are decoded whatever they came from.
+struct WindowedFile<'a> {
+    file: &'a dyn FileHandle,
+    window: Option<(u64, &'a [u8])>,
+}
+
+impl ReadAt for WindowedFile<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if let Some((start, bytes)) = self.window {
+            let inside = offset
+                .checked_sub(start)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| bytes.get(at..at.checked_add(buf.len())?));
+            if let Some(inside) = inside {
+                buf.copy_from_slice(inside);
+                return Ok(buf.len());
+            }
+        }
+        self.file.read_at(buf, offset)
+    }
 }
 
 #[derive(Debug)]
@@ -820,37 +858,46 @@ impl Inner {
             Ok(seg) => seg,
             Err(lost) => return Ok(ReadBatch::lost_only(lost)),
         };
-        let (start_offset, start_seq) = self
-            .hints
-            .iter()
-            .filter(|h| h.segment_first_seq == seg.first_seq && h.chunk_first_seq <= from)
-            .max_by_key(|h| h.chunk_first_seq)
-            .map_or((SEGMENT_HEADER_BYTES as u64, seg.first_seq), |h| {
-                (h.chunk_offset, h.chunk_first_seq)
-            });
-        let chunk_offset = match locate_chunk(
-            &*seg.reader,
-            &seg.path,
-            start_offset,
-            start_seq,
-            from,
-            seg.end,
-        )? {
-            Located::Chunk(offset) => offset,
-            Located::Damaged {
-                offset,
-                reason,
-                resume_seq,
-            } => {
-                return Ok(ReadBatch::lost_only(seg.lost(
-                    from,
-                    resume_seq.unwrap_or(seg.next_seq),
+        let window = self
+            .window
+            .as_ref()
+            .filter(|w| w.segment_first_seq == seg.first_seq);
+        // The cached window's last checked chunk is the best start when it is at or before `from`.
+        let checked_start = window
+            .and_then(|w| w.checked.as_ref())
+            .filter(|c| c.header.first_seq <= from)
+            .map(|c| (c.offset, c.header.first_seq));
+        let (start_offset, start_seq) = checked_start
+            .into_iter()
+            .chain(
+                self.hints
+                    .iter()
+                    .filter(|h| h.segment_first_seq == seg.first_seq && h.chunk_first_seq <= from)
+                    .map(|h| (h.chunk_offset, h.chunk_first_seq)),
+            )
+            .max_by_key(|&(_, first_seq)| first_seq)
+            .unwrap_or((SEGMENT_HEADER_BYTES as u64, seg.first_seq));
+        let headers = WindowedFile {
+            file: &*seg.reader,
+            window: window.map(|w| (w.offset, &w.map[..])),
+        };
+        let chunk_offset =
+            match locate_chunk(&headers, &seg.path, start_offset, start_seq, from, seg.end)? {
+                Located::Chunk(offset) => offset,
+                Located::Damaged {
                     offset,
                     reason,
-                )))
-            }
-        };
-        let mut batch = ReadBatch::new(from);
+                    resume_seq,
+                } => {
+                    return Ok(ReadBatch::lost_only(seg.lost(
+                        from,
+                        resume_seq.unwrap_or(seg.next_seq),
+                        offset,
+                        reason,
+                    )))
+                }
+            };
+        let mut batch = ReadBatch::with_capacity(from, max_records.min(READ_SPANS_RESERVED));
         let map = self.window_for(
             seg.first_seq,
             &*seg.reader,
@@ -864,13 +911,36 @@ impl Inner {
         let mut offset = chunk_offset;
         let mut last_chunk = (chunk_offset, from);
         let mut seq = from;
+        // `window_for` returned the cached window: it holds this read's checked chunk.
+        let cache = self.window.as_mut().filter(|w| Arc::ptr_eq(&w.map, &map.0));
+        let mut checked = cache.and_then(|w| w.checked.take());
         'chunks: while offset < seg.end {
             let at = (offset - window_start) as usize;
             let bytes = batch.backing_bytes(backing);
             if at + CHUNK_HEADER_BYTES > bytes.len() {
                 break;
             }
-            let checked = ChunkHeader::decode(&bytes[at..]).and_then(|header| {
+            if let Some(chunk) = checked.as_ref().filter(|c| {
+                c.offset == offset && c.header.first_seq <= seq && seq < c.header.next_seq()
+            }) {
+                // Checked when this mapping first read it: every byte read from disk is checked
+                // once per mapping (the log never rewrites bytes it handed to a window).
+                let header = chunk.header;
+                last_chunk = (offset, header.first_seq);
+                let skip = (seq - header.first_seq) as usize;
+                for &(start, len) in &chunk.spans[skip..] {
+                    batch.push_span(backing, start, len);
+                    seq += 1;
+                    if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
+                        break 'chunks;
+                    }
+                }
+                offset += header.chunk_bytes() as u64;
+                continue;
+            }
+            let mut spans = checked.take().map(|c| c.spans).unwrap_or_default();
+            spans.clear();
+            let outcome = ChunkHeader::decode(&bytes[at..]).and_then(|header| {
                 if at + header.chunk_bytes() > bytes.len() {
                     // Past the mapped window: read on from it next time, unless the chunk
                     // runs past the segment's end, which is damage.
@@ -890,16 +960,16 @@ impl Inner {
                     &header,
                     &bytes[body_at..body_at + header.body_bytes as usize],
                 )?;
-                let skip = (seq - header.first_seq) as usize;
-                Ok(Some((
-                    header,
-                    (skip..view.len())
-                        .map(|i| view.record(i))
-                        .collect::<Vec<&[u8]>>(),
-                )))
+                // The slices borrow the mapped window, which the batch owns through `backing`.
+                let base = bytes.as_ptr() as usize;
+                spans.extend((0..view.len()).map(|i| {
+                    let record = view.record(i);
+                    (record.as_ptr() as usize - base, record.len())
+                }));
+                Ok(Some(header))
             });
-            let (header, records) = match checked {
-                Ok(Some(chunk)) => chunk,
+            let header = match outcome {
+                Ok(Some(header)) => header,
                 Ok(None) => break,
                 // Hand out the intact records read so far; the next read reports the damage.
                 Err(_) if !batch.is_empty() => break,
@@ -927,15 +997,13 @@ impl Inner {
                 }
             };
             last_chunk = (offset, header.first_seq);
-            // The slices borrow the mapped window, which the batch owns through `backing`.
-            let records: Vec<(usize, usize)> = {
-                let base = bytes.as_ptr() as usize;
-                records
-                    .iter()
-                    .map(|r| (r.as_ptr() as usize - base, r.len()))
-                    .collect()
-            };
-            for (start, len) in records {
+            let chunk = checked.insert(CheckedChunk {
+                offset,
+                header,
+                spans,
+            });
+            let skip = (seq - header.first_seq) as usize;
+            for &(start, len) in &chunk.spans[skip..] {
                 batch.push_span(backing, start, len);
                 seq += 1;
                 if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
@@ -943,6 +1011,9 @@ impl Inner {
                 }
             }
             offset += header.chunk_bytes() as u64;
+        }
+        if let Some(w) = self.window.as_mut().filter(|w| Arc::ptr_eq(&w.map, &map.0)) {
+            w.checked = checked;
         }
         self.remember(ReadHint {
             segment_first_seq: seg.first_seq,
@@ -1045,6 +1116,7 @@ impl Inner {
             segment_first_seq: seg_first,
             offset: chunk_offset,
             map: Arc::clone(&map),
+            checked: None,
         });
         Ok((map, chunk_offset))
     }
