@@ -477,3 +477,57 @@ fn a_power_loss_at_every_call_of_a_short_run_loses_nothing_synced() {
         check_reopened(dir.path(), &model, Durability::Manual, true);
     }
 }
+
+/// A reclaim while the active segment holds unsynced records makes only the manifest
+/// durable (the consumed records are in sealed, synced segments). A power loss right
+/// after it keeps the consumed position and every record flushed before, and the
+/// reclaimed file stays gone (or is removed at open): nothing below it comes back.
+#[test]
+fn a_reclaim_with_unsynced_records_in_the_active_segment_survives_a_power_loss() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut model = seed(dir.path(), Durability::Manual, 200);
+    let fs = layer_for(dir.path(), true);
+    let log = SegmentLog::open_with(dir.path(), config(Durability::Manual), Arc::new(fs.clone()))
+        .expect("open");
+    // Unsynced records in the active segment.
+    let tail: Vec<Vec<u8>> = (200..210).map(|seq| record(seq, 0, 40)).collect();
+    let refs: Vec<&[u8]> = tail.iter().map(|r| r.as_slice()).collect();
+    log.append(&refs).expect("append");
+    let syncs_before = fs.count(Op::Sync);
+    let end = log.oldest_file_end_seq();
+    assert!(end < 200, "the oldest segment is sealed");
+    log.consume_until(end).expect("consume");
+    let oldest = common::segment_files(dir.path());
+    assert_eq!(
+        fs.count(Op::Sync),
+        syncs_before + 1,
+        "one sync: the directory after the unlink (the data below `end` was synced at its roll)"
+    );
+    fs.power_off();
+    drop(log);
+    fs.apply_power_loss().expect("power loss");
+
+    let log = SegmentLog::open(dir.path(), config(Durability::Manual)).expect("reopen");
+    assert_eq!(
+        log.stats().first_seq,
+        end,
+        "the consumed position is durable"
+    );
+    assert!(
+        log.recovery_report().lost.is_empty(),
+        "{:?}",
+        log.recovery_report().lost
+    );
+    assert_eq!(
+        common::segment_files(dir.path()),
+        oldest,
+        "the reclaimed file is gone"
+    );
+    model.acked.truncate(200);
+    for (seq, bytes) in common::read_all(&log, end) {
+        if seq < 200 {
+            assert_eq!(bytes, model.acked[seq as usize], "record {seq}");
+        }
+    }
+    assert!(log.stats().next_seq >= 200, "every flushed record is kept");
+}
