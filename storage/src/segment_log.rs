@@ -14,8 +14,9 @@
 //!   a torn tail (bytes past the synced end that fail their checks: cut) from damage
 //!   (a file shorter than its synced end, a bad chunk below it: the records are
 //!   reported lost, the seq space is kept, the gap recorded in the manifest);
-//! - the consumed position is flushed to the manifest, after syncing the data,
-//!   before any file it frees is removed; open removes an unlisted file only when
+//! - the consumed position is flushed to the manifest, after syncing the data it
+//!   covers, before any file it frees is removed (the removal itself is durable with
+//!   the next flush); open removes an unlisted file only when
 //!   the consumed position proves every record in it consumed, and moves any other
 //!   file it cannot use into `DIR/damaged/`: recovery never deletes a record;
 //! - a manifest that cannot be opened or read, or disagrees with the files, is moved
@@ -248,6 +249,10 @@ struct Inner {
     deferred_on_full_disk: u64,
     /// Drops the last references to reclaimed files off the lock.
     reaper: Reaper,
+    /// Whether segment files were removed since the directory was last synced: the
+    /// removals become durable with the next flush (open removes a consumed file that
+    /// comes back), so a reclaim does not wait for a directory sync.
+    removals_unsynced: bool,
     /// Whether the tail checkpoint in the manifest's cache points at synced bytes (false
     /// once an undo cut the active segment, until the next flush records a new one).
     checkpoint_synced: bool,
@@ -389,6 +394,7 @@ impl Inner {
             deferred_on_full_disk: 0,
             reaper: Reaper::default(),
             checkpoint_synced: false,
+            removals_unsynced: false,
             segments_dir,
             config,
             manifest: recovered.manifest,
@@ -706,6 +712,10 @@ impl Inner {
         })?;
         self.checkpoint_synced = true;
         self.manifest.flush()?;
+        if self.removals_unsynced {
+            segment::sync_dir(&*self.fs, &self.segments_dir)?;
+            self.removals_unsynced = false;
+        }
         self.dirty = false;
         let next = self.active.next_seq;
         self.durable_next_seq.fetch_max(next, Ordering::AcqRel);
@@ -809,6 +819,9 @@ impl Inner {
                 .remove_file(&segment.path)
                 .map_err(StorageError::io(&segment.path))?;
             tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
+            // Durable with the next flush: the removal needs no directory sync now.
+            self.removals_unsynced = true;
+            self.dirty = true;
             let Some(segment) = self.sealed.pop_front() else {
                 break;
             };
@@ -830,7 +843,6 @@ impl Inner {
         {
             remains.windows.extend(self.window.take().map(|w| w.map));
         }
-        let synced = segment::sync_dir(&*self.fs, &self.segments_dir);
         if self.reserve.is_missing(&*self.fs) {
             // A full disk took the reserve: free the space now, so the reserve fits again.
             drop(remains);
@@ -848,7 +860,7 @@ impl Inner {
             // (`effective = disk + free`), and an append short of space waits for the reaper.
             self.reaper.hand_off(remains);
         }
-        synced
+        Ok(())
     }
 
     fn read(
