@@ -133,6 +133,8 @@ pub struct Config {
     pub sink_batch_bytes_max: u64,
     /// A consumer lagging more events than this flips the backlog alert (0: off).
     pub backlog_alert_events: u64,
+    /// Interval of giving freed heap pages back to the OS (0: never).
+    pub heap_trim_interval_ms: u64,
     /// `text` or `json` logs on stderr.
     pub log_format: String,
     /// Log levels as `RUST_LOG` takes them (`info`, `spillway=debug,warn`); `RUST_LOG` wins when set.
@@ -209,6 +211,7 @@ impl Default for Config {
             sink_batch_events_max: 500,
             sink_batch_bytes_max: 4 * 1024 * 1024,
             backlog_alert_events: 0,
+            heap_trim_interval_ms: crate::heap_trim::INTERVAL_MS_DEFAULT,
             log_format: "text".into(),
             log_level: "info".into(),
             metrics_listen: "127.0.0.1:9464".into(),
@@ -498,6 +501,16 @@ impl Config {
         }
         if self.sink_batch_bytes_max == 0 {
             return invalid("sink_batch_bytes_max", "must be greater than zero".into());
+        }
+        {
+            use crate::heap_trim::{INTERVAL_MS_MAX, INTERVAL_MS_MIN};
+            let interval = self.heap_trim_interval_ms;
+            if interval != 0 && !(INTERVAL_MS_MIN..=INTERVAL_MS_MAX).contains(&interval) {
+                return invalid(
+                    "heap_trim_interval_ms",
+                    format!("{interval} is neither 0 (off) nor in {INTERVAL_MS_MIN}..={INTERVAL_MS_MAX}"),
+                );
+            }
         }
         let frame_limit_bytes = u64::from(crate::storage::record::RECORD_BYTES_LIMIT)
             - crate::queue::envelope::ENVELOPE_BYTES as u64;
@@ -789,6 +802,7 @@ pub fn help() -> String {
         "  sink_batch_events_max = 500           events per sink batch
   sink_batch_bytes_max = 4194304        bytes per sink batch, about
   backlog_alert_events = 0              lag that flips the backlog alert (0: off)
+  heap_trim_interval_ms = 100           give freed heap pages back to the OS this often (glibc; 0: never)
   log_format = \"text\"                   text | json
   log_level = \"info\"                    levels as RUST_LOG takes them (spillway=debug,warn); RUST_LOG wins
 ",

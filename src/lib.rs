@@ -32,6 +32,8 @@ pub mod data_dir_lock;
 #[cfg(feature = "pipeline")]
 pub mod decode;
 #[cfg(feature = "pipeline")]
+pub mod heap_trim;
+#[cfg(feature = "pipeline")]
 pub mod lane;
 #[cfg(feature = "pipeline")]
 pub mod metrics;

@@ -62,6 +62,11 @@ enum BenchCommand {
     RelayPhase(cli::bench::RelayPhaseArgs),
 }
 
+/// Heap bytes counted for `bench` and the memory figures (two relaxed atomics per call).
+#[global_allocator]
+static ALLOCATOR: spillway::bench::heap::CountingAllocator =
+    spillway::bench::heap::CountingAllocator;
+
 /// glibc malloc arenas: its default (8 per core) let freed event buffers linger in
 /// per-thread arenas; `bench e2e` measured peak RSS 157 MiB with the default and
 /// 88-102 MiB with 1-2 arenas, for a 64 MiB budget.

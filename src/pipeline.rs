@@ -108,6 +108,7 @@ impl Pipeline {
         let mut tasks = tokio::task::JoinSet::new();
         let mut lanes = Vec::new();
         let lock = lock_data_dir(&config.data_dir)?;
+        crate::heap_trim::start(config.heap_trim_interval_ms);
         for mut source in kinds::sources(config) {
             let host = source.label();
             let dir = config

@@ -350,6 +350,7 @@ fn every_key_refuses_a_bad_value_naming_that_key() {
         ("sink_batch_events_max", "0"),
         ("sink_batch_bytes_max", "0"),
         ("backlog_alert_events", "lots"),
+        ("heap_trim_interval_ms", "5"),
         ("log_format", "xml"),
         ("log_level", "spillway=loud"),
         ("metrics_listen", "localhost"),

@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod decode;
+pub mod heap;
 pub mod log;
 pub mod queue;
 pub mod rss;

@@ -796,6 +796,10 @@ pub(crate) struct E2eRun {
     /// The largest anonymous (heap, stacks) and file-backed (mapped spill log, binary) parts of
     /// the RSS seen while polling every 5 ms; their sum can be below the peak.
     pub rss_anon_file_max_bytes: (u64, u64),
+    /// Heap bytes live once the pipeline had started (the counting allocator; 0 without it).
+    pub heap_start_bytes: u64,
+    /// The most heap bytes live at once during the run.
+    pub heap_peak_bytes: u64,
     /// Events the queue wrote to its spill log.
     pub spilled_events: u64,
     /// CPU seconds per process.
@@ -838,7 +842,14 @@ fn print_e2e_run(label: &str, run: &E2eRun, events: u64, ceiling: f64) {
     println!(
         "  RSS parts (largest seen): anonymous {:.1} MiB, file-backed {:.1} MiB",
         mib(run.rss_anon_file_max_bytes.0),
-        mib(run.rss_anon_file_max_bytes.1)
+        mib(run.rss_anon_file_max_bytes.1),
+    );
+    // sled allocates 41 zeroed histograms of 512 KiB at start: counted live, never resident.
+    println!(
+        "  heap (counting allocator): {:.1} MiB live once started (sled's zeroed, untouched metrics tables among it), peak {:.1} MiB = {:+.1} MiB during the run",
+        mib(run.heap_start_bytes),
+        mib(run.heap_peak_bytes),
+        mib(run.heap_peak_bytes.saturating_sub(run.heap_start_bytes)),
     );
     let redis = run.cpu.redis_seconds;
     let line = |name: &str, seconds: f64| {
@@ -1162,6 +1173,8 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
         let started = std::time::Instant::now();
         let mut rss_parts_max = (0u64, 0u64);
         let pipeline = Pipeline::start(&config, 0).map_err(std::io::Error::other)?;
+        let heap_start_bytes = spillway::bench::heap::live_bytes();
+        spillway::bench::heap::reset_peak();
         let lane = &pipeline.lanes[0];
         let (stop, sink, queue) = (
             pipeline.stopper(),
@@ -1205,6 +1218,8 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
             rate: args.events as f64 / seconds,
             peak_rss_bytes: peak,
             rss_anon_file_max_bytes: rss_parts_max,
+            heap_start_bytes,
+            heap_peak_bytes: spillway::bench::heap::peak_bytes(),
             spilled_events,
             cpu,
         })

@@ -15,6 +15,7 @@
 pub mod jsonl;
 pub mod nats;
 pub mod redis;
+pub mod resp;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::watch;

@@ -2,7 +2,13 @@
 //! `redis_multi_events_max` events (an `XADD` per event with fields `seq`, `type`, `did`,
 //! `frame`, or with the decoded JSON in field `event`, plus the host's cursor key with
 //! the transaction's own last seq), up to `redis_transactions_in_flight_max` of them in
-//! flight on the multiplexed connection, their replies read in order; then the ack.
+//! flight on one connection, their replies read in order; then the ack.
+//!
+//! Two connections per sink to a single server: the redis crate's (authentication and
+//! TLS checked there first, the stream's ID checks, `XLEN` polls), and over TCP or a
+//! Unix socket a write connection of our own ([`super::resp`]) that encodes each
+//! transaction once and writes the frames from the batch's own bytes. Over TLS and to
+//! a Redis Cluster the transactions go through the redis crate's connection.
 //!
 //! Backpressure as the story's ingester meant it, done right: when `XLEN` reaches the
 //! high-water mark the sink stops writing and polls until it falls below the low-water
@@ -61,6 +67,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::RedisFuture;
 
+use super::resp::{self, Arg, RespConnection, RespValue, TransactionReply};
 use super::{now_ms, retry_delay, EventFields, OutputOptions, SinkStats};
 use crate::queue::Delivery;
 
@@ -351,8 +358,14 @@ fn redact_one_url(url: &str) -> String {
 fn describe(error: &redis::RedisError, address: &str) -> String {
     // A refusal inside a MULTI/EXEC reply carries no top-level code: its text still does.
     let text = error.to_string();
-    let code_is = |code: &str| error.code() == Some(code) || text.contains(code);
-    if error.kind() == redis::ErrorKind::AuthenticationFailed || code_is("WRONGPASS") {
+    let auth_failed = error.kind() == redis::ErrorKind::AuthenticationFailed;
+    describe_text(&text, error.code(), auth_failed, address)
+}
+
+/// [`describe`] of an error's text and code (a server error's first word).
+fn describe_text(text: &str, code: Option<&str>, auth_failed: bool, address: &str) -> String {
+    let code_is = |name: &str| code == Some(name) || text.contains(name);
+    if auth_failed || code_is("WRONGPASS") {
         return format!(
             "authentication failed for {address}: the server refused the user name or password in redis_url"
         );
@@ -373,7 +386,7 @@ fn describe(error: &redis::RedisError, address: &str) -> String {
             "TLS with {address} failed: {text} (the server's certificate must be signed by redis_tls_ca_file, or by a public CA when that is empty, for the host name of redis_url)"
         );
     }
-    text
+    text.to_string()
 }
 
 /// The seed URLs of a `redis_url`: several, comma-separated, for a Redis Cluster. A comma
@@ -465,6 +478,11 @@ pub struct RedisSink {
     address: String,
     client: Client,
     connection: Option<Connection>,
+    /// Where the transactions go on a connection of their own ([`resp`]): a single
+    /// server over TCP or a Unix socket; `None` (TLS, a cluster) sends them through the
+    /// redis crate's connection.
+    write_target: Option<WriteTarget>,
+    write_connection: Option<RespConnection>,
     host: String,
     /// The batch in hand rendered in a decoded format, once, before its first attempt.
     lines: Vec<String>,
@@ -558,6 +576,73 @@ fn read_pem(url: &str, key: &'static str, path: &Path) -> Result<Vec<u8>, RedisS
     })
 }
 
+/// The server of the write connection and how to log in: no `Debug`, it holds the password.
+struct WriteTarget {
+    address: resp::Address,
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+}
+
+impl WriteTarget {
+    /// The target of a single server's URL; `None` for TLS, which the redis crate's
+    /// connection keeps (its certificate checks and errors in one place).
+    fn of(info: &redis::ConnectionInfo) -> Option<Self> {
+        let address = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => resp::Address::Tcp(host.clone(), *port),
+            redis::ConnectionAddr::Unix(path) => resp::Address::Unix(path.clone()),
+            _ => return None,
+        };
+        let settings = info.redis_settings();
+        Some(WriteTarget {
+            address,
+            username: settings.username().map(str::to_string),
+            password: settings.password().map(str::to_string),
+            db: settings.db(),
+        })
+    }
+}
+
+/// One transaction's commands, whichever connection takes them.
+trait Commands<'a> {
+    fn command(&mut self, args: &[Arg<'_, 'a>]);
+}
+
+impl<'a> Commands<'a> for resp::Encoded<'a> {
+    fn command(&mut self, args: &[Arg<'_, 'a>]) {
+        resp::Encoded::command(self, args);
+    }
+}
+
+impl<'a> Commands<'a> for redis::Pipeline {
+    fn command(&mut self, args: &[Arg<'_, 'a>]) {
+        let mut command = redis::Cmd::new();
+        for arg in args {
+            match *arg {
+                Arg::Bytes(bytes) | Arg::Kept(bytes) => command.arg(bytes),
+                Arg::Number(n) => command.arg(n),
+                Arg::Id(ms, n) => command.arg(format!("{ms}-{n}")),
+            };
+        }
+        self.add_command(command);
+    }
+}
+
+/// The replies of the transactions in flight, settled in order.
+#[derive(Default)]
+struct Window {
+    first_failure: Option<Failed>,
+    /// Transactions Redis refused whole.
+    refused_whole: Vec<usize>,
+    /// `XADD`s refused as already written.
+    already_written: u64,
+}
+
+/// Reply bytes a transaction may take beyond its commands' (`MULTI`, `EXEC`, headers).
+const REPLY_BYTES_BASE: usize = 64 << 10;
+/// Reply bytes per command: an entry ID, or an error line.
+const REPLY_BYTES_PER_COMMAND: usize = 512;
+
 impl RedisSink {
     /// Creates the sink for events of relay `host` (the URL is checked and the TLS files
     /// read, no connection yet).
@@ -646,12 +731,18 @@ impl RedisSink {
             let address = client.get_connection_info().addr().to_string();
             (Client::Single(client), address)
         };
+        let write_target = match &client {
+            Client::Single(client) => WriteTarget::of(client.get_connection_info()),
+            Client::Cluster(_) => None,
+        };
         Ok(RedisSink {
             config,
             url_redacted,
             address,
+            write_target,
             client,
             connection: None,
+            write_connection: None,
             host: host.to_string(),
             lines: Vec::new(),
             line_ranges: Vec::new(),
@@ -817,87 +908,182 @@ impl RedisSink {
         index * per..((index + 1) * per).min(events)
     }
 
-    /// One transaction: an `XADD` per entry of `events` (IDs `<seq>-<n>` when idempotent
-    /// and not `time_ids`, else `*`), then the cursor key with its last seq. Replies are
-    /// kept per command (`ignore_errors`): only a refused `XADD` fails, the rest applies.
+    /// One transaction's commands into `out`: an `XADD` per entry of `events` (IDs
+    /// `<seq>-<n>` when idempotent and not `time_ids`, else `*`), then the cursor key with
+    /// its last seq. `MULTI`/`EXEC` around them are the caller's.
+    fn transaction_commands<'a>(
+        &'a self,
+        batch: &'a [Delivery],
+        events: Range<usize>,
+        time_ids: bool,
+        out: &mut impl Commands<'a>,
+    ) {
+        let seq_ids = self.config.idempotent_ids && !time_ids;
+        let id = |seq: u64, n: usize| {
+            if seq_ids {
+                Arg::Id(seq, n as u64)
+            } else {
+                Arg::Bytes(b"*")
+            }
+        };
+        let stream = self.config.stream.as_bytes();
+        if self.config.output.writes_raw_frames() {
+            for delivery in &batch[events.clone()] {
+                let fields = EventFields::of(delivery);
+                out.command(&[
+                    Arg::Bytes(b"XADD"),
+                    Arg::Bytes(stream),
+                    id(delivery.position, 0),
+                    Arg::Bytes(b"seq"),
+                    Arg::Number(fields.seq),
+                    Arg::Bytes(b"type"),
+                    Arg::Bytes(fields.kind.as_bytes()),
+                    Arg::Bytes(b"did"),
+                    Arg::Bytes(fields.did.as_bytes()),
+                    Arg::Bytes(b"frame"),
+                    Arg::Kept(&delivery.payload),
+                ]);
+            }
+        } else {
+            let field = self.config.output.entry_field().as_bytes();
+            for (delivery, lines) in batch[events.clone()]
+                .iter()
+                .zip(&self.line_ranges[events.clone()])
+            {
+                for (n, line) in self.lines[lines.clone()].iter().enumerate() {
+                    out.command(&[
+                        Arg::Bytes(b"XADD"),
+                        Arg::Bytes(stream),
+                        id(delivery.position, n),
+                        Arg::Bytes(field),
+                        Arg::Kept(line.as_bytes()),
+                    ]);
+                }
+            }
+        }
+        if let Some(cursor) = self.config.output.cursor_value(&batch[events]) {
+            let key = format!("{}{}", self.config.cursor_key_prefix, self.host);
+            out.command(&[
+                Arg::Bytes(b"SET"),
+                Arg::Bytes(key.as_bytes()),
+                Arg::Bytes(cursor.as_bytes()),
+            ]);
+        }
+    }
+
+    /// One transaction for the redis crate's connection. Replies are kept per command
+    /// (`ignore_errors`): only a refused `XADD` fails, the rest applies.
     fn transaction(
         &self,
         batch: &[Delivery],
         events: Range<usize>,
         time_ids: bool,
     ) -> redis::Pipeline {
-        let seq_ids = self.config.idempotent_ids && !time_ids;
-        let id = |seq: u64, n: usize| {
-            if seq_ids {
-                format!("{seq}-{n}")
-            } else {
-                "*".to_string()
-            }
-        };
         let mut pipe = redis::pipe();
         pipe.atomic().ignore_errors();
-        if self.config.output.writes_raw_frames() {
-            for delivery in &batch[events.clone()] {
-                let fields = EventFields::of(delivery);
-                pipe.cmd("XADD")
-                    .arg(&self.config.stream)
-                    .arg(id(delivery.position, 0))
-                    .arg("seq")
-                    .arg(fields.seq)
-                    .arg("type")
-                    .arg(&fields.kind)
-                    .arg("did")
-                    .arg(&fields.did)
-                    .arg("frame")
-                    .arg(&delivery.payload[..]);
-            }
-        } else {
-            for (delivery, lines) in batch[events.clone()]
-                .iter()
-                .zip(&self.line_ranges[events.clone()])
-            {
-                for (n, line) in self.lines[lines.clone()].iter().enumerate() {
-                    pipe.cmd("XADD")
-                        .arg(&self.config.stream)
-                        .arg(id(delivery.position, n))
-                        .arg(self.config.output.entry_field())
-                        .arg(line);
-                }
-            }
-        }
-        if let Some(cursor) = self.config.output.cursor_value(&batch[events]) {
-            pipe.cmd("SET")
-                .arg(format!("{}{}", self.config.cursor_key_prefix, self.host))
-                .arg(cursor);
-        }
+        self.transaction_commands(batch, events, time_ids, &mut pipe);
         pipe
     }
 
-    /// Reads a transaction's reply command by command: `Ok` with the number of `XADD`s
-    /// refused as already written (idempotent IDs), or the first other refusal.
-    fn check_reply(&self, reply: redis::Value) -> Result<u64, RedisSinkError> {
-        let reply_error = |reason: String| RedisSinkError::Reply {
+    /// One transaction for the write connection, `MULTI` and `EXEC` included.
+    fn encoded_transaction<'a>(
+        &'a self,
+        batch: &'a [Delivery],
+        events: Range<usize>,
+        time_ids: bool,
+    ) -> resp::Encoded<'a> {
+        let mut encoded = resp::Encoded::new();
+        encoded.command(&[Arg::Bytes(b"MULTI")]);
+        self.transaction_commands(batch, events, time_ids, &mut encoded);
+        encoded.command(&[Arg::Bytes(b"EXEC")]);
+        encoded
+    }
+
+    fn reply_error(&self, reason: String) -> RedisSinkError {
+        RedisSinkError::Reply {
             url: self.url_redacted.clone(),
             stream: self.config.stream.clone(),
             reason,
-        };
-        let redis::Value::Array(items) = reply else {
-            return Err(reply_error(format!(
-                "expected one reply per command, got {reply:?}"
-            )));
-        };
+        }
+    }
+
+    /// Reads a transaction's per-command errors: `Ok` with the number of `XADD`s
+    /// refused as already written (idempotent IDs), or the first other refusal.
+    fn check_errors<'e>(
+        &self,
+        errors: impl Iterator<Item = &'e str>,
+    ) -> Result<u64, RedisSinkError> {
         let mut already_written = 0u64;
-        for item in items {
-            if let redis::Value::ServerError(error) = item {
-                let text = error.to_string();
-                if self.config.idempotent_ids && text.contains(ID_NOT_ABOVE_TOP) {
-                    already_written += 1;
-                } else {
-                    return Err(reply_error(text));
-                }
+        for text in errors {
+            if self.config.idempotent_ids && text.contains(ID_NOT_ABOVE_TOP) {
+                already_written += 1;
+            } else {
+                return Err(self.reply_error(text.to_string()));
             }
         }
         Ok(already_written)
+    }
+
+    /// [`Self::check_errors`] of the redis crate's reply.
+    fn check_reply(&self, reply: redis::Value) -> Result<u64, RedisSinkError> {
+        let redis::Value::Array(items) = reply else {
+            return Err(self.reply_error(format!("expected one reply per command, got {reply:?}")));
+        };
+        let errors: Vec<String> = items
+            .iter()
+            .filter_map(|item| match item {
+                redis::Value::ServerError(error) => Some(error.to_string()),
+                _ => None,
+            })
+            .collect();
+        self.check_errors(errors.iter().map(String::as_str))
+    }
+
+    /// Takes one transaction's outcome, in order: marks it written, or keeps the first
+    /// failure (no later transaction is sent after it).
+    fn settle(
+        &self,
+        window: &mut Window,
+        index: usize,
+        outcome: Result<u64, Failed>,
+        batch: &[Delivery],
+        written: &mut [bool],
+        time_ids: &mut [bool],
+    ) {
+        match outcome {
+            Ok(refused) => {
+                written[index] = true;
+                window.already_written += refused;
+                for &earlier in window.refused_whole.iter().filter(|&&k| k < index) {
+                    if !time_ids[earlier] {
+                        time_ids[earlier] = true;
+                        let events = &batch[self.transaction_range(earlier, batch.len())];
+                        tracing::error!(
+                            stream = %self.config.stream,
+                            first_seq = events.first().map(|d| d.position),
+                            last_seq = events.last().map(|d| d.position),
+                            "a transaction was refused while a later one applied: its events are written again after the later ones, out of order, with time IDs"
+                        );
+                    }
+                }
+            }
+            Err(failed) => {
+                if failed.definite {
+                    window.refused_whole.push(index);
+                }
+                window.first_failure.get_or_insert(failed);
+            }
+        }
+    }
+
+    fn finish(&self, window: Window) -> Result<(), RedisSinkError> {
+        if window.already_written > 0 {
+            tracing::debug!(stream = %self.config.stream, already_written = window.already_written, "entries refused as already in the stream (a replay or a retry)");
+        }
+        match window.first_failure {
+            Some(failed) => Err(failed.error),
+            None => Ok(()),
+        }
     }
 
     /// Sends the transactions of the batch not yet `written`, at most
@@ -913,17 +1099,18 @@ impl RedisSink {
         time_ids: &mut [bool],
     ) -> Result<(), RedisSinkError> {
         let connection = self.connection().await?;
+        if self.write_target.is_some() {
+            return self.write_window_resp(batch, written, time_ids).await;
+        }
         let timeout = Duration::from_millis(self.config.command_timeout_ms);
         let in_flight_max = self.config.transactions_in_flight_max.max(1);
         let unwritten: Vec<usize> = (0..written.len()).filter(|&i| !written[i]).collect();
         let mut pending = unwritten.into_iter();
         let mut in_flight: VecDeque<(usize, futures_util::future::MaybeDone<Reply>)> =
             VecDeque::with_capacity(in_flight_max);
-        let mut first_failure: Option<Failed> = None;
-        let mut refused_whole: Vec<usize> = Vec::new();
-        let mut already_written = 0u64;
+        let mut window = Window::default();
         loop {
-            while first_failure.is_none() && in_flight.len() < in_flight_max {
+            while window.first_failure.is_none() && in_flight.len() < in_flight_max {
                 let Some(index) = pending.next() else { break };
                 let range = self.transaction_range(index, batch.len());
                 let pipe = self.transaction(batch, range, time_ids[index]);
@@ -956,38 +1143,123 @@ impl RedisSink {
                     error: self.timed_out("MULTI/EXEC of XADDs"),
                 }),
             };
-            match outcome {
-                Ok(refused) => {
-                    written[index] = true;
-                    already_written += refused;
-                    for &earlier in refused_whole.iter().filter(|&&k| k < index) {
-                        if !time_ids[earlier] {
-                            time_ids[earlier] = true;
-                            let events = &batch[self.transaction_range(earlier, batch.len())];
-                            tracing::error!(
-                                stream = %self.config.stream,
-                                first_seq = events.first().map(|d| d.position),
-                                last_seq = events.last().map(|d| d.position),
-                                "a transaction was refused while a later one applied: its events are written again after the later ones, out of order, with time IDs"
-                            );
-                        }
+            self.settle(&mut window, index, outcome, batch, written, time_ids);
+        }
+        self.finish(window)
+    }
+
+    /// Connects the write connection (the other one has checked the server and stream).
+    async fn write_connection(&mut self) -> Result<RespConnection, RedisSinkError> {
+        if let Some(connection) = self.write_connection.take() {
+            return Ok(connection);
+        }
+        let Some(target) = &self.write_target else {
+            return Err(self.reply_error("no write connection for this URL".into()));
+        };
+        let timeout = Duration::from_millis(self.config.command_timeout_ms);
+        let reply_bytes_max =
+            REPLY_BYTES_BASE + REPLY_BYTES_PER_COMMAND * (self.config.multi_events_max.max(1) + 1);
+        let connecting = RespConnection::connect(
+            &target.address,
+            target.username.as_deref(),
+            target.password.as_deref(),
+            target.db,
+            reply_bytes_max,
+        );
+        let what = "connecting the write connection";
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(connection)) => Ok(connection),
+            Ok(Err(resp::RespError::Io(e))) => Err(self.redis_error(what, e.into())),
+            Ok(Err(e)) => Err(self.reply_error(format!("{what}: {e}"))),
+            Err(_) => Err(self.timed_out(what)),
+        }
+    }
+
+    /// [`Self::write_window`] on the write connection: each transaction encoded once and
+    /// written from the batch's bytes, replies read in order.
+    async fn write_window_resp(
+        &mut self,
+        batch: &[Delivery],
+        written: &mut [bool],
+        time_ids: &mut [bool],
+    ) -> Result<(), RedisSinkError> {
+        let mut connection = self.write_connection().await?;
+        let what = "MULTI/EXEC of XADDs";
+        let timeout = Duration::from_millis(self.config.command_timeout_ms);
+        let in_flight_max = self.config.transactions_in_flight_max.max(1);
+        let unwritten: Vec<usize> = (0..written.len()).filter(|&i| !written[i]).collect();
+        let mut pending = unwritten.into_iter();
+        // (transaction, its commands, MULTI and EXEC included)
+        let mut in_flight: VecDeque<(usize, usize)> = VecDeque::with_capacity(in_flight_max);
+        let mut window = Window::default();
+        // Any failure leaves the connection in an unknown state: it is dropped, not kept.
+        let mut healthy = true;
+        loop {
+            while window.first_failure.is_none() && in_flight.len() < in_flight_max {
+                let Some(index) = pending.next() else { break };
+                let range = self.transaction_range(index, batch.len());
+                let encoded = self.encoded_transaction(batch, range, time_ids[index]);
+                let error = match tokio::time::timeout(timeout, connection.send(&encoded)).await {
+                    Ok(Ok(())) => {
+                        in_flight.push_back((index, encoded.commands()));
+                        continue;
                     }
-                }
-                Err(failed) => {
-                    if failed.definite {
-                        refused_whole.push(index);
-                    }
-                    first_failure.get_or_insert(failed);
-                }
+                    Ok(Err(e)) => self.redis_error(what, e.into()),
+                    Err(_) => self.timed_out(what),
+                };
+                healthy = false;
+                // Part of it may have reached Redis, but never its EXEC: nothing applied.
+                window.first_failure = Some(Failed {
+                    definite: false,
+                    error,
+                });
             }
+            let Some((index, commands)) = in_flight.pop_front() else {
+                break;
+            };
+            let outcome =
+                match tokio::time::timeout(timeout, connection.transaction_reply(commands)).await {
+                    Ok(Ok(TransactionReply::Applied(items))) => self
+                        .check_errors(items.iter().filter_map(|item| match item {
+                            RespValue::Error(text) => Some(text.as_str()),
+                            _ => None,
+                        }))
+                        .map_err(|error| Failed {
+                            definite: true,
+                            error,
+                        }),
+                    Ok(Ok(TransactionReply::Refused(text))) => Err(Failed {
+                        definite: true,
+                        error: self.reply_error(describe_text(&text, None, false, &self.address)),
+                    }),
+                    Ok(Err(resp::RespError::Io(e))) => {
+                        healthy = false;
+                        Err(Failed {
+                            definite: false,
+                            error: self.redis_error(what, e.into()),
+                        })
+                    }
+                    Ok(Err(e)) => {
+                        healthy = false;
+                        Err(Failed {
+                            definite: false,
+                            error: self.reply_error(e.to_string()),
+                        })
+                    }
+                    Err(_) => {
+                        healthy = false;
+                        Err(Failed {
+                            definite: false,
+                            error: self.timed_out(what),
+                        })
+                    }
+                };
+            self.settle(&mut window, index, outcome, batch, written, time_ids);
         }
-        if already_written > 0 {
-            tracing::debug!(stream = %self.config.stream, already_written, "entries refused as already in the stream (a replay or a retry)");
+        if healthy {
+            self.write_connection = Some(connection);
         }
-        match first_failure {
-            Some(failed) => Err(failed.error),
-            None => Ok(()),
-        }
+        self.finish(window)
     }
 
     /// Renders the batch in a decoded format, once, keeping each event's lines apart.
