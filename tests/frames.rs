@@ -144,6 +144,7 @@ proptest! {
     #[test]
     fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = frame::decode(&bytes, MAX);
+        let _ = frame::peek(&bytes);
     }
 
     #[test]
@@ -154,5 +155,33 @@ proptest! {
         let i = index % raw.len();
         raw[i] = value;
         let _ = frame::decode(&raw, MAX);
+        let _ = frame::peek(&raw);
     }
+}
+
+/// `peek` (what a sink reads per event) gives what `decode` gives, for every real frame,
+/// and nothing for error frames or bytes cut inside the header.
+#[test]
+fn peek_agrees_with_decode_on_every_fixture_frame() {
+    let bytes = fixture();
+    for raw in frame::split_capture(&bytes, MAX).expect("split") {
+        let Frame::Message { kind, seq, did, .. } = frame::decode(raw, MAX).expect("decode") else {
+            panic!("a message frame");
+        };
+        let peek = frame::peek(raw).expect("peek");
+        assert_eq!(
+            (peek.kind, peek.seq, peek.did),
+            (kind.as_str(), seq, did.as_deref())
+        );
+        let fields = spillway::sink::EventFields::of_frame(raw, 0);
+        assert_eq!(
+            (fields.kind.as_str(), Some(fields.seq), fields.did.as_str()),
+            (kind.as_str(), seq, did.as_deref().unwrap_or(""))
+        );
+        assert_eq!(frame::peek(&raw[..2]), None, "cut inside the header");
+    }
+    let error = frame::encode_error_frame("FutureCursor", "ahead");
+    assert_eq!(frame::peek(&error), None);
+    let unknown = spillway::sink::EventFields::of_frame(&error, 7);
+    assert_eq!((unknown.seq, unknown.kind.as_str()), (7, "unknown"));
 }

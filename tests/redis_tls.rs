@@ -135,6 +135,22 @@ async fn a_client_certificate_is_sent_when_the_server_asks_for_one() {
     with.check()
         .await
         .expect("a certificate of the server's CA is accepted");
+    // The sink's write connection (its own TLS, the same CA and certificate) carries the frames.
+    let batch = common::fixture::deliveries(40, 1_700_000_000_000_000);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let written = with
+        .write(&batch, &SinkStats::default(), &stop)
+        .await
+        .expect("not refused");
+    assert!(written);
+    let reply = common::redis_server::xrange(&mut redis.connection(), "firehose_live");
+    let frames: Vec<Vec<u8>> = reply
+        .ids
+        .iter()
+        .map(|entry| entry.get("frame").expect("frame"))
+        .collect();
+    let sent: Vec<Vec<u8>> = batch.iter().map(|d| d.payload.to_vec()).collect();
+    assert_eq!(frames, sent, "byte for byte, in order, over TLS");
 }
 
 #[tokio::test]

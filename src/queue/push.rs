@@ -150,7 +150,7 @@ impl Core {
                     position: event.position,
                     log_before,
                     pushed_at_us,
-                    payload: event.payload,
+                    payload: super::memory::held_payload(event.payload),
                 });
             }
             state.watermark.on_memory_push(last_position);

@@ -248,16 +248,45 @@ impl EventFields {
 
     /// Reads the fields of a frame; one that does not decode gets `fallback_seq` and type `unknown`.
     pub fn of_frame(payload: &[u8], fallback_seq: u64) -> Self {
-        match frame::decode(payload, usize::MAX) {
-            Ok(frame::Frame::Message { kind, did, seq, .. }) => EventFields {
-                seq: seq.unwrap_or(fallback_seq),
-                kind,
-                did: did.unwrap_or_default(),
+        let fields = EventFieldsRef::of_frame(payload, fallback_seq);
+        EventFields {
+            seq: fields.seq,
+            kind: fields.kind.to_string(),
+            did: fields.did.to_string(),
+        }
+    }
+}
+
+/// [`EventFields`] borrowed from the frame, for sinks that write them per event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFieldsRef<'a> {
+    /// The relay seq.
+    pub seq: u64,
+    /// The frame type (`#commit`, ...; `unknown` for a frame that does not decode).
+    pub kind: &'a str,
+    /// `repo`/`did`, empty if absent.
+    pub did: &'a str,
+}
+
+impl<'a> EventFieldsRef<'a> {
+    /// The fields of a delivered frame; a frame that no longer decodes keeps its seq.
+    pub fn of(delivery: &'a Delivery) -> Self {
+        Self::of_frame(&delivery.payload, delivery.position)
+    }
+
+    /// The fields of a frame ([`frame::peek`]: only as far as they lie, no allocation). An
+    /// error frame or one that does not decode gets `fallback_seq` and type `unknown`.
+    pub fn of_frame(payload: &'a [u8], fallback_seq: u64) -> Self {
+        match frame::peek(payload) {
+            Some(peek) => EventFieldsRef {
+                seq: peek.seq.unwrap_or(fallback_seq),
+                kind: peek.kind,
+                did: peek.did.unwrap_or_default(),
             },
-            Ok(frame::Frame::Error { .. }) | Err(_) => EventFields {
+            None => EventFieldsRef {
                 seq: fallback_seq,
-                kind: "unknown".into(),
-                did: String::new(),
+                kind: "unknown",
+                did: "",
             },
         }
     }

@@ -5,10 +5,11 @@
 //! flight on one connection, their replies read in order; then the ack.
 //!
 //! Two connections per sink to a single server: the redis crate's (authentication and
-//! TLS checked there first, the stream's ID checks, `XLEN` polls), and over TCP or a
-//! Unix socket a write connection of our own ([`super::resp`]) that encodes each
-//! transaction once and writes the frames from the batch's own bytes. Over TLS and to
-//! a Redis Cluster the transactions go through the redis crate's connection.
+//! TLS checked there first, the stream's ID checks, `XLEN` polls), and a write
+//! connection of our own ([`super::resp`]; TCP, TLS with the same CA and client
+//! certificate, or a Unix socket) that encodes each transaction once and writes the
+//! frames from the batch's own bytes. To a Redis Cluster, and over TLS without host
+//! name checks (`#insecure`), the transactions go through the redis crate's connection.
 //!
 //! Backpressure as the story's ingester meant it, done right: when `XLEN` reaches the
 //! high-water mark the sink stops writing and polls until it falls below the low-water
@@ -62,13 +63,14 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::RedisFuture;
 
 use super::resp::{self, Arg, RespConnection, RespValue, TransactionReply};
-use super::{now_ms, retry_delay, EventFields, OutputOptions, SinkStats};
+use super::{now_ms, retry_delay, EventFieldsRef, OutputOptions, SinkStats};
 use crate::queue::Delivery;
 
 /// The Redis sink's settings.
@@ -479,8 +481,8 @@ pub struct RedisSink {
     client: Client,
     connection: Option<Connection>,
     /// Where the transactions go on a connection of their own ([`resp`]): a single
-    /// server over TCP or a Unix socket; `None` (TLS, a cluster) sends them through the
-    /// redis crate's connection.
+    /// server over TCP, TLS or a Unix socket; `None` (a cluster, `#insecure` TLS) sends
+    /// them through the redis crate's connection.
     write_target: Option<WriteTarget>,
     write_connection: Option<RespConnection>,
     host: String,
@@ -585,11 +587,18 @@ struct WriteTarget {
 }
 
 impl WriteTarget {
-    /// The target of a single server's URL; `None` for TLS, which the redis crate's
-    /// connection keeps (its certificate checks and errors in one place).
-    fn of(info: &redis::ConnectionInfo) -> Option<Self> {
+    /// The target of a single server's URL; `None` where the redis crate's connection
+    /// writes instead: TLS without host name checks (`#insecure`), or TLS settings rustls
+    /// refuses (that connection reports them).
+    fn of(info: &redis::ConnectionInfo, tls: Option<&TlsPems>) -> Option<Self> {
         let address = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => resp::Address::Tcp(host.clone(), *port),
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => resp::Address::Tls(host.clone(), *port, Arc::new(tls_config(tls)?)),
             redis::ConnectionAddr::Unix(path) => resp::Address::Unix(path.clone()),
             _ => return None,
         };
@@ -600,6 +609,45 @@ impl WriteTarget {
             password: settings.password().map(str::to_string),
             db: settings.db(),
         })
+    }
+}
+
+/// The PEM files' bytes for TLS, as read when the sink was made.
+struct TlsPems {
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+/// rustls settings as the redis crate makes them: the CA of `redis_tls_ca_file` alone,
+/// else Mozilla's roots; the client certificate when one is named.
+fn tls_config(pems: Option<&TlsPems>) -> Option<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let roots = match pems.and_then(|p| p.ca.as_deref()) {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca) {
+                roots.add(cert.ok()?).ok()?;
+            }
+            roots
+        }
+        None => rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .ok()?
+    .with_root_certificates(roots);
+    match pems.and_then(|p| p.client.as_ref()) {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()?;
+            let key = PrivateKeyDer::from_pem_slice(key).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()
+        }
+        None => Some(builder.with_no_client_auth()),
     }
 }
 
@@ -682,6 +730,13 @@ impl RedisSink {
                 root_cert,
             })
         };
+        let tls_pems = certificates.as_ref().map(|c| TlsPems {
+            ca: c.root_cert.clone(),
+            client: c
+                .client_tls
+                .as_ref()
+                .map(|t| (t.client_cert.clone(), t.client_key.clone())),
+        });
         let url = config.url.clone();
         let seeds = seed_urls(&url);
         let parse_error = |source: redis::RedisError| RedisSinkError::Redis {
@@ -732,7 +787,9 @@ impl RedisSink {
             (Client::Single(client), address)
         };
         let write_target = match &client {
-            Client::Single(client) => WriteTarget::of(client.get_connection_info()),
+            Client::Single(client) => {
+                WriteTarget::of(client.get_connection_info(), tls_pems.as_ref())
+            }
             Client::Cluster(_) => None,
         };
         Ok(RedisSink {
@@ -929,7 +986,7 @@ impl RedisSink {
         let stream = self.config.stream.as_bytes();
         if self.config.output.writes_raw_frames() {
             for delivery in &batch[events.clone()] {
-                let fields = EventFields::of(delivery);
+                let fields = EventFieldsRef::of(delivery);
                 out.command(&[
                     Arg::Bytes(b"XADD"),
                     Arg::Bytes(stream),
@@ -1168,7 +1225,15 @@ impl RedisSink {
         );
         let what = "connecting the write connection";
         match tokio::time::timeout(timeout, connecting).await {
-            Ok(Ok(connection)) => Ok(connection),
+            Ok(Ok(connection)) => {
+                let transport = match &target.address {
+                    resp::Address::Tcp(..) => "tcp",
+                    resp::Address::Tls(..) => "tls",
+                    resp::Address::Unix(..) => "unix",
+                };
+                tracing::debug!(url = %self.url_redacted, transport, "redis write connection open");
+                Ok(connection)
+            }
             Ok(Err(resp::RespError::Io(e))) => Err(self.redis_error(what, e.into())),
             Ok(Err(e)) => Err(self.reply_error(format!("{what}: {e}"))),
             Err(_) => Err(self.timed_out(what)),

@@ -7,7 +7,9 @@
 //! into a freshly grown `Vec`, and parses replies through a general combinator parser;
 //! for frames of several KiB that was a third of Spillway's CPU per event. The crate
 //! still makes the sink's other connection (authentication and TLS checked there first,
-//! the stream's ID checks, `XLEN` polls) and every connection to a Redis Cluster.
+//! the stream's ID checks, `XLEN` polls) and every connection to a Redis Cluster. Over
+//! TLS (rustls, as the redis crate configures it) the frames are still handed over in
+//! place; rustls then copies them once as it encrypts.
 //!
 //! One [`Encoded`] transaction is what the sink builds: `MULTI`, its commands, `EXEC`.
 //! [`RespConnection::send`] writes it; [`RespConnection::transaction_reply`] reads the
@@ -206,10 +208,12 @@ pub enum RespError {
 }
 
 /// Where the server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Address {
     /// `host`, `port`.
     Tcp(String, u16),
+    /// `host`, `port`, over TLS with these settings (the server's name checked as `host`).
+    Tls(String, u16, std::sync::Arc<rustls::ClientConfig>),
     /// A Unix socket.
     Unix(PathBuf),
 }
@@ -245,6 +249,14 @@ impl RespConnection {
                 let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
                 stream.set_nodelay(true)?;
                 Box::new(stream)
+            }
+            Address::Tls(host, port, tls) => {
+                let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+                stream.set_nodelay(true)?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let connector = tokio_rustls::TlsConnector::from(tls.clone());
+                Box::new(connector.connect(name, stream).await?)
             }
             Address::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
         };

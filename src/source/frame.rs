@@ -183,6 +183,58 @@ fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame, Option<usize>), F
     Ok(decoded)
 }
 
+/// The fields a sink writes beside a message frame, borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek<'a> {
+    /// The header's `t`.
+    pub kind: &'a str,
+    /// The body's `seq`.
+    pub seq: Option<u64>,
+    /// The body's `repo` or `did`.
+    pub did: Option<&'a str>,
+}
+
+/// Reads a message frame's `t`, `seq` and `repo`/`did` without allocating, and only as far
+/// into the body as they lie (keys come sorted by length, so before the CAR blocks).
+/// For frames the source already checked whole ([`decode`]): a sink reads them again
+/// for each event it writes. `None` for an error frame or bytes that do not get that far.
+pub fn peek(frame: &[u8]) -> Option<Peek<'_>> {
+    let mut r = Reader::new(frame);
+    let (mut op, mut kind) = (None, None);
+    for _ in 0..r.map_len("header").ok()? {
+        match r.text("header key").ok()? {
+            "op" => op = Some(r.int("op").ok()?),
+            "t" => kind = Some(r.text("t").ok()?),
+            _ => r.skip(1).ok()?,
+        }
+    }
+    if op != Some(1) {
+        return None;
+    }
+    let mut peek = Peek {
+        kind: kind?,
+        seq: None,
+        did: None,
+    };
+    for _ in 0..r.map_len("body").ok()? {
+        match r.text("body key").ok()? {
+            "seq" => {
+                let head = r.head().ok()?;
+                if head.major != 0 {
+                    return None;
+                }
+                peek.seq = Some(head.arg);
+            }
+            "repo" | "did" => peek.did = Some(r.text("repo/did").ok()?),
+            _ => r.skip(1).ok()?,
+        }
+        if peek.seq.is_some() && peek.did.is_some() {
+            break;
+        }
+    }
+    Some(peek)
+}
+
 /// Decodes a frame's header and the body fields the pipeline needs.
 ///
 /// # Errors
