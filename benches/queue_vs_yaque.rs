@@ -3,7 +3,8 @@
 //! region: yaque never fsyncs; ours runs with `manual` durability and is not flushed).
 //! Every event goes to disk: ours runs write-through, as yaque does. Median of 3 rounds.
 //!
-//! `cargo bench --bench queue_vs_yaque` (env `EVENTS`, default 1000000 x 512 B).
+//! `cargo bench --bench queue_vs_yaque` (env `EVENTS`, default 1000000 x 512 B; `ROUNDS`,
+//! default 3; `ONLY=spillway` runs our queue alone, for profiling its read-back).
 
 use std::time::Instant;
 
@@ -69,6 +70,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let size = 512usize;
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let only_ours = std::env::var("ONLY").is_ok_and(|v| v == "spillway");
     let mb = (total * size as u64) as f64 / 1e6;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -77,10 +83,18 @@ fn main() {
         .expect("runtime");
     let (mut ours_w, mut ours_r, mut yaque_w, mut yaque_r, mut plain_w, mut plain_r) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for round in 0..3 {
+    for round in 0..rounds {
         let (w, r) = runtime.block_on(ours(total, size));
         ours_w.push(mb / w);
         ours_r.push(mb / r);
+        if only_ours {
+            eprintln!(
+                "round {round}: spillway write {:.1} MB/s, read-back + ack {:.1} MB/s",
+                mb / w,
+                mb / r
+            );
+            continue;
+        }
         let (w, r) = runtime.block_on(yaque(total, size));
         yaque_w.push(mb / w);
         yaque_r.push(mb / r);
@@ -94,6 +108,9 @@ fn main() {
         plain_r.push(logbench::plain_read(&file).expect("plain read").mb_per_s());
         eprintln!("round {round} done");
     }
+    if only_ours {
+        return;
+    }
     let (ow, or, yw, yr, pw, pr) = (
         median(ours_w),
         median(ours_r),
@@ -102,7 +119,7 @@ fn main() {
         median(plain_w),
         median(plain_r),
     );
-    println!("spill path, {total} x {size} B, batches of {BATCH_EVENTS}, no fsync in the timed region, median of 3");
+    println!("spill path, {total} x {size} B, batches of {BATCH_EVENTS}, no fsync in the timed region, median of {rounds}");
     println!(
         "{:<34} {:>10} {:>12} {:>10} {:>10}",
         "", "MB/s", "events/s", "vs yaque", "vs plain"

@@ -94,6 +94,7 @@ impl Core {
                     break;
                 }
                 let mut stopped_at = None;
+                out.reserve(batch.len());
                 // One allocation for the payloads of this read, each event a slice of it.
                 let mut payloads = bytes::BytesMut::with_capacity(batch.payload_bytes() as usize);
                 for (log_seq, record) in batch.iter() {

@@ -155,6 +155,14 @@ impl ReadBatch {
         }
     }
 
+    /// An empty batch with room for `records` records before it reallocates.
+    pub(crate) fn with_capacity(first_seq: u64, records: usize) -> Self {
+        let mut batch = ReadBatch::new(first_seq);
+        batch.spans.reserve_exact(records);
+        batch.backings.reserve_exact(1);
+        batch
+    }
+
     /// A batch of no record that reports `lost`, which starts at the read's `from_seq`.
     pub(crate) fn lost_only(lost: LostRange) -> Self {
         debug_assert!(

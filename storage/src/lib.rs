@@ -14,6 +14,7 @@ mod flusher;
 pub mod fs;
 pub mod inspect;
 mod manifest;
+mod reaper;
 pub mod record;
 mod recovery;
 mod segment;
@@ -107,7 +108,8 @@ pub trait SpillLog: Send + Sync + std::fmt::Debug {
 
     /// Stores a named position (a consumer's next sequence number to read).
     ///
-    /// Durable at once under [`Durability::EveryBatch`], else with the next flush.
+    /// Durable at once under [`Durability::EveryBatch`], else with the next flush; on a
+    /// full disk (the manifest flush meets ENOSPC) with the next flush that gets through.
     fn save_position(&self, name: &str, seq: u64) -> Result<(), StorageError>;
 
     /// A named position saved earlier.

@@ -4,8 +4,9 @@
 //! A value of the wrong size is one typed [`Corruption`] naming the store and the key,
 //! never a silent default: open rebuilds such a manifest from the segment files.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::batch::{LostRange, SeqRange};
 use crate::config::Backend;
@@ -123,6 +124,27 @@ pub(crate) struct Manifest {
     created: bool,
     /// The file layer's hooks around flushes (sled does its own I/O).
     fs: Option<Arc<dyn Filesystem>>,
+    /// Changes that are durable only with the next flush anyway, kept here until it: a
+    /// consumer acks every batch, and a sled insert per ack cost more than the read.
+    pending: Mutex<Pending>,
+}
+
+impl Drop for Manifest {
+    fn drop(&mut self) {
+        // As before the changes were kept here: sled writes what its cache holds when
+        // dropped, so a log dropped without a flush loses no more than it did.
+        if let Err(error) = self.write_pending() {
+            tracing::warn!(path = %self.path.display(), %error, "writing pending manifest changes on close failed");
+        }
+    }
+}
+
+/// Position saves (`Some`) and removals (`None`), and the consumed seq, not yet in sled.
+/// Bounded: one entry per name, and names are bounded by `positions_max`.
+#[derive(Debug, Default)]
+struct Pending {
+    positions: BTreeMap<String, Option<u64>>,
+    consumed_seq: Option<u64>,
 }
 
 impl Manifest {
@@ -156,6 +178,7 @@ impl Manifest {
             positions_max,
             created: false,
             fs,
+            pending: Mutex::default(),
         };
         manifest.created = manifest.check_or_init(backend)?;
         Ok(manifest)
@@ -224,12 +247,52 @@ impl Manifest {
         &self.path
     }
 
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        // Every change leaves `Pending` consistent; a panic elsewhere cannot tear it.
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the pending changes into sled (not yet durable); they leave `pending` once written.
+    fn write_pending(&self) -> Result<(), StorageError> {
+        let mut pending = self.pending();
+        let sled_err = |e| StorageError::sled(&self.path)(e);
+        if let Some(seq) = pending.consumed_seq {
+            self.meta
+                .insert(KEY_CONSUMED, &seq.to_le_bytes())
+                .map_err(&sled_err)?;
+            pending.consumed_seq = None;
+        }
+        // Removals first, so the stored names never exceed `positions_max` on the way.
+        let removed: Vec<String> = pending
+            .positions
+            .iter()
+            .filter(|(_, seq)| seq.is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in removed {
+            self.positions.remove(name.as_str()).map_err(&sled_err)?;
+            pending.positions.remove(&name);
+        }
+        while let Some((name, seq)) = pending.positions.pop_first() {
+            if let Some(seq) = seq {
+                if let Err(error) = self.positions.insert(name.as_str(), &seq.to_le_bytes()) {
+                    pending.positions.insert(name, Some(seq));
+                    return Err(sled_err(error));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Makes every change so far durable.
     pub(crate) fn flush(&self) -> Result<(), StorageError> {
         if let Some(fs) = &self.fs {
             fs.manifest_flushing(&self.path)
                 .map_err(|e| StorageError::sled(&self.path)(sled::Error::Io(e)))?;
         }
+        self.write_pending()?;
         self.db.flush().map_err(StorageError::sled(&self.path))?;
         if let Some(fs) = &self.fs {
             fs.manifest_flushed(&self.path);
@@ -239,6 +302,9 @@ impl Manifest {
 
     /// The consumed position (0 when none was stored yet).
     pub(crate) fn consumed_seq(&self) -> Result<u64, StorageError> {
+        if let Some(seq) = self.pending().consumed_seq {
+            return Ok(seq);
+        }
         match self
             .meta
             .get(KEY_CONSUMED)
@@ -262,10 +328,9 @@ impl Manifest {
         })
     }
 
+    /// Sets the consumed position; durable with the next flush.
     pub(crate) fn set_consumed_seq(&self, seq: u64) -> Result<(), StorageError> {
-        self.meta
-            .insert(KEY_CONSUMED, &seq.to_le_bytes())
-            .map_err(StorageError::sled(&self.path))?;
+        self.pending().consumed_seq = Some(seq);
         Ok(())
     }
 
@@ -418,24 +483,43 @@ impl Manifest {
         Ok(())
     }
 
+    /// Saves a named position; durable with the next flush.
     pub(crate) fn save_position(&self, name: &str, seq: u64) -> Result<(), StorageError> {
-        let known = self
-            .positions
-            .contains_key(name)
-            .map_err(StorageError::sled(&self.path))?;
-        if !known && self.positions.len() >= self.positions_max as usize {
-            return Err(StorageError::TooManyPositions {
-                name: name.into(),
-                positions_max: self.positions_max,
-            });
+        let mut pending = self.pending();
+        if let Some(saved @ Some(_)) = pending.positions.get_mut(name) {
+            *saved = Some(seq);
+            return Ok(());
         }
-        self.positions
-            .insert(name, &seq.to_le_bytes())
-            .map_err(StorageError::sled(&self.path))?;
+        let sled_err = |e| StorageError::sled(&self.path)(e);
+        let stored = self.positions.contains_key(name).map_err(&sled_err)?;
+        let removed = pending.positions.contains_key(name);
+        if !stored || removed {
+            // A new name: count the names there will be once the pending changes are written.
+            let mut count = self.positions.len();
+            for (other, seq) in &pending.positions {
+                let in_sled = self.positions.contains_key(other).map_err(&sled_err)?;
+                match (seq, in_sled) {
+                    (Some(_), false) => count += 1,
+                    (None, true) => count -= 1,
+                    _ => {}
+                }
+            }
+            if count >= self.positions_max as usize {
+                return Err(StorageError::TooManyPositions {
+                    name: name.into(),
+                    positions_max: self.positions_max,
+                });
+            }
+        }
+        pending.positions.insert(name.to_string(), Some(seq));
         Ok(())
     }
 
+    /// A named position, saved or removed since the last flush or stored before.
     pub(crate) fn position(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        if let Some(&saved) = self.pending().positions.get(name) {
+            return Ok(saved);
+        }
         match self
             .positions
             .get(name)
@@ -450,8 +534,9 @@ impl Manifest {
         }
     }
 
+    /// Every named position, in name order, the pending changes applied.
     pub(crate) fn positions(&self) -> Result<Vec<(String, u64)>, StorageError> {
-        let mut out = Vec::new();
+        let mut out = BTreeMap::new();
         // Bounded: save_position refuses more than positions_max names.
         for item in self.positions.iter() {
             let (key, value) = item.map_err(StorageError::sled(&self.path))?;
@@ -461,15 +546,59 @@ impl Manifest {
                 .try_into()
                 .map(u64::from_le_bytes)
                 .map_err(|_| self.bad_value("positions", &name, "not 8 bytes"))?;
-            out.push((name, seq));
+            out.insert(name, seq);
         }
-        Ok(out)
+        for (name, seq) in &self.pending().positions {
+            match seq {
+                Some(seq) => out.insert(name.clone(), *seq),
+                None => out.remove(name),
+            };
+        }
+        Ok(out.into_iter().collect())
     }
 
+    /// Forgets a named position; durable with the next flush.
     pub(crate) fn remove_position(&self, name: &str) -> Result<(), StorageError> {
-        self.positions
-            .remove(name)
-            .map_err(StorageError::sled(&self.path))?;
+        self.pending().positions.insert(name.to_string(), None);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_positions_count_against_the_limit_and_are_stored_by_a_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("manifest");
+        {
+            let manifest = Manifest::open(&path, 1 << 20, Backend::Segment, 2).expect("open");
+            manifest.save_position("a", 1).expect("a");
+            manifest.save_position("b", 2).expect("b");
+            manifest.flush().expect("flush");
+            manifest.save_position("a", 3).expect("a again");
+            assert!(matches!(
+                manifest.save_position("c", 4),
+                Err(StorageError::TooManyPositions { .. })
+            ));
+            manifest.remove_position("a").expect("remove a");
+            manifest.save_position("c", 5).expect("c once a is gone");
+            assert!(matches!(
+                manifest.save_position("a", 6),
+                Err(StorageError::TooManyPositions { .. })
+            ));
+            assert_eq!(manifest.position("a").expect("a"), None);
+            assert_eq!(manifest.position("c").expect("c"), Some(5));
+            manifest.set_consumed_seq(9).expect("consumed");
+            assert_eq!(manifest.consumed_seq().expect("consumed"), 9);
+            let expected = vec![("b".to_string(), 2), ("c".to_string(), 5)];
+            assert_eq!(manifest.positions().expect("positions"), expected);
+            manifest.flush().expect("flush");
+        }
+        let manifest = Manifest::open(&path, 1 << 20, Backend::Segment, 2).expect("reopen");
+        let expected = vec![("b".to_string(), 2), ("c".to_string(), 5)];
+        assert_eq!(manifest.positions().expect("positions"), expected);
+        assert_eq!(manifest.consumed_seq().expect("consumed"), 9);
     }
 }

@@ -56,6 +56,7 @@ pub(crate) fn create(
         buffer: Vec::new(),
         payload_bytes: 0,
         last_chunk: None,
+        writeback_from: 0,
     })
 }
 
@@ -74,7 +75,12 @@ pub(crate) struct ActiveSegment {
     pub payload_bytes: u64,
     /// The newest chunk: its offset, first seq, and the payload bytes before it.
     pub last_chunk: Option<(u64, u64, u64)>,
+    /// Where the next writeback hint starts (bytes below it were handed to the disk).
+    writeback_from: u64,
 }
+
+/// Writeback hints cover whole pages of this size.
+const WRITEBACK_PAGE_BYTES: u64 = 4096;
 
 /// The state of the active segment before a batch, to undo the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +114,7 @@ impl ActiveSegment {
             buffer: Vec::new(),
             payload_bytes,
             last_chunk: None,
+            writeback_from: file_bytes,
         })
     }
 
@@ -149,6 +156,7 @@ impl ActiveSegment {
             .and_then(|()| self.reader.sync_data())
             .map_err(StorageError::io(&self.path))?;
         self.file_bytes = keep_file_bytes;
+        self.writeback_from = self.writeback_from.min(keep_file_bytes);
         self.next_seq = mark.next_seq;
         self.payload_bytes = mark.payload_bytes;
         self.last_chunk = mark.last_chunk;
@@ -167,8 +175,27 @@ impl ActiveSegment {
         self.payload_bytes += records.iter().map(|r| r.byte_len() as u64).sum::<u64>();
         if self.buffer.len() >= write_buffer_bytes as usize {
             self.write_out()?;
+            self.start_writeback();
         }
         Ok(())
+    }
+
+    /// Starts writing the full pages written out since the last call to the disk, so the
+    /// disk works while the next buffer fills and the sync at the next roll or flush waits
+    /// for the tail only. Whole pages only: a page still being filled would be written
+    /// again. Best effort: a failed hint costs nothing but time.
+    fn start_writeback(&mut self) {
+        let end = self.file_bytes / WRITEBACK_PAGE_BYTES * WRITEBACK_PAGE_BYTES;
+        if end <= self.writeback_from {
+            return;
+        }
+        if let Err(error) = self
+            .reader
+            .start_writeback(self.writeback_from, end - self.writeback_from)
+        {
+            tracing::debug!(path = %self.path.display(), %error, "starting writeback failed");
+        }
+        self.writeback_from = end;
     }
 
     /// Hands buffered bytes to the OS (not yet durable).
@@ -204,4 +231,91 @@ pub(crate) fn map_window(
     len: usize,
 ) -> Result<Mmap, StorageError> {
     file.map(offset, len).map_err(StorageError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::RealFs;
+    use std::sync::Mutex;
+
+    /// A segment file that records the writeback hints it gets.
+    #[derive(Debug)]
+    struct Hinted {
+        real: Arc<dyn FileHandle>,
+        hints: Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl FileHandle for Hinted {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+            self.real.read_at(buf, offset)
+        }
+        fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.real.write_all_at(buf, offset)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.real.sync_data()
+        }
+        fn sync_all(&self) -> std::io::Result<()> {
+            self.real.sync_all()
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.real.set_len(len)
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            self.real.len()
+        }
+        fn map(&self, offset: u64, len: usize) -> std::io::Result<Mmap> {
+            self.real.map(offset, len)
+        }
+        fn start_writeback(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.hints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((offset, len));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writeback_hints_cover_each_whole_page_written_out_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(file_name(0));
+        let real = RealFs.create_new(&path).expect("create");
+        let file = Arc::new(Hinted {
+            real,
+            hints: Mutex::new(Vec::new()),
+        });
+        let mut segment = ActiveSegment {
+            reader: Arc::clone(&file) as Arc<dyn FileHandle>,
+            path,
+            first_seq: 0,
+            next_seq: 0,
+            file_bytes: SEGMENT_HEADER_BYTES as u64,
+            buffer: Vec::new(),
+            payload_bytes: 0,
+            last_chunk: None,
+            writeback_from: 0,
+        };
+        for _ in 0..40 {
+            segment
+                .append_chunk(&[vec![1u8; 1000]], 3000)
+                .expect("append");
+        }
+        let hints = file.hints.lock().expect("hints").clone();
+        assert!(hints.len() >= 2, "{hints:?}");
+        let mut expected_from = 0;
+        for &(from, len) in &hints {
+            assert_eq!(from, expected_from, "hints are contiguous: {hints:?}");
+            assert!(
+                len > 0 && (from + len) % WRITEBACK_PAGE_BYTES == 0,
+                "{hints:?}"
+            );
+            expected_from = from + len;
+        }
+        assert!(
+            expected_from <= segment.file_bytes,
+            "no hint past what was written out"
+        );
+    }
 }

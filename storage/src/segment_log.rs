@@ -14,8 +14,9 @@
 //!   a torn tail (bytes past the synced end that fail their checks: cut) from damage
 //!   (a file shorter than its synced end, a bad chunk below it: the records are
 //!   reported lost, the seq space is kept, the gap recorded in the manifest);
-//! - the consumed position is flushed to the manifest, after syncing the data,
-//!   before any file it frees is removed; open removes an unlisted file only when
+//! - the consumed position is flushed to the manifest, after syncing the data it
+//!   covers, before any file it frees is removed (the removal itself is durable with
+//!   the next flush); open removes an unlisted file only when
 //!   the consumed position proves every record in it consumed, and moves any other
 //!   file it cannot use into `DIR/damaged/`: recovery never deletes a record;
 //! - a manifest that cannot be opened or read, or disagrees with the files, is moved
@@ -44,6 +45,7 @@ use crate::error::{AppendError, OpenError, ReadError, StorageError};
 use crate::flusher::{self, Flushable, Flusher};
 use crate::fs::{FileHandle, Filesystem, ReadAt, RealFs};
 use crate::manifest::{Manifest, SealedInfo, SegmentEntry, TailCheckpoint};
+use crate::reaper::{Reaper, Remains};
 use crate::record::{
     self, ChunkHeader, RecordBytes, RecordParts, CHUNK_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
@@ -54,6 +56,8 @@ use crate::SpillLog;
 
 /// Read positions remembered so sequential readers skip the header walk.
 const READ_HINTS_MAX: usize = 8;
+/// Record slots a read reserves up front (more grow as needed).
+const READ_SPANS_RESERVED: usize = 1024;
 
 /// The default log: segment files read through a bounded mmap window, sled for the manifest.
 #[derive(Debug)]
@@ -124,8 +128,8 @@ enum Located {
 
 /// Walks chunk headers from `(offset, seq)` to the chunk holding `target`, stepping over
 /// damaged chunks to the next intact one. Bounded by the segment's size.
-fn locate_chunk(
-    file: &dyn FileHandle,
+fn locate_chunk<F: ReadAt + ?Sized>(
+    file: &F,
     path: &Path,
     mut offset: u64,
     mut seq: u64,
@@ -179,6 +183,42 @@ struct CachedWindow {
     segment_first_seq: u64,
     offset: u64,
     map: Arc<memmap2::Mmap>,
+    /// The last chunk of this mapping that passed every check, so a read resuming inside
+    /// it does not check it again: a mapping's bytes are checked once, not once per read.
+    checked: Option<CheckedChunk>,
+}
+
+/// A chunk of a mapped window that passed both checksums and rkyv's validation.
+#[derive(Debug)]
+struct CheckedChunk {
+    /// Its offset in the segment file.
+    offset: u64,
+    header: ChunkHeader,
+    /// Its records as `(start, len)` in the window's bytes.
+    spans: Vec<(usize, usize)>,
+}
+
+/// A segment file whose reads inside a mapped window come from the mapping (no syscall);
+/// for walking chunk headers, which are checked as they are decoded whatever they came from.
+struct WindowedFile<'a> {
+    file: &'a dyn FileHandle,
+    window: Option<(u64, &'a [u8])>,
+}
+
+impl ReadAt for WindowedFile<'_> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if let Some((start, bytes)) = self.window {
+            let inside = offset
+                .checked_sub(start)
+                .and_then(|at| usize::try_from(at).ok())
+                .and_then(|at| bytes.get(at..at.checked_add(buf.len())?));
+            if let Some(inside) = inside {
+                buf.copy_from_slice(inside);
+                return Ok(buf.len());
+            }
+        }
+        self.file.read_at(buf, offset)
+    }
 }
 
 #[derive(Debug)]
@@ -207,6 +247,15 @@ struct Inner {
     poisoned: Option<String>,
     /// Consumes and position saves whose durability waited for a full disk, since open.
     deferred_on_full_disk: u64,
+    /// Drops the last references to reclaimed files off the lock.
+    reaper: Reaper,
+    /// Whether segment files were removed since the directory was last synced: the
+    /// removals become durable with the next flush (open removes a consumed file that
+    /// comes back), so a reclaim does not wait for a directory sync.
+    removals_unsynced: bool,
+    /// Whether the tail checkpoint in the manifest's cache points at synced bytes (false
+    /// once an undo cut the active segment, until the next flush records a new one).
+    checkpoint_synced: bool,
 }
 
 impl SegmentLog {
@@ -343,6 +392,9 @@ impl Inner {
             reserve,
             poisoned: None,
             deferred_on_full_disk: 0,
+            reaper: Reaper::default(),
+            checkpoint_synced: false,
+            removals_unsynced: false,
             segments_dir,
             config,
             manifest: recovered.manifest,
@@ -385,7 +437,14 @@ impl Inner {
                 budget_bytes: budget,
             });
         }
-        if let Err(free_bytes) = self.space.check_fits(&*self.fs, used, needed) {
+        let mut fits = self.space.check_fits(&*self.fs, used, needed);
+        if fits.is_err() && self.reaper.is_busy() {
+            // Reclaimed files whose space is not free until the reaper lets go of them.
+            self.reaper.wait_idle();
+            self.space.measure(&*self.fs, used);
+            fits = self.space.check_fits(&*self.fs, used, needed);
+        }
+        if let Err(free_bytes) = fits {
             return Err(AppendError::NoSpace {
                 path: self.segments_dir.clone(),
                 needed_bytes: needed + self.space.margin_bytes(),
@@ -492,6 +551,7 @@ impl Inner {
     fn rollback_to(&mut self, mark: AppendMark) -> Result<(), StorageError> {
         self.window = None;
         self.hints.clear();
+        self.checkpoint_synced = false;
         if self.active.first_seq != mark.first_seq {
             // The manifest first, memory after: a failure here changes nothing but the manifest's cache.
             let created: Vec<u64> = std::iter::once(self.active.first_seq)
@@ -650,7 +710,12 @@ impl Inner {
             synced_next_seq: self.active.next_seq,
             synced_file_bytes: self.active.file_bytes,
         })?;
+        self.checkpoint_synced = true;
         self.manifest.flush()?;
+        if self.removals_unsynced {
+            segment::sync_dir(&*self.fs, &self.segments_dir)?;
+            self.removals_unsynced = false;
+        }
         self.dirty = false;
         let next = self.active.next_seq;
         self.durable_next_seq.fetch_max(next, Ordering::AcqRel);
@@ -730,24 +795,40 @@ impl Inner {
             self.manifest.remove_lost(gap.seqs.first)?;
         }
         self.gaps.retain(|g| g.seqs.next > consumed);
-        self.flush()?;
-        for segment in self.sealed.drain(..freed) {
+        if consumed <= self.durable_next_seq.load(Ordering::Acquire) && self.checkpoint_synced {
+            // Every record below the consumed position is durable already (sealed segments are
+            // synced when they roll) and the manifest's checkpoint points at synced bytes: the
+            // manifest alone must be durable before the files go. This spares a data sync (a
+            // device cache flush, milliseconds) per reclaimed segment while a producer writes.
+            self.manifest.flush()?;
+        } else {
+            self.flush()?;
+        }
+        // The last references to the removed files: dropping them is what frees their page
+        // cache and disk space, which the reaper does off the lock.
+        let mut remains = Remains::default();
+        while self
+            .sealed
+            .front()
+            .is_some_and(|s| s.info.next_seq <= consumed)
+        {
+            let Some(segment) = self.sealed.front() else {
+                break;
+            };
             self.fs
                 .remove_file(&segment.path)
                 .map_err(StorageError::io(&segment.path))?;
+            tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
+            // Durable with the next flush: the removal needs no directory sync now.
+            self.removals_unsynced = true;
+            self.dirty = true;
+            let Some(segment) = self.sealed.pop_front() else {
+                break;
+            };
             self.sealed_bytes -= segment.info.file_bytes;
             self.sealed_payload_bytes -= segment.info.payload_bytes;
-            tracing::debug!(path = %segment.path.display(), "reclaimed a consumed segment");
+            remains.handles.extend(segment.reader);
         }
-        // Space just freed: make the reserve again if a full disk took it (best effort).
-        if let Err(error) = self
-            .reserve
-            .ensure(&*self.fs, self.config.disk_free_margin_bytes)
-        {
-            tracing::warn!(%error, "could not make the reserve file again");
-        }
-        let disk_bytes = self.disk_bytes();
-        self.space.measure(&*self.fs, disk_bytes);
         // Hints and the cached window into removed segments are the only stale state;
         // a hint below the consumed position in a live segment still leads reads to their chunk.
         let oldest_live = self
@@ -760,9 +841,26 @@ impl Inner {
             .as_ref()
             .is_some_and(|w| w.segment_first_seq < oldest_live)
         {
-            self.window = None;
+            remains.windows.extend(self.window.take().map(|w| w.map));
         }
-        segment::sync_dir(&*self.fs, &self.segments_dir)
+        if self.reserve.is_missing(&*self.fs) {
+            // A full disk took the reserve: free the space now, so the reserve fits again.
+            drop(remains);
+            // Space just freed: make the reserve again (best effort).
+            if let Err(error) = self
+                .reserve
+                .ensure(&*self.fs, self.config.disk_free_margin_bytes)
+            {
+                tracing::warn!(%error, "could not make the reserve file again");
+            }
+            let disk_bytes = self.disk_bytes();
+            self.space.measure(&*self.fs, disk_bytes);
+        } else {
+            // The last measure stays right: the log's bytes and the free bytes move together
+            // (`effective = disk + free`), and an append short of space waits for the reaper.
+            self.reaper.hand_off(remains);
+        }
+        Ok(())
     }
 
     fn read(
@@ -786,37 +884,46 @@ impl Inner {
             Ok(seg) => seg,
             Err(lost) => return Ok(ReadBatch::lost_only(lost)),
         };
-        let (start_offset, start_seq) = self
-            .hints
-            .iter()
-            .filter(|h| h.segment_first_seq == seg.first_seq && h.chunk_first_seq <= from)
-            .max_by_key(|h| h.chunk_first_seq)
-            .map_or((SEGMENT_HEADER_BYTES as u64, seg.first_seq), |h| {
-                (h.chunk_offset, h.chunk_first_seq)
-            });
-        let chunk_offset = match locate_chunk(
-            &*seg.reader,
-            &seg.path,
-            start_offset,
-            start_seq,
-            from,
-            seg.end,
-        )? {
-            Located::Chunk(offset) => offset,
-            Located::Damaged {
-                offset,
-                reason,
-                resume_seq,
-            } => {
-                return Ok(ReadBatch::lost_only(seg.lost(
-                    from,
-                    resume_seq.unwrap_or(seg.next_seq),
+        let window = self
+            .window
+            .as_ref()
+            .filter(|w| w.segment_first_seq == seg.first_seq);
+        // The cached window's last checked chunk is the best start when it is at or before `from`.
+        let checked_start = window
+            .and_then(|w| w.checked.as_ref())
+            .filter(|c| c.header.first_seq <= from)
+            .map(|c| (c.offset, c.header.first_seq));
+        let (start_offset, start_seq) = checked_start
+            .into_iter()
+            .chain(
+                self.hints
+                    .iter()
+                    .filter(|h| h.segment_first_seq == seg.first_seq && h.chunk_first_seq <= from)
+                    .map(|h| (h.chunk_offset, h.chunk_first_seq)),
+            )
+            .max_by_key(|&(_, first_seq)| first_seq)
+            .unwrap_or((SEGMENT_HEADER_BYTES as u64, seg.first_seq));
+        let headers = WindowedFile {
+            file: &*seg.reader,
+            window: window.map(|w| (w.offset, &w.map[..])),
+        };
+        let chunk_offset =
+            match locate_chunk(&headers, &seg.path, start_offset, start_seq, from, seg.end)? {
+                Located::Chunk(offset) => offset,
+                Located::Damaged {
                     offset,
                     reason,
-                )))
-            }
-        };
-        let mut batch = ReadBatch::new(from);
+                    resume_seq,
+                } => {
+                    return Ok(ReadBatch::lost_only(seg.lost(
+                        from,
+                        resume_seq.unwrap_or(seg.next_seq),
+                        offset,
+                        reason,
+                    )))
+                }
+            };
+        let mut batch = ReadBatch::with_capacity(from, max_records.min(READ_SPANS_RESERVED));
         let map = self.window_for(
             seg.first_seq,
             &*seg.reader,
@@ -830,13 +937,36 @@ impl Inner {
         let mut offset = chunk_offset;
         let mut last_chunk = (chunk_offset, from);
         let mut seq = from;
+        // `window_for` returned the cached window: it holds this read's checked chunk.
+        let cache = self.window.as_mut().filter(|w| Arc::ptr_eq(&w.map, &map.0));
+        let mut checked = cache.and_then(|w| w.checked.take());
         'chunks: while offset < seg.end {
             let at = (offset - window_start) as usize;
             let bytes = batch.backing_bytes(backing);
             if at + CHUNK_HEADER_BYTES > bytes.len() {
                 break;
             }
-            let checked = ChunkHeader::decode(&bytes[at..]).and_then(|header| {
+            if let Some(chunk) = checked.as_ref().filter(|c| {
+                c.offset == offset && c.header.first_seq <= seq && seq < c.header.next_seq()
+            }) {
+                // Checked when this mapping first read it: every byte read from disk is checked
+                // once per mapping (the log never rewrites bytes it handed to a window).
+                let header = chunk.header;
+                last_chunk = (offset, header.first_seq);
+                let skip = (seq - header.first_seq) as usize;
+                for &(start, len) in &chunk.spans[skip..] {
+                    batch.push_span(backing, start, len);
+                    seq += 1;
+                    if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
+                        break 'chunks;
+                    }
+                }
+                offset += header.chunk_bytes() as u64;
+                continue;
+            }
+            let mut spans = checked.take().map(|c| c.spans).unwrap_or_default();
+            spans.clear();
+            let outcome = ChunkHeader::decode(&bytes[at..]).and_then(|header| {
                 if at + header.chunk_bytes() > bytes.len() {
                     // Past the mapped window: read on from it next time, unless the chunk
                     // runs past the segment's end, which is damage.
@@ -856,16 +986,16 @@ impl Inner {
                     &header,
                     &bytes[body_at..body_at + header.body_bytes as usize],
                 )?;
-                let skip = (seq - header.first_seq) as usize;
-                Ok(Some((
-                    header,
-                    (skip..view.len())
-                        .map(|i| view.record(i))
-                        .collect::<Vec<&[u8]>>(),
-                )))
+                // The slices borrow the mapped window, which the batch owns through `backing`.
+                let base = bytes.as_ptr() as usize;
+                spans.extend((0..view.len()).map(|i| {
+                    let record = view.record(i);
+                    (record.as_ptr() as usize - base, record.len())
+                }));
+                Ok(Some(header))
             });
-            let (header, records) = match checked {
-                Ok(Some(chunk)) => chunk,
+            let header = match outcome {
+                Ok(Some(header)) => header,
                 Ok(None) => break,
                 // Hand out the intact records read so far; the next read reports the damage.
                 Err(_) if !batch.is_empty() => break,
@@ -893,15 +1023,13 @@ impl Inner {
                 }
             };
             last_chunk = (offset, header.first_seq);
-            // The slices borrow the mapped window, which the batch owns through `backing`.
-            let records: Vec<(usize, usize)> = {
-                let base = bytes.as_ptr() as usize;
-                records
-                    .iter()
-                    .map(|r| (r.as_ptr() as usize - base, r.len()))
-                    .collect()
-            };
-            for (start, len) in records {
+            let chunk = checked.insert(CheckedChunk {
+                offset,
+                header,
+                spans,
+            });
+            let skip = (seq - header.first_seq) as usize;
+            for &(start, len) in &chunk.spans[skip..] {
                 batch.push_span(backing, start, len);
                 seq += 1;
                 if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
@@ -909,6 +1037,9 @@ impl Inner {
                 }
             }
             offset += header.chunk_bytes() as u64;
+        }
+        if let Some(w) = self.window.as_mut().filter(|w| Arc::ptr_eq(&w.map, &map.0)) {
+            w.checked = checked;
         }
         self.remember(ReadHint {
             segment_first_seq: seg.first_seq,
@@ -1011,6 +1142,7 @@ impl Inner {
             segment_first_seq: seg_first,
             offset: chunk_offset,
             map: Arc::clone(&map),
+            checked: None,
         });
         Ok((map, chunk_offset))
     }
@@ -1030,7 +1162,11 @@ impl Inner {
 
     fn stats(&mut self) -> LogStats {
         let disk_bytes = self.disk_bytes();
-        self.space.refresh(&*self.fs, disk_bytes);
+        // While the reaper holds reclaimed files, their space is neither the log's nor
+        // free: the last measure (taken with them counted as the log's) is the right one.
+        if !self.reaper.is_busy() {
+            self.space.refresh(&*self.fs, disk_bytes);
+        }
         LogStats {
             disk_budget_bytes_effective: self.space.effective_budget_bytes(),
             first_seq: self.consumed_seq,

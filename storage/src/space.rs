@@ -105,6 +105,16 @@ impl Reserve {
         Ok(true)
     }
 
+    /// Whether the reserve file is missing or short (a full disk took it), so the next
+    /// [`Reserve::ensure`] needs free space. A failed look counts as missing.
+    pub(crate) fn is_missing(&self, fs: &dyn Filesystem) -> bool {
+        self.bytes > 0
+            && fs
+                .open(&self.path, false)
+                .and_then(|file| file.len())
+                .map_or(true, |len| len < self.bytes)
+    }
+
     /// Removes the reserve file, freeing its space; returns whether there was one.
     pub(crate) fn release(&self, fs: &dyn Filesystem) -> Result<bool, StorageError> {
         if self.bytes == 0 {

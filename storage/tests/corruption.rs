@@ -503,3 +503,83 @@ fn a_sealed_segment_shorter_than_the_manifest_says_keeps_its_intact_chunks_and_r
     );
     assert_all_but(log.as_ref(), 600, intact_next..next_file_first, victim);
 }
+
+/// Reads that resume inside a chunk the cached window already checked hand out the same
+/// records, and a chunk the window has not checked yet is still checked: damage to it,
+/// made after the window was mapped, is reported when a read reaches it.
+#[test]
+fn a_read_resuming_in_a_checked_chunk_still_checks_the_next_chunk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::write_closed_log(dir.path(), 200);
+    let first = files.first().expect("a segment").clone();
+    let layout = chunks(&first);
+    assert!(layout.len() >= 3, "the test needs three chunks: {layout:?}");
+    let (_, chunk0) = layout[0];
+    let (offset1, chunk1) = layout[1];
+    assert!(
+        chunk0.record_count >= 2,
+        "the first chunk holds two records"
+    );
+
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
+    // Maps the window and checks the first chunk.
+    let head = log.read(0, 1, u64::MAX).expect("read");
+    assert_eq!(head.get(0), Some(common::payload(0).as_slice()));
+    // The second chunk is damaged after the mapping: its check must still run.
+    flip_byte(&first, offset1 + CHUNK_HEADER_BYTES as u64 + 3);
+
+    let mut seq = 1;
+    let mut met = None;
+    while seq < 200 {
+        let batch = log.read(seq, 1000, u64::MAX).expect("read");
+        if let Some(lost) = batch.lost() {
+            met = Some(lost.clone());
+            break;
+        }
+        for (at, bytes) in batch.iter() {
+            assert_eq!(bytes, common::payload(at).as_slice(), "record {at}");
+        }
+        seq = batch.next_seq();
+    }
+    let lost = met.expect("the damaged chunk is reported");
+    assert_eq!(
+        seq,
+        chunk0.next_seq(),
+        "every record before the damage was handed out"
+    );
+    assert_eq!(lost.seqs.first, chunk1.first_seq);
+    assert_eq!(lost.seqs.next, chunk1.next_seq());
+    assert_eq!(lost.offset, offset1);
+    assert!(lost.reason.contains("checksum"), "{}", lost.reason);
+}
+
+/// Reclaim's crash order: the manifest forgets a consumed segment before its file goes.
+/// A crash between the two leaves the file unlisted, and open removes it (every record
+/// in it is consumed) without reporting anything lost.
+#[test]
+fn a_consumed_segment_whose_removal_never_reached_the_disk_is_removed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = common::write_closed_log(dir.path(), 600);
+    assert!(files.len() >= 3, "the test needs three segments: {files:?}");
+    let oldest = files[0].clone();
+    let saved = fs::read(&oldest).expect("read oldest");
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("open");
+    let end = log.oldest_file_end_seq();
+    log.consume_until(end).expect("consume");
+    assert!(!oldest.exists(), "reclaim removed the consumed segment");
+    drop(log);
+    // As if killed after the manifest flush, before the unlink reached the disk.
+    fs::write(&oldest, &saved).expect("restore the file");
+
+    let log = open(dir.path(), common::small_config(Backend::Segment)).expect("reopen");
+    let report = log.recovery_report().clone();
+    assert_eq!(report.removed_files, 1, "{report:?}");
+    assert!(report.lost.is_empty(), "{:?}", report.lost);
+    assert!(!oldest.exists());
+    assert_eq!(log.stats().first_seq, end);
+    let rest = common::read_all(log.as_ref(), end);
+    assert_eq!(rest.len() as u64, 600 - end);
+    for (seq, bytes) in rest {
+        assert_eq!(bytes, common::payload(seq), "record {seq}");
+    }
+}
