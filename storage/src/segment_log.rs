@@ -198,6 +198,29 @@ struct CheckedChunk {
     spans: Vec<(usize, usize)>,
 }
 
+impl CheckedChunk {
+    /// Adds its records from `seq` on to `batch`, moving `seq` past each; true once the
+    /// batch is full (`max_records` records or `max_bytes` of payload).
+    fn push_from(
+        &self,
+        seq: &mut u64,
+        batch: &mut ReadBatch,
+        backing: u32,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> bool {
+        let skip = (*seq - self.header.first_seq) as usize;
+        for &(start, len) in &self.spans[skip..] {
+            batch.push_span(backing, start, len);
+            *seq += 1;
+            if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
+                return true;
+            }
+        }
+        false
+    }
+}
+
 /// A segment file whose reads inside a mapped window come from the mapping (no syscall);
 /// for walking chunk headers, which are checked as they are decoded whatever they came from.
 struct WindowedFile<'a> {
@@ -953,13 +976,8 @@ impl Inner {
                 // once per mapping (the log never rewrites bytes it handed to a window).
                 let header = chunk.header;
                 last_chunk = (offset, header.first_seq);
-                let skip = (seq - header.first_seq) as usize;
-                for &(start, len) in &chunk.spans[skip..] {
-                    batch.push_span(backing, start, len);
-                    seq += 1;
-                    if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
-                        break 'chunks;
-                    }
+                if chunk.push_from(&mut seq, &mut batch, backing, max_records, max_bytes) {
+                    break 'chunks;
                 }
                 offset += header.chunk_bytes() as u64;
                 continue;
@@ -1028,13 +1046,8 @@ impl Inner {
                 header,
                 spans,
             });
-            let skip = (seq - header.first_seq) as usize;
-            for &(start, len) in &chunk.spans[skip..] {
-                batch.push_span(backing, start, len);
-                seq += 1;
-                if batch.len() >= max_records || batch.payload_bytes() >= max_bytes {
-                    break 'chunks;
-                }
+            if chunk.push_from(&mut seq, &mut batch, backing, max_records, max_bytes) {
+                break 'chunks;
             }
             offset += header.chunk_bytes() as u64;
         }
