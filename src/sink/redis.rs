@@ -1290,6 +1290,8 @@ impl RedisSink {
         let mut healthy = true;
         // A send cut short counts too: its EXEC never left, but earlier bytes did.
         let mut sent_any = false;
+        // False after a failed or timed-out read: a late reply would be taken for the next.
+        let mut replies_in_step = true;
         loop {
             while window.first_failure.is_none() && in_flight.len() < in_flight_max {
                 let Some(index) = pending.next() else { break };
@@ -1315,10 +1317,11 @@ impl RedisSink {
             let Some((index, commands)) = in_flight.pop_front() else {
                 break;
             };
-            if !healthy {
+            if !replies_in_step {
                 // The replies after a failed or timed-out read cannot be told apart (a
                 // late one would be taken for the next): these stay unknown, and the
-                // connection is ended before anything is sent again.
+                // connection is ended before anything is sent again. (After a failed
+                // send the replies already due are still read: they stay in step.)
                 let error = self.reply_error(
                     "reply not read: an earlier reply on this connection failed".into(),
                 );
@@ -1352,6 +1355,7 @@ impl RedisSink {
                     }),
                     Ok(Err(resp::RespError::Io(e))) => {
                         healthy = false;
+                        replies_in_step = false;
                         Err(Failed {
                             definite: false,
                             error: self.redis_error(what, e.into()),
@@ -1359,6 +1363,7 @@ impl RedisSink {
                     }
                     Ok(Err(e)) => {
                         healthy = false;
+                        replies_in_step = false;
                         Err(Failed {
                             definite: false,
                             error: self.reply_error(e.to_string()),
@@ -1366,6 +1371,7 @@ impl RedisSink {
                     }
                     Err(_) => {
                         healthy = false;
+                        replies_in_step = false;
                         Err(Failed {
                             definite: false,
                             error: self.timed_out(what),
