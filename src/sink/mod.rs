@@ -93,6 +93,24 @@ pub struct SinkStats {
     pub last_loss_ms: AtomicU64,
 }
 
+impl SinkStats {
+    /// Counts a failed write attempt and marks the outage's start if none is marked.
+    pub fn note_failure(&self) {
+        self.failures_total.fetch_add(1, Ordering::Relaxed);
+        let _ = self.failing_since_ms.compare_exchange(
+            0,
+            now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Ends the outage, if any: true when one was marked (the caller says it recovered).
+    pub fn note_success(&self) -> bool {
+        self.failing_since_ms.swap(0, Ordering::Relaxed) != 0
+    }
+}
+
 /// What a sink writes: the format, and for decoded formats the filter and the bound on decoding.
 #[derive(Debug, Clone)]
 pub struct OutputOptions {

@@ -28,14 +28,13 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use bytes::Bytes;
 
 use super::redis::redact_url;
-use super::{now_ms, retry_delay, EventFields, OutputOptions, SinkStats};
+use super::{retry_delay, EventFields, OutputOptions, SinkStats};
 use crate::queue::Delivery;
 
 /// The `async-nats` limit of ack futures not yet awaited (its default, set explicitly).
@@ -726,19 +725,13 @@ impl NatsSink {
                     if duplicates > 0 {
                         tracing::debug!(subject = %self.subject, duplicates, "the server already held some of the batch (a retry or replay)");
                     }
-                    if stats.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
+                    if stats.note_success() {
                         tracing::info!(stream = %self.config.stream, "nats publishes recovered");
                     }
                     return true;
                 }
                 Err(error) => {
-                    stats.failures_total.fetch_add(1, Ordering::Relaxed);
-                    let _ = stats.failing_since_ms.compare_exchange(
-                        0,
-                        now_ms(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    stats.note_failure();
                     // A connection never made is tried again; one made reconnects by itself.
                     if matches!(
                         error,

@@ -82,7 +82,7 @@ pub use settings::*;
 use write_target::{TlsPems, WriteTarget};
 
 use super::resp::{self, Arg, RespConnection, RespValue, TransactionReply};
-use super::{now_ms, retry_delay, EventFieldsRef, SinkStats};
+use super::{retry_delay, EventFieldsRef, SinkStats};
 use crate::queue::Delivery;
 
 /// What Redis answers an `XADD` whose explicit ID is not above the stream's last one.
@@ -1057,20 +1057,14 @@ impl RedisSink {
             };
             match outcome {
                 Ok(()) => {
-                    if stats.failing_since_ms.swap(0, Ordering::Relaxed) != 0 {
+                    if stats.note_success() {
                         tracing::info!(stream = %self.config.stream, "redis writes recovered");
                     }
                     return Ok(true);
                 }
                 Err(error @ RedisSinkError::Refused { .. }) => return Err(error),
                 Err(error) => {
-                    stats.failures_total.fetch_add(1, Ordering::Relaxed);
-                    let _ = stats.failing_since_ms.compare_exchange(
-                        0,
-                        now_ms(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    stats.note_failure();
                     // A broken connection is rebuilt on the next attempt.
                     self.connection = None;
                     let delay = retry_delay(
