@@ -255,7 +255,14 @@ impl Manifest {
     }
 
     /// Writes the pending changes into sled (not yet durable); they leave `pending` once written.
-    fn write_pending(&self) -> Result<(), StorageError> {
+    ///
+    /// Called before any write that removes what the consumed position vouches for
+    /// (a segment entry, a lost range, the sled backend's chunks): sled's background
+    /// flusher persists writes in the order they were made, so a removal can never
+    /// reach the disk ahead of the position that makes it safe. (Deferred, the
+    /// consumed seq could stay behind on disk while the removal did not, and after a
+    /// kill -9 the log began at records that were gone: `tests/crash.rs`, sled backend.)
+    pub(crate) fn write_pending(&self) -> Result<(), StorageError> {
         let mut pending = self.pending();
         let sled_err = |e| StorageError::sled(&self.path)(e);
         if let Some(seq) = pending.consumed_seq {
@@ -441,6 +448,7 @@ impl Manifest {
 
     /// Forgets a lost range (once it is consumed).
     pub(crate) fn remove_lost(&self, first_seq: u64) -> Result<(), StorageError> {
+        self.write_pending()?;
         self.lost
             .remove(first_seq.to_be_bytes())
             .map_err(StorageError::sled(&self.path))?;
@@ -477,6 +485,7 @@ impl Manifest {
     }
 
     pub(crate) fn remove_segment(&self, first_seq: u64) -> Result<(), StorageError> {
+        self.write_pending()?;
         self.segments
             .remove(first_seq.to_be_bytes())
             .map_err(StorageError::sled(&self.path))?;
