@@ -60,6 +60,9 @@ enum BenchCommand {
     /// The loopback relay of `bench e2e` in its own process (used by `bench e2e` itself).
     #[command(hide = true)]
     RelayPhase(cli::bench::RelayPhaseArgs),
+    /// The bare forwarder of `bench e2e` in its own process (used by `bench e2e` itself).
+    #[command(hide = true)]
+    FloorPhase(cli::bench::FloorPhaseArgs),
 }
 
 /// Heap bytes counted for `bench` and the memory figures (two relaxed atomics per call).
@@ -105,6 +108,7 @@ fn main() -> std::process::ExitCode {
             Some(BenchCommand::E2e(args)) => cli::bench::run_e2e(args),
             Some(BenchCommand::Decode(args)) => cli::bench::run_decode_bench(args),
             Some(BenchCommand::RelayPhase(args)) => cli::bench::run_relay_phase(args),
+            Some(BenchCommand::FloorPhase(args)) => cli::bench::run_floor_phase(args),
         },
     };
     match result {

@@ -640,6 +640,46 @@ pub fn run_relay_phase(args: &RelayPhaseArgs) -> std::io::Result<()> {
     })
 }
 
+/// Arguments of the hidden forwarder child of `spillway bench e2e`.
+#[derive(Debug, clap::Args)]
+pub struct FloorPhaseArgs {
+    /// The relay's `ws://` URL, cursor included.
+    #[arg(long)]
+    pub relay_url: String,
+    /// The loopback port of redis-server.
+    #[arg(long)]
+    pub redis_port: u16,
+    /// Frames to forward.
+    #[arg(long)]
+    pub events: u64,
+    /// Frames read before they are written.
+    #[arg(long)]
+    pub sink_batch_events_max: u64,
+    /// `XADD`s per MULTI/EXEC transaction.
+    #[arg(long)]
+    pub redis_multi_events_max: u64,
+}
+
+/// Forwards the relay's frames to Redis with nothing in between, once a line arrives on stdin.
+pub fn run_floor_phase(args: &FloorPhaseArgs) -> std::io::Result<()> {
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = super::bench_floor::FloorConfig {
+        events: args.events,
+        batch_events_max: args.sink_batch_events_max as usize,
+        multi_events_max: args.redis_multi_events_max as usize,
+        reply_bytes_max: 64 << 20,
+    };
+    runtime.block_on(super::bench_floor::forward(
+        &args.relay_url,
+        args.redis_port,
+        &config,
+    ))
+}
+
 /// The relay child process: killed with the bench.
 struct RelayChild(std::process::Child);
 
@@ -806,6 +846,15 @@ pub(crate) struct E2eRun {
     pub cpu: E2eCpu,
 }
 
+/// The bare forwarder's run: relay -> this process -> redis-server, no queue or log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FloorRun {
+    /// Events relay -> Redis per second of wall time.
+    pub rate: f64,
+    /// CPU seconds per process (the forwarder is this process).
+    pub cpu: E2eCpu,
+}
+
 /// What `bench e2e` measured.
 pub(crate) struct E2eFigures {
     /// redis-benchmark's XADD events/s.
@@ -814,6 +863,8 @@ pub(crate) struct E2eFigures {
     pub spilling: E2eRun,
     /// The run under a budget large enough that nothing spills (unless skipped).
     pub in_memory: Option<E2eRun>,
+    /// The bare forwarder's run (`bench_floor`): what spillway cannot spend less than.
+    pub floor: FloorRun,
     /// Mean frame size.
     pub mean_bytes: usize,
     /// Cores the processes shared.
@@ -827,7 +878,7 @@ fn us_per_event(cpu_seconds: f64, events: u64) -> f64 {
     cpu_seconds * 1e6 / events.max(1) as f64
 }
 
-fn print_e2e_run(label: &str, run: &E2eRun, events: u64, ceiling: f64) {
+fn print_e2e_run(label: &str, run: &E2eRun, floor: &FloorRun, events: u64, ceiling: f64) {
     let over = run.peak_rss_bytes as f64 - run.budget_bytes as f64;
     println!(
         "{label}: {:.0} events/s = {:.2}x the ceiling; {} events spilled; peak RSS {:.1} MiB = budget {:.0} MiB {:+.1} MiB (target <= +{} MiB)",
@@ -851,7 +902,20 @@ fn print_e2e_run(label: &str, run: &E2eRun, events: u64, ceiling: f64) {
         mib(run.heap_peak_bytes),
         mib(run.heap_peak_bytes.saturating_sub(run.heap_start_bytes)),
     );
-    let redis = run.cpu.redis_seconds;
+    print_cpu_table("spillway (source, queue, spill, sink)", &run.cpu, events);
+    let floor_us = us_per_event(floor.cpu.spillway_seconds, events);
+    let spillway_us = us_per_event(run.cpu.spillway_seconds, events);
+    println!(
+        "  spillway over the forwarder floor: {:+.2} µs/event, {:.2}x the floor's CPU (the floor alone is {:.2}x redis-server's)",
+        spillway_us - floor_us,
+        spillway_us / floor_us,
+        floor.cpu.spillway_seconds / floor.cpu.redis_seconds,
+    );
+}
+
+/// Each process's CPU seconds, per event, and against redis-server's in the same run.
+fn print_cpu_table(this_process: &str, cpu: &E2eCpu, events: u64) {
+    let redis = cpu.redis_seconds;
     let line = |name: &str, seconds: f64| {
         println!(
             "  {name:<40} {seconds:>9.2} {:>12.2} {:>10.2}x",
@@ -863,12 +927,9 @@ fn print_e2e_run(label: &str, run: &E2eRun, events: u64, ceiling: f64) {
         "  {:<40} {:>9} {:>12} {:>11}",
         "process", "CPU s", "µs/event", "/ redis"
     );
-    line(
-        "spillway (source, queue, spill, sink)",
-        run.cpu.spillway_seconds,
-    );
+    line(this_process, cpu.spillway_seconds);
     line("redis-server (the baseline)", redis);
-    match run.cpu.relay_seconds {
+    match cpu.relay_seconds {
         Some(relay) => line("loopback relay (its own process)", relay),
         None => println!("  {:<40} {:>9}", "loopback relay", "in spillway's figure"),
     }
@@ -891,9 +952,20 @@ pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
         "redis-benchmark -P 64 XADD (the ceiling): {:.0} events/s",
         figures.ceiling
     );
+    println!(
+        "forwarder floor (WebSocket in, the same MULTI/EXEC of XADDs out; no queue, no log, one thread): {:.0} events/s = {:.2}x the ceiling",
+        figures.floor.rate,
+        figures.floor.rate / figures.ceiling,
+    );
+    print_cpu_table(
+        "the forwarder (this process)",
+        &figures.floor.cpu,
+        args.events,
+    );
     print_e2e_run(
         "spilling (the configured budget)",
         &figures.spilling,
+        &figures.floor,
         args.events,
         figures.ceiling,
     );
@@ -901,6 +973,7 @@ pub fn run_e2e(args: &E2eBenchArgs) -> std::io::Result<()> {
         print_e2e_run(
             "in memory (a budget nothing spills under)",
             run,
+            &figures.floor,
             args.events,
             figures.ceiling,
         );
@@ -1084,6 +1157,7 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
     let redis = start_redis(&args.redis_server, port)?;
     let ceiling = redis_ceiling(&args.redis_benchmark, port, args.events, mean_bytes)?;
     drop(redis);
+    let floor = measure_floor(args)?;
     let spilling = measure_pipeline(args, args.budget_mib << 20)?;
     let in_memory = if args.spilling_only {
         None
@@ -1095,6 +1169,7 @@ pub(crate) fn measure_e2e(args: &E2eBenchArgs) -> std::io::Result<E2eFigures> {
         ceiling,
         spilling,
         in_memory,
+        floor,
         mean_bytes,
         cores: spillway::bench::cpu::cores(),
     })
@@ -1113,9 +1188,123 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// The CPU clocks of this process, redis-server and the relay child, started together.
+struct ProcessClocks {
+    this: spillway::bench::cpu::CpuSince,
+    redis: spillway::bench::cpu::CpuSince,
+    relay: Option<spillway::bench::cpu::CpuSince>,
+}
+
+fn unreadable_cpu(what: &str) -> std::io::Error {
+    std::io::Error::other(format!("reading {what}'s CPU time from /proc"))
+}
+
+impl ProcessClocks {
+    /// `this_pid` `None`: this process.
+    fn start(
+        this_pid: Option<u32>,
+        redis_pid: u32,
+        relay_pid: Option<u32>,
+    ) -> std::io::Result<Self> {
+        use spillway::bench::cpu::CpuSince;
+        Ok(Self {
+            this: CpuSince::start(this_pid).ok_or_else(|| unreadable_cpu("this process"))?,
+            redis: CpuSince::start(Some(redis_pid))
+                .ok_or_else(|| unreadable_cpu("redis-server"))?,
+            relay: match relay_pid {
+                Some(pid) => {
+                    Some(CpuSince::start(Some(pid)).ok_or_else(|| unreadable_cpu("the relay"))?)
+                }
+                None => None,
+            },
+        })
+    }
+
+    /// CPU seconds each spent since [`ProcessClocks::start`].
+    fn read(&self) -> std::io::Result<E2eCpu> {
+        Ok(E2eCpu {
+            spillway_seconds: self
+                .this
+                .elapsed_seconds()
+                .ok_or_else(|| unreadable_cpu("this process"))?,
+            redis_seconds: self
+                .redis
+                .elapsed_seconds()
+                .ok_or_else(|| unreadable_cpu("redis-server"))?,
+            relay_seconds: match &self.relay {
+                Some(clock) => Some(
+                    clock
+                        .elapsed_seconds()
+                        .ok_or_else(|| unreadable_cpu("the relay"))?,
+                ),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The bare forwarder (`bench floor-phase`, its own process, so nothing it leaves in the
+/// heap counts in spillway's runs) through a fresh redis-server, the relay in its own process.
+fn measure_floor(args: &E2eBenchArgs) -> std::io::Result<FloorRun> {
+    let port = free_port()?;
+    let redis = start_redis(&args.redis_server, port)?;
+    let base = 1_000_000_000;
+    let (relay, url) = start_relay_child(args.events, base)?;
+    let mut forwarder = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "bench",
+            "floor-phase",
+            "--relay-url",
+            &format!("{url}?cursor={}", base - 1),
+            "--redis-port",
+            &port.to_string(),
+            "--events",
+            &args.events.to_string(),
+            "--sink-batch-events-max",
+            &args.sink_batch_events_max.to_string(),
+            "--redis-multi-events-max",
+            &args.redis_multi_events_max.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    let clocks = match ProcessClocks::start(Some(forwarder.id()), redis.0.id(), Some(relay.0.id()))
+    {
+        Ok(clocks) => clocks,
+        Err(e) => {
+            let _ = forwarder.kill();
+            let _ = forwarder.wait();
+            return Err(e);
+        }
+    };
+    let started = std::time::Instant::now();
+    // The forwarder waits for a line on stdin, so its clock starts before it connects.
+    if let Some(mut stdin) = forwarder.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(b"go\n");
+    }
+    // Read before it exits: a reaped process has no /proc entry.
+    let mut cpu = None;
+    loop {
+        if let Some(status) = forwarder.try_wait()? {
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "the forwarder floor run failed ({status})"
+                )));
+            }
+            break;
+        }
+        cpu = Some(clocks.read()?);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let rate = args.events as f64 / started.elapsed().as_secs_f64();
+    Ok(FloorRun {
+        rate,
+        cpu: cpu.ok_or_else(|| unreadable_cpu("the forwarder"))?,
+    })
+}
+
 /// One run through a fresh redis-server under `budget_bytes`, with each process's CPU time.
 fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E2eRun> {
-    use spillway::bench::cpu::CpuSince;
     use spillway::config::Config;
     use spillway::pipeline::Pipeline;
     use spillway::source::relay::{LoopbackRelay, RelayConfig};
@@ -1159,17 +1348,9 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
             redis_idempotent_ids: args.redis_idempotent_ids,
             ..Config::default()
         };
-        let unreadable =
-            |what: &str| std::io::Error::other(format!("reading {what}'s CPU time from /proc"));
         let relay_pid = relay_child.as_ref().map(|c| c.0.id());
         spillway::bench::rss::reset_peak();
-        let spillway_cpu = CpuSince::start(None).ok_or_else(|| unreadable("this process"))?;
-        let redis_cpu =
-            CpuSince::start(Some(redis_pid)).ok_or_else(|| unreadable("redis-server"))?;
-        let relay_cpu = match relay_pid {
-            Some(pid) => Some(CpuSince::start(Some(pid)).ok_or_else(|| unreadable("the relay"))?),
-            None => None,
-        };
+        let clocks = ProcessClocks::start(None, redis_pid, relay_pid)?;
         let started = std::time::Instant::now();
         let mut rss_parts_max = (0u64, 0u64);
         let pipeline = Pipeline::start(&config, 0).map_err(std::io::Error::other)?;
@@ -1193,22 +1374,7 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         let seconds = started.elapsed().as_secs_f64();
-        let cpu = E2eCpu {
-            spillway_seconds: spillway_cpu
-                .elapsed_seconds()
-                .ok_or_else(|| unreadable("this process"))?,
-            redis_seconds: redis_cpu
-                .elapsed_seconds()
-                .ok_or_else(|| unreadable("redis-server"))?,
-            relay_seconds: match relay_cpu {
-                Some(clock) => Some(
-                    clock
-                        .elapsed_seconds()
-                        .ok_or_else(|| unreadable("the relay"))?,
-                ),
-                None => None,
-            },
-        };
+        let cpu = clocks.read()?;
         let peak = spillway::bench::rss::peak_bytes();
         let spilled_events = queue.stats().spilled_events_total;
         let _ = stop.send(true);

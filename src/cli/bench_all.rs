@@ -334,6 +334,18 @@ pub fn run_all(args: &AllBenchArgs) -> std::io::Result<()> {
                     cpu.higher_is_better = false;
                     rows.push(cpu);
                 }
+                let mut floor = Row::new(
+                    "end to end: a bare forwarder's CPU per event (WebSocket in, XADDs out, nothing between)",
+                    f.floor.cpu.spillway_seconds * 1e6 / events,
+                    "µs",
+                )
+                .against(
+                    "redis-server CPU per event, same run",
+                    f.floor.cpu.redis_seconds * 1e6 / events,
+                )
+                .note("what any relay -> Redis forwarder spends here: the floor under spillway's figure");
+                floor.higher_is_better = false;
+                rows.push(floor);
             }
             Err(error) => rows.push(
                 Row::new(
