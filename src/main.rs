@@ -72,8 +72,11 @@ static ALLOCATOR: spillway::bench::heap::CountingAllocator =
 
 /// glibc malloc arenas: its default (8 per core) let freed event buffers linger in
 /// per-thread arenas; `bench e2e` measured peak RSS 157 MiB with the default and
-/// 88-102 MiB with 1-2 arenas, for a 64 MiB budget.
-const MALLOC_ARENAS_MAX: i32 = 2;
+/// 88-102 MiB with 1-2 arenas, for a 64 MiB budget. One arena, against two, since frames
+/// are allocated on one thread and freed on another: peak RSS 56.3-57.8 MiB in 11 runs
+/// against 57.3-81.5 MiB (two of 16 over budget + 16 MiB), and 8-13% less CPU per event
+/// (9.6-9.8 against 10.9-11.1 µs spilling; 8.0-8.4 against 9.4-10.1 in memory).
+const MALLOC_ARENAS_MAX: i32 = 1;
 
 fn bound_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
