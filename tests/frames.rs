@@ -33,12 +33,10 @@ fn every_fixture_frame_decodes_with_contiguous_seqs() {
         };
         assert_eq!(seq, Some(31527015322 + i as u64));
         assert!(
-            did.as_deref().is_some_and(|d| d.starts_with("did:")),
+            did.is_some_and(|d| d.starts_with("did:")),
             "frame {i}: {did:?}"
         );
-        assert!(time
-            .as_deref()
-            .is_some_and(|t| t.starts_with("2026-07-04T")));
+        assert!(time.is_some_and(|t| t.starts_with("2026-07-04T")));
         *kinds.entry(kind).or_insert(0) += 1;
     }
     assert_eq!(kinds.get("#commit"), Some(&148));
@@ -65,8 +63,8 @@ fn error_and_info_frames_are_recognised() {
     assert_eq!(
         frame::decode(&error, MAX),
         Ok(Frame::Error {
-            error: "FutureCursor".into(),
-            message: Some("Cursor in the future.".into())
+            error: "FutureCursor",
+            message: Some("Cursor in the future.")
         })
     );
     let info = frame::encode_info_frame("OutdatedCursor", "Requested cursor exceeded limit.");
@@ -78,7 +76,7 @@ fn error_and_info_frames_are_recognised() {
             ..
         } => {
             assert_eq!(kind, "#info");
-            assert_eq!(info_name.as_deref(), Some("OutdatedCursor"));
+            assert_eq!(info_name, Some("OutdatedCursor"));
             assert_eq!(seq, None);
         }
         other => panic!("{other:?}"),
@@ -169,14 +167,11 @@ fn peek_agrees_with_decode_on_every_fixture_frame() {
             panic!("a message frame");
         };
         let peek = frame::peek(raw).expect("peek");
-        assert_eq!(
-            (peek.kind, peek.seq, peek.did),
-            (kind.as_str(), seq, did.as_deref())
-        );
+        assert_eq!((peek.kind, peek.seq, peek.did), (kind, seq, did));
         let fields = spillway::sink::EventFields::of_frame(raw, 0);
         assert_eq!(
             (fields.kind.as_str(), Some(fields.seq), fields.did.as_str()),
-            (kind.as_str(), seq, did.as_deref().unwrap_or(""))
+            (kind, seq, did.unwrap_or(""))
         );
         assert_eq!(frame::peek(&raw[..2]), None, "cut inside the header");
     }

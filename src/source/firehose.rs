@@ -476,7 +476,7 @@ pub(crate) fn handle(
                 return Err(SourceError::FutureCursor {
                     host: host.to_string(),
                     cursor: *cursor,
-                    message,
+                    message: message.to_string(),
                     cursor_file: String::new(),
                 });
             }
@@ -484,8 +484,10 @@ pub(crate) fn handle(
             Ok(Handled::Drop(format!("error frame {error}: {message}")))
         }
         Ok(Frame::Message {
-            kind, info_name, ..
-        }) if kind == "#info" => {
+            kind: "#info",
+            info_name,
+            ..
+        }) => {
             tracing::warn!(host, peer = config.subscription.peer(), name = ?info_name, "the server sent #info (OutdatedCursor: it resumes from its oldest event)");
             Ok(Handled::Nothing)
         }
@@ -496,7 +498,7 @@ pub(crate) fn handle(
                 stats.decode_errors_total.fetch_add(1, Ordering::Relaxed);
                 return Ok(Handled::Drop(format!("a {kind} frame without seq")));
             };
-            if !config.subscription.known_types().contains(&kind.as_str()) {
+            if !config.subscription.known_types().contains(&kind) {
                 stats.unknown_type_total.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(host, %kind, seq, "keeping a frame of an unknown type");
             }
@@ -524,7 +526,7 @@ pub(crate) fn handle(
                 .bytes_total
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             stats.last_seq.store(seq, Ordering::Relaxed);
-            if let Some(time_ms) = time.as_deref().and_then(frame::parse_time_ms) {
+            if let Some(time_ms) = time.and_then(frame::parse_time_ms) {
                 stats.last_event_time_ms.store(time_ms, Ordering::Relaxed);
             }
             Ok(Handled::Event(Event {

@@ -10,28 +10,28 @@
 use crate::cbor::Reader;
 pub use crate::cbor::{FrameError, CBOR_DEPTH_MAX};
 
-/// What a frame says, as far as the queue and the sinks need.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
+/// What a frame says, as far as the queue and the sinks need, borrowed from the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
     /// A message (`op = 1`): `#commit`, `#sync`, `#identity`, `#account`, `#info` or another type.
     Message {
         /// The header's `t`, e.g. `#commit`.
-        kind: String,
+        kind: &'a str,
         /// The body's `seq`; absent on `#info`.
         seq: Option<u64>,
         /// The body's `repo` (commit, sync) or `did` (identity, account).
-        did: Option<String>,
+        did: Option<&'a str>,
         /// The body's `time`.
-        time: Option<String>,
+        time: Option<&'a str>,
         /// `#info`: its `name` (e.g. `OutdatedCursor`).
-        info_name: Option<String>,
+        info_name: Option<&'a str>,
     },
     /// An error frame (`op = -1`): `{error, message}`, e.g. `FutureCursor`, `ConsumerTooSlow`.
     Error {
         /// The error name.
-        error: String,
+        error: &'a str,
         /// Its message, if any.
-        message: Option<String>,
+        message: Option<&'a str>,
     },
 }
 
@@ -97,7 +97,7 @@ pub fn parse_time_ms(text: &str) -> Option<u64> {
     u64::try_from(seconds * 1000 + millis).ok()
 }
 
-impl Frame {
+impl Frame<'_> {
     /// The message's `seq`, if it has one.
     pub fn seq(&self) -> Option<u64> {
         match self {
@@ -108,7 +108,7 @@ impl Frame {
 }
 
 /// Where the body's `seq` value starts (its CBOR head), with the decoded frame.
-fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame, Option<usize>), FrameError> {
+fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame<'_>, Option<usize>), FrameError> {
     if frame.len() > max_bytes {
         return Err(FrameError::TooLarge {
             len: frame.len(),
@@ -128,9 +128,7 @@ fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame, Option<usize>), F
     let pairs = r.map_len("body")?;
     let decoded = match op {
         1 => {
-            let kind = kind
-                .ok_or(FrameError::Missing("t in the header"))?
-                .to_string();
+            let kind = kind.ok_or(FrameError::Missing("t in the header"))?;
             let (mut seq, mut seq_at, mut did, mut time, mut info_name) =
                 (None, None, None, None, None);
             for _ in 0..pairs {
@@ -146,9 +144,9 @@ fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame, Option<usize>), F
                         }
                         seq = Some(head.arg);
                     }
-                    "repo" | "did" => did = Some(r.text("repo/did")?.to_string()),
-                    "time" => time = Some(r.text("time")?.to_string()),
-                    "name" if kind == "#info" => info_name = Some(r.text("name")?.to_string()),
+                    "repo" | "did" => did = Some(r.text("repo/did")?),
+                    "time" => time = Some(r.text("time")?),
+                    "name" if kind == "#info" => info_name = Some(r.text("name")?),
                     _ => r.skip(1)?,
                 }
             }
@@ -167,8 +165,8 @@ fn decode_at(frame: &[u8], max_bytes: usize) -> Result<(Frame, Option<usize>), F
             let (mut error, mut message) = (None, None);
             for _ in 0..pairs {
                 match r.text("body key")? {
-                    "error" => error = Some(r.text("error")?.to_string()),
-                    "message" => message = Some(r.text("message")?.to_string()),
+                    "error" => error = Some(r.text("error")?),
+                    "message" => message = Some(r.text("message")?),
                     _ => r.skip(1)?,
                 }
             }
@@ -239,7 +237,7 @@ pub fn peek(frame: &[u8]) -> Option<Peek<'_>> {
 ///
 /// # Errors
 /// A [`FrameError`] for anything that is not a well-formed frame of at most `max_bytes`.
-pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Frame, FrameError> {
+pub fn decode(frame: &[u8], max_bytes: usize) -> Result<Frame<'_>, FrameError> {
     decode_at(frame, max_bytes).map(|(f, _)| f)
 }
 
