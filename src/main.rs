@@ -53,7 +53,7 @@ enum BenchCommand {
     /// One phase of `bench queue` in its own process (used by `bench queue` itself).
     #[command(hide = true)]
     QueuePhase(cli::bench::QueuePhaseArgs),
-    /// End to end: loopback relay -> spillway -> redis-server against redis-benchmark's ceiling.
+    /// End to end: loopback relay -> spillway -> redis-server against redis-benchmark's ceiling, with each process's CPU per event beside a bare forwarder's.
     E2e(cli::bench::E2eBenchArgs),
     /// Decode throughput on one core (Jetstream, rsky, the filter) beside the raw pass-through.
     Decode(cli::bench::DecodeBenchArgs),
