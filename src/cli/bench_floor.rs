@@ -5,6 +5,7 @@
 //! this machine, measured in the same run as spillway, so spillway's figure reads against
 //! what it cannot avoid as well as against redis-server's.
 
+use spillway::sink::redis::raw_frame_xadd;
 use spillway::sink::resp::{Address, Arg, Encoded, RespConnection, TransactionReply};
 use spillway::sink::EventFieldsRef;
 use std::io;
@@ -67,19 +68,7 @@ pub(crate) async fn forward(
             encoded.command(&[Arg::Bytes(b"MULTI")]);
             for frame in chunk {
                 let fields = EventFieldsRef::of_frame(frame, 0);
-                encoded.command(&[
-                    Arg::Bytes(b"XADD"),
-                    Arg::Bytes(b"floor"),
-                    Arg::Bytes(b"*"),
-                    Arg::Bytes(b"seq"),
-                    Arg::Number(fields.seq),
-                    Arg::Bytes(b"type"),
-                    Arg::Bytes(fields.kind.as_bytes()),
-                    Arg::Bytes(b"did"),
-                    Arg::Bytes(fields.did.as_bytes()),
-                    Arg::Bytes(b"frame"),
-                    Arg::Kept(frame),
-                ]);
+                encoded.command(&raw_frame_xadd(b"floor", Arg::Bytes(b"*"), &fields, frame));
             }
             encoded.command(&[Arg::Bytes(b"EXEC")]);
             redis.send(&encoded).await?;

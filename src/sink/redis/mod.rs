@@ -85,6 +85,29 @@ use super::resp::{self, Arg, RespConnection, RespValue, TransactionReply};
 use super::{retry_delay, EventFieldsRef, SinkStats};
 use crate::queue::Delivery;
 
+/// The arguments of the `XADD` that writes one raw frame: `seq`, `type`, `did` and the
+/// frame itself, under entry ID `id` (`*`, or `<seq>-0` for idempotent writes).
+pub fn raw_frame_xadd<'t, 'a>(
+    stream: &'t [u8],
+    id: Arg<'t, 'a>,
+    fields: &EventFieldsRef<'t>,
+    frame: &'a [u8],
+) -> [Arg<'t, 'a>; 11] {
+    [
+        Arg::Bytes(b"XADD"),
+        Arg::Bytes(stream),
+        id,
+        Arg::Bytes(b"seq"),
+        Arg::Number(fields.seq),
+        Arg::Bytes(b"type"),
+        Arg::Bytes(fields.kind.as_bytes()),
+        Arg::Bytes(b"did"),
+        Arg::Bytes(fields.did.as_bytes()),
+        Arg::Bytes(b"frame"),
+        Arg::Kept(frame),
+    ]
+}
+
 /// What Redis answers an `XADD` whose explicit ID is not above the stream's last one.
 const ID_NOT_ABOVE_TOP: &str = "equal or smaller than the target stream top item";
 
@@ -620,19 +643,12 @@ impl RedisSink {
         if self.config.output.writes_raw_frames() {
             for delivery in &batch[events.clone()] {
                 let fields = EventFieldsRef::of(delivery);
-                out.command(&[
-                    Arg::Bytes(b"XADD"),
-                    Arg::Bytes(stream),
+                out.command(&raw_frame_xadd(
+                    stream,
                     id(delivery.position, 0),
-                    Arg::Bytes(b"seq"),
-                    Arg::Number(fields.seq),
-                    Arg::Bytes(b"type"),
-                    Arg::Bytes(fields.kind.as_bytes()),
-                    Arg::Bytes(b"did"),
-                    Arg::Bytes(fields.did.as_bytes()),
-                    Arg::Bytes(b"frame"),
-                    Arg::Kept(&delivery.payload),
-                ]);
+                    &fields,
+                    &delivery.payload,
+                ));
             }
         } else {
             let field = self.config.output.entry_field().as_bytes();
