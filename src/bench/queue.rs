@@ -60,16 +60,24 @@ fn figures(name: String, records: u64, size: usize, started: Instant) -> Figures
     }
 }
 
-/// The batches a producer sends: clones of one template batch (payloads are refcounted, so
-/// generating them costs the same for every contender and no memory).
+/// The batches a producer sends, made as it sends them: each payload in an allocation of
+/// its own, as a source delivers events (making them costs every contender the same).
+/// Clones of one shared batch would not do: the queue's memory tier copies a payload it
+/// cannot tell is alone in its allocation (`queue::memory::held_payload`), a channel does not.
 fn template_batches(total: u64, size: usize) -> impl Iterator<Item = Vec<Event>> + Send + 'static {
-    let template = events(0, BATCH_EVENTS, size);
-    (0..total / BATCH_EVENTS as u64).map(move |_| template.clone())
+    (0..total / BATCH_EVENTS as u64)
+        .map(move |i| events(i * BATCH_EVENTS as u64, BATCH_EVENTS, size))
 }
 
+/// Events the in-memory scenario's producer may be ahead of the consumer's acks: the same
+/// bound as the mpsc baseline's capacity, so both hold as much in flight.
+const IN_FLIGHT_EVENTS_MAX: usize = 1024;
+
 /// Our in-memory path: a producer task pushes batches, a consumer task reads and acks them.
-/// The budget holds the whole run: a push never waits for the consumer, so a producer
-/// running ahead would otherwise spill, and this scenario measures the memory path only.
+/// A push never waits for the consumer (past the budget it spills), so the producer keeps
+/// at most [`IN_FLIGHT_EVENTS_MAX`] events ahead of the acks itself, as the bounded mpsc
+/// makes its producer do; the budget holds the whole run all the same, so nothing spills
+/// and this scenario measures the memory path only.
 pub fn memory_path(dir: &Path, total: u64, size: usize) -> std::io::Result<Figures> {
     runtime()?.block_on(async {
         let headroom = 64 * 1024 * 1024;
@@ -77,12 +85,18 @@ pub fn memory_path(dir: &Path, total: u64, size: usize) -> std::io::Result<Figur
         let queue = SpillQueue::open(dir, bench_config(budget)).map_err(io_err)?;
         let mut consumer = queue.consumer("bench").map_err(io_err)?;
         let batches = template_batches(total, size);
+        let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_EVENTS_MAX));
         rss::reset_peak();
         let started = Instant::now();
         let producer = {
-            let queue = queue.clone();
+            let (queue, in_flight) = (queue.clone(), in_flight.clone());
             tokio::spawn(async move {
                 for batch in batches {
+                    in_flight
+                        .acquire_many(batch.len() as u32)
+                        .await
+                        .map_err(io_err)?
+                        .forget();
                     queue.push_batch(batch).await.map_err(io_err)?;
                 }
                 Ok::<_, std::io::Error>(())
@@ -98,6 +112,7 @@ pub fn memory_path(dir: &Path, total: u64, size: usize) -> std::io::Result<Figur
             if let Some(last) = batch.last() {
                 consumer.ack(last.seq).map_err(io_err)?;
             }
+            in_flight.add_permits(batch.len());
         }
         producer.await.map_err(io_err)??;
         let f = figures("queue in-memory path".into(), total, size, started);
