@@ -71,7 +71,7 @@ fn template_batches(total: u64, size: usize) -> impl Iterator<Item = Vec<Event>>
 
 /// Events the in-memory scenario's producer may be ahead of the consumer's acks: the same
 /// bound as the mpsc baseline's capacity, so both hold as much in flight.
-const IN_FLIGHT_EVENTS_MAX: usize = 1024;
+pub const IN_FLIGHT_EVENTS_MAX: usize = 1024;
 
 /// Our in-memory path: a producer task pushes batches, a consumer task reads and acks them.
 /// A push never waits for the consumer (past the budget it spills), so the producer keeps
