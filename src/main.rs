@@ -65,7 +65,7 @@ enum BenchCommand {
     FloorPhase(cli::bench::FloorPhaseArgs),
 }
 
-/// Heap bytes counted for `bench` and the memory figures (two relaxed atomics per call).
+/// Heap bytes counted for `bench` and the memory figures (relaxed atomics per call).
 #[global_allocator]
 static ALLOCATOR: spillway::bench::heap::CountingAllocator =
     spillway::bench::heap::CountingAllocator;
