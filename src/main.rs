@@ -54,15 +54,15 @@ enum BenchCommand {
     #[command(hide = true)]
     QueuePhase(cli::bench::QueuePhaseArgs),
     /// End to end: loopback relay -> spillway -> redis-server against redis-benchmark's ceiling, with each process's CPU per event beside a bare forwarder's.
-    E2e(cli::bench::E2eBenchArgs),
+    E2e(cli::bench_e2e::E2eBenchArgs),
     /// Decode throughput on one core (Jetstream, rsky, the filter) beside the raw pass-through.
     Decode(cli::bench::DecodeBenchArgs),
     /// The loopback relay of `bench e2e` in its own process (used by `bench e2e` itself).
     #[command(hide = true)]
-    RelayPhase(cli::bench::RelayPhaseArgs),
+    RelayPhase(cli::bench_e2e::RelayPhaseArgs),
     /// The bare forwarder of `bench e2e` in its own process (used by `bench e2e` itself).
     #[command(hide = true)]
-    FloorPhase(cli::bench::FloorPhaseArgs),
+    FloorPhase(cli::bench_e2e::FloorPhaseArgs),
 }
 
 /// Heap bytes counted for `bench` and the memory figures (relaxed atomics per call).
@@ -108,10 +108,10 @@ fn main() -> std::process::ExitCode {
             Some(BenchCommand::LogPhase(args)) => cli::bench::run_log_phase(args),
             Some(BenchCommand::Queue(args)) => cli::bench::run_queue(args),
             Some(BenchCommand::QueuePhase(args)) => cli::bench::run_queue_phase(args),
-            Some(BenchCommand::E2e(args)) => cli::bench::run_e2e(args),
+            Some(BenchCommand::E2e(args)) => cli::bench_e2e::run_e2e(args),
             Some(BenchCommand::Decode(args)) => cli::bench::run_decode_bench(args),
-            Some(BenchCommand::RelayPhase(args)) => cli::bench::run_relay_phase(args),
-            Some(BenchCommand::FloorPhase(args)) => cli::bench::run_floor_phase(args),
+            Some(BenchCommand::RelayPhase(args)) => cli::bench_e2e::run_relay_phase(args),
+            Some(BenchCommand::FloorPhase(args)) => cli::bench_e2e::run_floor_phase(args),
         },
     };
     match result {

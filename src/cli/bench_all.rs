@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use spillway::bench::log::{Figures, Scratch};
 
-use super::bench::{measure_e2e, run_phase, run_queue_phase_child, E2eBenchArgs};
+use super::bench::{run_phase, run_queue_phase_child};
+use super::bench_e2e::{measure_e2e, E2eBenchArgs};
 
 /// Passes over the fixture frames in the decode scenario.
 const DECODE_ROUNDS: u64 = 200;

@@ -6,6 +6,7 @@ pub const FIXTURE_CAPTURE: &[u8] = include_bytes!("../../tests/fixtures/frames.b
 
 pub mod bench;
 pub mod bench_all;
+pub mod bench_e2e;
 mod bench_floor;
 pub mod decode;
 pub mod inspect;
