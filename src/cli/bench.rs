@@ -1,4 +1,5 @@
-//! `spillway bench` log and queue scenarios and their child phases, and what the other bench modules share (the fixture frames, MiB, the RSS target). Each scenario prints beside its same-run baseline, with ratios.
+//! `spillway bench log` and `bench queue` with their child phases, and what the other
+//! bench modules share: the fixture frames, MiB, the RSS target.
 
 use std::path::PathBuf;
 
