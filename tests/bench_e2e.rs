@@ -34,6 +34,9 @@ fn bench_e2e_measures_the_forwarder_floor_beside_spillway() {
             || "redis-benchmark".to_string(),
             |dir| dir.join("redis-benchmark").display().to_string(),
         );
+    // Its scratch directories (redis-server's, the queue's, nats-server's) go here, to
+    // check that none is left behind, a failed start (the missing nats-server) included.
+    let scratch = tempfile::tempdir().expect("tempdir");
     // 8,000 frames of 5.4 KB (42 MiB) against a 32 MiB budget, of which the log's buffers
     // take 22 MiB: the backlog spills.
     let output = Command::new(env!("CARGO_BIN_EXE_spillway"))
@@ -52,6 +55,7 @@ fn bench_e2e_measures_the_forwarder_floor_beside_spillway() {
         ])
         // The NATS rows are another test's business (tests/nats_sink.rs).
         .env("NATS_SERVER_FOR_TESTS", "/nonexistent/nats-server")
+        .env("TMPDIR", scratch.path())
         .output()
         .expect("running spillway bench e2e");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -87,4 +91,9 @@ fn bench_e2e_measures_the_forwarder_floor_beside_spillway() {
         "{stdout}"
     );
     assert!(stdout.contains("NATS rows skipped"), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(scratch.path())
+        .expect("reading the scratch directory")
+        .map(|entry| entry.expect("entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "scratch directories left behind: {left:?}");
 }

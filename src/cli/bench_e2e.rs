@@ -110,17 +110,44 @@ pub fn run_floor_phase(args: &FloorPhaseArgs) -> std::io::Result<()> {
     ))
 }
 
-/// The relay child process: killed with the bench.
-struct RelayChild(std::process::Child);
+/// A child process of the bench, killed and reaped on drop, and the scratch directory it
+/// uses (removed after it).
+struct ChildGuard {
+    child: std::process::Child,
+    _dir: Option<tempfile_like::Dir>,
+}
 
-impl Drop for RelayChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+impl ChildGuard {
+    fn new(child: std::process::Child, dir: Option<tempfile_like::Dir>) -> Self {
+        Self { child, _dir: dir }
+    }
+
+    fn id(&self) -> u32 {
+        self.child.id()
     }
 }
 
-fn start_relay_child(events: u64, base_seq: u64) -> std::io::Result<(RelayChild, String)> {
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Killing a child already reaped only returns an error, ignored here.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits up to 10 s for `what` to accept connections on loopback `port`.
+fn wait_for_port(port: u16, what: &str) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(std::io::Error::other(format!("{what} did not start")))
+}
+
+fn start_relay_child(events: u64, base_seq: u64) -> std::io::Result<(ChildGuard, String)> {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args([
@@ -138,7 +165,7 @@ fn start_relay_child(events: u64, base_seq: u64) -> std::io::Result<(RelayChild,
         .stdout
         .take()
         .ok_or_else(|| std::io::Error::other("relay child without stdout"))?;
-    let child = RelayChild(child);
+    let child = ChildGuard::new(child, None);
     let mut url = String::new();
     std::io::BufReader::new(stdout).read_line(&mut url)?;
     if url.trim().is_empty() {
@@ -146,9 +173,6 @@ fn start_relay_child(events: u64, base_seq: u64) -> std::io::Result<(RelayChild,
     }
     Ok((child, url.trim().to_string()))
 }
-
-/// A redis-server child and its scratch directory (kept alive with it, removed after it).
-struct RedisChild(std::process::Child, #[allow(dead_code)] tempfile_like::Dir);
 
 mod tempfile_like {
     /// A scratch directory removed on drop.
@@ -160,16 +184,13 @@ mod tempfile_like {
     }
 }
 
-impl Drop for RedisChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis(binary: &str, port: u16) -> std::io::Result<RedisChild> {
-    let dir = std::env::temp_dir().join(format!("spillway-bench-redis-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// A redis-server on loopback `port`, without persistence, its directory removed after it.
+fn start_redis(binary: &str, port: u16) -> std::io::Result<ChildGuard> {
+    // Removed on every way out, a failed start included.
+    let dir = tempfile_like::Dir(
+        std::env::temp_dir().join(format!("spillway-bench-redis-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0)?;
     let child = std::process::Command::new(binary)
         .args([
             "--port",
@@ -182,7 +203,7 @@ fn start_redis(binary: &str, port: u16) -> std::io::Result<RedisChild> {
             "no",
         ])
         .arg("--dir")
-        .arg(&dir)
+        .arg(&dir.0)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -191,15 +212,9 @@ fn start_redis(binary: &str, port: u16) -> std::io::Result<RedisChild> {
                 "starting {binary}: {e} (apt-get install redis-server)"
             ))
         })?;
-    let redis = RedisChild(child, tempfile_like::Dir(dir));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(redis);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Err(std::io::Error::other("redis-server did not start"))
+    let redis = ChildGuard::new(child, Some(dir));
+    wait_for_port(port, "redis-server")?;
+    Ok(redis)
 }
 
 /// `redis-benchmark -P 64` of XADD with a payload of `payload_bytes`: the sink's ceiling in events/s.
@@ -438,30 +453,23 @@ fn nats_rows(args: &E2eBenchArgs, mean_bytes: usize) {
     }
 }
 
-/// A JetStream nats-server child on a free port, killed with its directory on drop.
-struct NatsChild(std::process::Child, #[allow(dead_code)] tempfile_like::Dir);
-
-impl Drop for NatsChild {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nats(tag: &str) -> std::io::Result<(NatsChild, String)> {
+/// A JetStream nats-server on a free loopback port, and its URL.
+fn start_nats(tag: &str) -> std::io::Result<(ChildGuard, String)> {
     let binary = std::env::var("NATS_SERVER_FOR_TESTS").unwrap_or_else(|_| "nats-server".into());
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let dir =
-        std::env::temp_dir().join(format!("spillway-bench-nats-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let conf = dir.join("nats.conf");
+    // Removed on every way out, a failed start included.
+    let dir = tempfile_like::Dir(
+        std::env::temp_dir().join(format!("spillway-bench-nats-{tag}-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0)?;
+    let conf = dir.0.join("nats.conf");
     std::fs::write(
         &conf,
         format!(
             "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n",
-            dir.join("store")
+            dir.0.join("store")
         ),
     )?;
     let child = std::process::Command::new(&binary)
@@ -475,15 +483,9 @@ fn start_nats(tag: &str) -> std::io::Result<(NatsChild, String)> {
                 "starting {binary}: {e} (apt-get install nats-server)"
             ))
         })?;
-    let nats = NatsChild(child, tempfile_like::Dir(dir));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok((nats, format!("nats://127.0.0.1:{port}")));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Err(std::io::Error::other("nats-server did not start"))
+    let nats = ChildGuard::new(child, Some(dir));
+    wait_for_port(port, "nats-server")?;
+    Ok((nats, format!("nats://127.0.0.1:{port}")))
 }
 
 /// The ceiling (events/s of a plain publisher), spillway's events/s, and peak RSS.
@@ -672,7 +674,7 @@ fn measure_floor(args: &E2eBenchArgs) -> std::io::Result<FloorRun> {
     let redis = start_redis(&args.redis_server, port)?;
     let base = 1_000_000_000;
     let (relay, url) = start_relay_child(args.events, base)?;
-    let mut forwarder = std::process::Command::new(std::env::current_exe()?)
+    let forwarder = std::process::Command::new(std::env::current_exe()?)
         .args([
             "bench",
             "floor-phase",
@@ -689,24 +691,18 @@ fn measure_floor(args: &E2eBenchArgs) -> std::io::Result<FloorRun> {
         ])
         .stdin(std::process::Stdio::piped())
         .spawn()?;
-    let clocks = match ProcessClocks::start(redis.0.id(), Some(relay.0.id())) {
-        Ok(clocks) => clocks,
-        Err(e) => {
-            let _ = forwarder.kill();
-            let _ = forwarder.wait();
-            return Err(e);
-        }
-    };
+    let mut forwarder = ChildGuard::new(forwarder, None);
+    let clocks = ProcessClocks::start(redis.id(), Some(relay.id()))?;
     // The forwarder's CPU is what the kernel adds to this process's waited-for children
     // once it is reaped (exact, and no polling here to count).
     let children_before = children_cpu_seconds();
     let started = std::time::Instant::now();
     // The forwarder waits for a line on stdin, so it connects only once the clocks run.
-    if let Some(mut stdin) = forwarder.stdin.take() {
+    if let Some(mut stdin) = forwarder.child.stdin.take() {
         use std::io::Write;
         let _ = stdin.write_all(b"go\n");
     }
-    let status = forwarder.wait()?;
+    let status = forwarder.child.wait()?;
     let rate = args.events as f64 / started.elapsed().as_secs_f64();
     if !status.success() {
         return Err(std::io::Error::other(format!(
@@ -743,7 +739,7 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
 
     let port = free_port()?;
     let redis = start_redis(&args.redis_server, port)?;
-    let redis_pid = redis.0.id();
+    let redis_pid = redis.id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -779,7 +775,7 @@ fn measure_pipeline(args: &E2eBenchArgs, budget_bytes: u64) -> std::io::Result<E
             redis_idempotent_ids: args.redis_idempotent_ids,
             ..Config::default()
         };
-        let relay_pid = relay_child.as_ref().map(|c| c.0.id());
+        let relay_pid = relay_child.as_ref().map(ChildGuard::id);
         spillway::bench::rss::reset_peak();
         let clocks = ProcessClocks::start(redis_pid, relay_pid)?;
         let started = std::time::Instant::now();
