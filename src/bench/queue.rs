@@ -64,7 +64,7 @@ fn figures(name: String, records: u64, size: usize, started: Instant) -> Figures
 /// its own, as a source delivers events (making them costs every contender the same).
 /// Clones of one shared batch would not do: the queue's memory tier copies a payload it
 /// cannot tell is alone in its allocation (`queue::memory::held_payload`), a channel does not.
-fn template_batches(total: u64, size: usize) -> impl Iterator<Item = Vec<Event>> + Send + 'static {
+fn batches_as_sent(total: u64, size: usize) -> impl Iterator<Item = Vec<Event>> + Send + 'static {
     (0..total / BATCH_EVENTS as u64)
         .map(move |i| events(i * BATCH_EVENTS as u64, BATCH_EVENTS, size))
 }
@@ -84,7 +84,7 @@ pub fn memory_path(dir: &Path, total: u64, size: usize) -> std::io::Result<Figur
         let budget = total * (size as u64 + crate::queue::budget::EVENT_OVERHEAD_BYTES) + headroom;
         let queue = SpillQueue::open(dir, bench_config(budget)).map_err(io_err)?;
         let mut consumer = queue.consumer("bench").map_err(io_err)?;
-        let batches = template_batches(total, size);
+        let batches = batches_as_sent(total, size);
         let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_EVENTS_MAX));
         rss::reset_peak();
         let started = Instant::now();
@@ -127,7 +127,7 @@ pub fn memory_path(dir: &Path, total: u64, size: usize) -> std::io::Result<Figur
 pub fn mpsc_per_event(total: u64, size: usize) -> std::io::Result<Figures> {
     runtime()?.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(1024);
-        let batches = template_batches(total, size);
+        let batches = batches_as_sent(total, size);
         rss::reset_peak();
         let started = Instant::now();
         let producer = tokio::spawn(async move {
@@ -163,7 +163,7 @@ pub fn mpsc_per_event(total: u64, size: usize) -> std::io::Result<Figures> {
 pub fn mpsc_per_batch(total: u64, size: usize) -> std::io::Result<Figures> {
     runtime()?.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Event>>(1024 / BATCH_EVENTS);
-        let batches = template_batches(total, size);
+        let batches = batches_as_sent(total, size);
         rss::reset_peak();
         let started = Instant::now();
         let producer = tokio::spawn(async move {
